@@ -1,0 +1,121 @@
+# statusproxy — one plain Makefile.
+#
+#   make            build build/statusproxy
+#   make run        install dependencies, build, start the proxy with the defaults
+#   make test       install dependencies (and test tools), build, run every test
+#   make test SANITIZE=1   the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make bench      throughput ratios against a direct connection and HAProxy
+#   make clean
+#
+# Dependencies come from Debian packages (see DEPS and TEST_DEPS); llhttp is
+# compiled from the C sources that Debian's node-llhttp installs.
+
+CC       ?= cc
+SANITIZE ?= 0
+WERROR   ?= 0
+PYTHON   ?= /usr/bin/python3
+
+ifeq ($(SANITIZE),1)
+BUILD    := build/san
+OPT      := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+else
+BUILD    := build
+OPT      := -O2
+endif
+
+LLHTTP_SRC_DIR := /usr/share/llhttp
+LLHTTP_INC_DIR := /usr/share/include/llhttp
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
+ifeq ($(WERROR),1)
+WARN     += -Werror
+endif
+PKGS     := libuv sqlite3
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -luv -lsqlite3)
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -MMD -MP -Iproxy -I$(BUILD)/gen \
+             -I$(LLHTTP_INC_DIR) $(PKG_CFLAGS) $(CFLAGS)
+LDLIBS_ALL = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
+LDFLAGS_ALL = $(filter -fsanitize=%,$(OPT)) $(LDFLAGS)
+
+BIN        := $(BUILD)/statusproxy
+SRCS       := $(wildcard proxy/*.c)
+OBJS       := $(SRCS:proxy/%.c=$(BUILD)/obj/%.o)
+LIB_OBJS   := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
+LLHTTP_OBJS := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
+GEN_OBJS   := $(BUILD)/obj/gen_embedded.o
+MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+EMBED_SRCS := $(MIGRATIONS) $(wildcard proxy/assets/*)
+
+UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
+UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+
+# Debian packages: what building and running need, and what the tests add.
+DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev
+TEST_DEPS  := curl python3 python3-pytest sqlite3 openssl chromium
+BENCH_DEPS := wrk haproxy
+
+.PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz
+
+all: $(BIN)
+
+$(BIN): $(OBJS) $(LLHTTP_OBJS) $(GEN_OBJS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LDLIBS_ALL)
+
+$(BUILD)/obj/%.o: proxy/%.c | $(BUILD)/gen/embedded.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+# llhttp is not our code: build it as shipped, without our warning set.
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -g $(OPT) -w -I$(LLHTTP_INC_DIR) -c -o $@ $<
+
+# Migrations and the live page are compiled into the binary, so it runs
+# without the source tree.
+$(BUILD)/gen/embedded.h: tools/embed.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed.sh header > $@
+$(BUILD)/gen/embedded.c: tools/embed.sh $(EMBED_SRCS) | $(BUILD)/gen/embedded.h
+	@mkdir -p $(dir $@)
+	sh tools/embed.sh source $(EMBED_SRCS) > $@
+$(BUILD)/obj/gen_embedded.o: $(BUILD)/gen/embedded.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(BUILD)/tests/test_%: tests/unit/test_%.c tests/unit/unit.h $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -Itests/unit $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS) $(LDLIBS_ALL)
+
+deps:
+	@sh tools/deps.sh $(DEPS)
+
+test-deps:
+	@sh tools/deps.sh $(DEPS) $(TEST_DEPS)
+
+bench-deps:
+	@sh tools/deps.sh $(DEPS) $(BENCH_DEPS)
+
+run: deps
+	$(MAKE) $(BIN)
+	$(BIN) run
+
+unit: $(UNIT_BINS)
+	@sh tools/run-unit.sh $(UNIT_BINS)
+
+e2e: $(BIN)
+	STATUSPROXY_BIN=$(abspath $(BIN)) $(PYTHON) -m pytest -q tests/e2e $(PYTEST_ARGS)
+
+test: test-deps
+	$(MAKE) $(BIN) $(UNIT_BINS)
+	$(MAKE) unit
+	$(MAKE) e2e
+
+bench: bench-deps
+	$(MAKE) $(BIN)
+	STATUSPROXY_BIN=$(abspath $(BIN)) $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build
+
+-include $(OBJS:.o=.d) $(UNIT_BINS:=.d)

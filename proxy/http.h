@@ -1,0 +1,78 @@
+/*
+ * http — the parsed head of one HTTP/1.x message (request line or status
+ * line, and header fields), stored in one arena so that llhttp's callbacks,
+ * which point into the read buffer, can be copied piece by piece; plus
+ * lookups and the token grammar the proxy checks by itself.
+ * No event loop here: the module is pure and unit-tested on its own.
+ */
+#ifndef STATUSPROXY_HTTP_H
+#define STATUSPROXY_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+struct http_field {
+    uint32_t name, name_len;   /* offsets into the arena */
+    uint32_t value, value_len;
+    uint8_t removed;           /* dropped from what is forwarded */
+};
+
+struct http_head {
+    char *buf;                 /* arena; owned */
+    uint32_t len, cap, limit;  /* limit: most bytes the arena may hold */
+    struct http_field *fields; /* owned */
+    uint32_t nfields, fields_cap;
+    /* start line */
+    uint32_t target, target_len; /* request-target, as received */
+    uint32_t reason, reason_len; /* reason phrase, as received */
+    int method;                  /* llhttp_method_t of a request */
+    int status;                  /* status code of a response */
+    uint8_t major, minor;        /* HTTP version */
+    uint8_t in_value;            /* parser glue: last piece was a value */
+    uint8_t overflow;            /* a piece did not fit under limit */
+};
+
+/* Prepare an empty head whose arena may grow to LIMIT bytes. */
+void http_head_init(struct http_head *h, uint32_t limit);
+/* Forget the contents, keep the memory (for the next message). */
+void http_head_reset(struct http_head *h);
+/* Free the arena (and shrink memory held by idle connections). */
+void http_head_free(struct http_head *h);
+
+/* Parser glue: append pieces as llhttp hands them over. Each returns 0, or -1
+ * when the arena would pass its limit (h->overflow is then set). */
+int http_head_add_target(struct http_head *h, const char *at, size_t len);
+int http_head_add_reason(struct http_head *h, const char *at, size_t len);
+int http_head_add_name(struct http_head *h, const char *at, size_t len);
+int http_head_add_value(struct http_head *h, const char *at, size_t len);
+/* The current field is complete: trim optional whitespace around the value. */
+void http_head_end_value(struct http_head *h);
+
+/* Append a whole field (used for set-header and synthesized heads). 0 or -1. */
+int http_head_add_field(struct http_head *h, const char *name, size_t nlen, const char *value,
+                        size_t vlen);
+
+/* Accessors. Pointers are into the arena and stay valid until the next add. */
+static inline const char *http_head_str(const struct http_head *h, uint32_t off)
+{
+    return h->buf + off;
+}
+/* Index of the first field named NAME (case-insensitive) at or after FROM
+ * that is not removed, or -1. */
+int http_head_find(const struct http_head *h, const char *name, int from);
+/* Value of the first field named NAME, or NULL; *len gets its length. */
+const char *http_head_get(const struct http_head *h, const char *name, size_t *len);
+/* Mark every field named NAME removed; returns how many were. */
+int http_head_remove(struct http_head *h, const char *name);
+/* Does any field named NAME contain TOKEN in its comma-separated list? */
+int http_head_has_token(const struct http_head *h, const char *name, const char *token);
+
+/* Token grammar (RFC 9110 §5.6.2). */
+int http_is_tchar(unsigned char c);
+int http_is_token(const char *s, size_t len);
+/* Field-value characters allowed in what is forwarded: VCHAR, obs-text, SP, HTAB. */
+int http_is_field_value(const char *s, size_t len);
+
+#endif

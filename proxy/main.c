@@ -1,0 +1,93 @@
+/*
+ * main — parses the command line, wires the modules together, and is the
+ * one place that exits. Exit status: 0 success, 1 runtime failure, 2 usage.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "catalog.h"
+#include "util.h"
+
+static const char usage_text[] =
+    "usage: statusproxy [run] [options]        run the proxy\n"
+    "       statusproxy report [options]       statistics from one or more databases\n"
+    "       statusproxy rules check FILE       validate a rule file\n"
+    "       statusproxy migrate --db FILE      apply pending migrations\n"
+    "       statusproxy codes [--format json]  the status catalogue\n"
+    "Run 'statusproxy run --help' for the proxy's options.\n";
+
+static int cmd_codes(int argc, char **argv)
+{
+    int json = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--format") == 0 && i + 1 < argc) {
+            const char *f = argv[++i];
+            if (strcmp(f, "json") == 0)
+                json = 1;
+            else if (strcmp(f, "table") != 0) {
+                fprintf(stderr, "statusproxy codes: --format: expected table or json, got '%s'\n", f);
+                return 2;
+            }
+        } else {
+            fprintf(stderr, "statusproxy codes: %s: unknown option\n", argv[i]);
+            return 2;
+        }
+    }
+    size_t n;
+    const struct catalog_entry *e = catalog_entries(&n);
+    struct sbuf out = {0};
+    if (json)
+        sbuf_puts(&out, "[\n");
+    else
+        sbuf_printf(&out, "%-4s  %-32s  %-5s  %s\n", "CODE", "NAME", "CLASS", "MARKS");
+    for (size_t i = 0; i < n; i++) {
+        char marks[64];
+        catalog_marks_text(e[i].marks, marks, sizeof marks);
+        if (!json) {
+            if (e[i].note)
+                sbuf_printf(&out, "%-4d  %-32s  %-5s  %s%s(%s)\n", e[i].code, e[i].name,
+                            catalog_class_name(e[i].code), marks, marks[0] ? " " : "", e[i].note);
+            else
+                sbuf_printf(&out, "%-4d  %-32s  %-5s  %s\n", e[i].code, e[i].name,
+                            catalog_class_name(e[i].code), marks);
+            continue;
+        }
+        sbuf_printf(&out, "  {\"code\": %d, \"name\": \"", e[i].code);
+        sbuf_json_escape(&out, e[i].name, strlen(e[i].name));
+        sbuf_printf(&out, "\", \"class\": \"%s\", \"kind\": \"standard\", \"marks\": [",
+                    catalog_class_name(e[i].code));
+        int first = 1;
+        for (size_t m = 0; m < catalog_mark_count(); m++) {
+            unsigned bit;
+            const char *name = catalog_mark_name(m, &bit);
+            if (e[i].marks & bit) {
+                sbuf_printf(&out, "%s\"%s\"", first ? "" : ", ", name);
+                first = 0;
+            }
+        }
+        sbuf_puts(&out, "], \"note\": ");
+        if (e[i].note)
+            sbuf_printf(&out, "\"%s\"", e[i].note);
+        else
+            sbuf_puts(&out, "null");
+        sbuf_printf(&out, "}%s\n", i + 1 < n ? "," : "");
+    }
+    if (json)
+        sbuf_puts(&out, "]\n");
+    fwrite(out.data, 1, out.len, stdout);
+    sbuf_free(&out);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 ? argv[1] : "run";
+    if (strcmp(cmd, "codes") == 0)
+        return cmd_codes(argc - 2, argv + 2);
+    if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    fprintf(stderr, "statusproxy: unknown command '%s'\n%s", cmd, usage_text);
+    return 2;
+}

@@ -1,0 +1,61 @@
+/*
+ * util — small helpers every module may use: the allocation policy (the
+ * x* family aborts on exhaustion, so callers never NULL-check), a growable
+ * string builder, case-insensitive comparisons and clocks.
+ * Nothing here knows about the event loop, sockets or SQLite.
+ */
+#ifndef STATUSPROXY_UTIL_H
+#define STATUSPROXY_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define UNUSED(x) ((void)(x))
+
+#if defined(__GNUC__)
+#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#else
+#define PRINTF_LIKE(f, a)
+#endif
+
+/* Allocation: abort with a message on exhaustion; never return NULL. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) PRINTF_LIKE(1, 2);
+
+/* A growable NUL-terminated byte string. Zero-initialise, append, free. */
+struct sbuf {
+    char *data;
+    size_t len, cap;
+};
+void sbuf_append(struct sbuf *b, const char *s, size_t n);
+void sbuf_puts(struct sbuf *b, const char *s);
+void sbuf_putc(struct sbuf *b, char c);
+void sbuf_printf(struct sbuf *b, const char *fmt, ...) PRINTF_LIKE(2, 3);
+void sbuf_vprintf(struct sbuf *b, const char *fmt, va_list ap) PRINTF_LIKE(2, 0);
+/* Append S as the inside of a JSON string (quotes not included). */
+void sbuf_json_escape(struct sbuf *b, const char *s, size_t n);
+/* Give the caller the string (never NULL) and reset the builder. */
+char *sbuf_steal(struct sbuf *b);
+void sbuf_reset(struct sbuf *b);
+void sbuf_free(struct sbuf *b);
+
+/* ASCII case-insensitive equality of A[0..alen) and the C string B. */
+int str_ieq(const char *a, size_t alen, const char *b);
+int str_ieq2(const char *a, size_t alen, const char *b, size_t blen);
+/* Does the comma-separated token list LIST contain TOKEN (case-insensitive)? */
+int str_list_has_token(const char *list, size_t len, const char *token);
+
+/* Clocks. */
+int64_t time_now_ms(void);       /* wall clock, Unix epoch milliseconds */
+uint64_t time_mono_us(void);     /* monotonic, microseconds */
+/* Format Unix milliseconds as ISO 8601 UTC "YYYY-MM-DDTHH:MM:SSZ" into BUF (>= 21 bytes). */
+void time_format_iso(int64_t unix_ms, char *buf, size_t len);
+
+#endif
