@@ -1,0 +1,441 @@
+/*
+ * options — `statusproxy run` flags. Both "--flag VALUE" and "--flag=VALUE"
+ * are accepted. Every message names the flag it is about.
+ */
+#include "options.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "units.h"
+#include "util.h"
+
+const char options_help[] =
+    "usage: statusproxy run [options]\n"
+    "  --listen ADDR:PORT        where clients connect [127.0.0.1:8080]\n"
+    "  --upstream URL            backend for origin-form requests, http://HOST:PORT [none]\n"
+    "  --rules FILE              rule file [none]\n"
+    "  --db FILE                 SQLite audit database [statusproxy.db]\n"
+    "  --admin ADDR:PORT|off     admin API and live page [127.0.0.1:9090]\n"
+    "  --admin-token TOKEN       require 'Authorization: Bearer TOKEN' on the admin API\n"
+    "  --seed N                  seed for `chance` and random delays [random]\n"
+    "  --fault-headers           honour X-Statusproxy-Abort / X-Statusproxy-Delay\n"
+    "  --mark-faults             add X-Statusproxy-Rule: NAME to answers a rule changed\n"
+    "  --log-exchanges MODE      raw rows kept: all|errors|none [all]\n"
+    "  --retain DURATION         keep raw rows this long [7d]\n"
+    "  --workers N               event-loop threads [1]\n"
+    "  --allow CIDR              clients allowed (repeatable) [loopback]\n"
+    "  --proxy-auth USER:PASS    require Basic proxy authentication (forward mode)\n"
+    "  --connect-ports LIST      ports CONNECT may reach, e.g. 443,8443 [443]\n"
+    "  --header-timeout D        request head must arrive within D, else 408 [10s]\n"
+    "  --connect-timeout D       upstream connect timeout [5s]\n"
+    "  --response-timeout D      upstream response timeout, then 504 [60s]\n"
+    "  --idle-timeout D          idle keep-alive connections are closed after D [60s]\n"
+    "  --max-connections N       client connections at most [10000]\n"
+    "  --log-level LEVEL         error|warn|info|debug [info]\n"
+    "Durations: 250ms, 5s, 2m, 1h, 7d.\n";
+
+void options_defaults(struct run_options *o)
+{
+    memset(o, 0, sizeof *o);
+    options_parse_listen("127.0.0.1:8080", &o->listen);
+    o->admin_enabled = 1;
+    options_parse_listen("127.0.0.1:9090", &o->admin);
+    o->db_path = "statusproxy.db";
+    o->log_exchanges = AUDIT_LOG_ALL;
+    o->retain_ms = 7ULL * 86400000ULL;
+    o->workers = 1;
+    o->header_timeout_ms = 10000;
+    o->connect_timeout_ms = 5000;
+    o->response_timeout_ms = 60000;
+    o->idle_timeout_ms = 60000;
+    o->max_connections = 10000;
+    o->log_level = LOG_INFO;
+}
+
+void options_free(struct run_options *o)
+{
+    for (size_t i = 0; i < o->n_allow; i++)
+        free(o->allow[i]);
+    free(o->allow);
+    free(o->proxy_auth);
+    free(o->admin_token);
+    free(o->connect_ports);
+    o->allow = NULL;
+    o->n_allow = 0;
+    o->proxy_auth = o->admin_token = NULL;
+    o->connect_ports = NULL;
+}
+
+static int parse_port(const char *s, int *port)
+{
+    if (!*s || strlen(s) > 5)
+        return -1;
+    for (const char *p = s; *p; p++)
+        if (!isdigit((unsigned char)*p))
+            return -1;
+    long v = strtol(s, NULL, 10);
+    if (v > 65535)
+        return -1;
+    *port = (int)v;
+    return 0;
+}
+
+int options_parse_listen(const char *text, struct listen_addr *a)
+{
+    char host[64];
+    const char *colon;
+    memset(a, 0, sizeof *a);
+    if (text[0] == '[') {
+        const char *close = strchr(text, ']');
+        if (!close || close[1] != ':' || (size_t)(close - text - 1) >= sizeof host)
+            return -1;
+        memcpy(host, text + 1, (size_t)(close - text - 1));
+        host[close - text - 1] = '\0';
+        colon = close + 1;
+    } else {
+        colon = strrchr(text, ':');
+        if (!colon || (size_t)(colon - text) >= sizeof host || memchr(text, ':', (size_t)(colon - text)))
+            return -1;
+        memcpy(host, text, (size_t)(colon - text));
+        host[colon - text] = '\0';
+    }
+    int port;
+    if (parse_port(colon + 1, &port) != 0)
+        return -1;
+    if (strcmp(host, "localhost") == 0 || host[0] == '\0')
+        snprintf(host, sizeof host, "127.0.0.1");
+    struct sockaddr_in *v4 = (struct sockaddr_in *)&a->sa;
+    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&a->sa;
+    if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons((uint16_t)port);
+        snprintf(a->text, sizeof a->text, "%s:%d", host, port);
+    } else if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons((uint16_t)port);
+        snprintf(a->text, sizeof a->text, "[%s]:%d", host, port);
+    } else {
+        return -1;
+    }
+    a->port = port;
+    return 0;
+}
+
+int options_parse_upstream(const char *text, char *host, size_t hostlen, int *port,
+                           const char **why)
+{
+    *why = "expected http://HOST:PORT";
+    if (strncmp(text, "https://", 8) == 0) {
+        *why = "https upstreams are not supported (statusproxy speaks plain HTTP upstream)";
+        return -1;
+    }
+    if (strncmp(text, "http://", 7) != 0)
+        return -1;
+    const char *auth = text + 7;
+    const char *end = auth + strcspn(auth, "/?#");
+    if (*end && strcmp(end, "/") != 0) {
+        *why = "expected http://HOST:PORT without a path";
+        return -1;
+    }
+    const char *host_start = auth, *host_end, *port_start = NULL;
+    if (*auth == '[') {
+        host_start = auth + 1;
+        host_end = memchr(auth, ']', (size_t)(end - auth));
+        if (!host_end)
+            return -1;
+        if (host_end + 1 < end) {
+            if (host_end[1] != ':')
+                return -1;
+            port_start = host_end + 2;
+        }
+    } else {
+        host_end = memchr(auth, ':', (size_t)(end - auth));
+        if (host_end)
+            port_start = host_end + 1;
+        else
+            host_end = end;
+    }
+    size_t hlen = (size_t)(host_end - host_start);
+    if (hlen == 0 || hlen >= hostlen)
+        return -1;
+    for (size_t i = 0; i < hlen; i++) {
+        char c = host_start[i];
+        if (!(isalnum((unsigned char)c) || c == '.' || c == '-' || c == ':' || c == '_'))
+            return -1;
+        host[i] = (char)tolower((unsigned char)c);
+    }
+    host[hlen] = '\0';
+    *port = 80;
+    if (port_start) {
+        char pbuf[8];
+        size_t plen = (size_t)(end - port_start);
+        if (plen == 0 || plen >= sizeof pbuf)
+            return -1;
+        memcpy(pbuf, port_start, plen);
+        pbuf[plen] = '\0';
+        if (parse_port(pbuf, port) != 0 || *port == 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_count(const char *s, long min, long max, int *out)
+{
+    if (!*s)
+        return -1;
+    for (const char *p = s; *p; p++)
+        if (!isdigit((unsigned char)*p))
+            return -1;
+    if (strlen(s) > 9)
+        return -1;
+    long v = strtol(s, NULL, 10);
+    if (v < min || v > max)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    if (!*s || strlen(s) > 20)
+        return -1;
+    uint64_t v = 0;
+    for (const char *p = s; *p; p++) {
+        if (!isdigit((unsigned char)*p))
+            return -1;
+        uint64_t d = (uint64_t)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_port_list(const char *s, struct run_options *o)
+{
+    int *ports = NULL;
+    size_t n = 0;
+    char *copy = xstrdup(s), *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        int p;
+        if (parse_port(tok, &p) != 0 || p == 0) {
+            free(copy);
+            free(ports);
+            return -1;
+        }
+        ports = xrealloc(ports, (n + 1) * sizeof *ports);
+        ports[n++] = p;
+    }
+    free(copy);
+    if (n == 0)
+        return -1;
+    free(o->connect_ports);
+    o->connect_ports = ports;
+    o->n_connect_ports = n;
+    return 0;
+}
+
+/* Flags that take no value. */
+static int *bool_flag(struct run_options *o, const char *name)
+{
+    if (strcmp(name, "--fault-headers") == 0)
+        return &o->fault_headers;
+    if (strcmp(name, "--mark-faults") == 0)
+        return &o->mark_faults;
+    return NULL;
+}
+
+static const char *const value_flags[] = {
+    "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
+    "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
+    "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
+    "--max-connections", "--log-level",
+};
+
+static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
+                         char *err, size_t errlen)
+{
+    if (units_parse_duration(value, strlen(value), out) != 0 || (!allow_zero && *out == 0)) {
+        snprintf(err, errlen, "%s: expected a duration like 250ms, 5s, 2m, 1h or 7d%s, got '%s'",
+                 name, allow_zero ? "" : " (not 0)", value);
+        return -1;
+    }
+    return 0;
+}
+
+static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
+{
+    const char *why;
+    if (strcmp(name, "--listen") == 0) {
+        if (options_parse_listen(v, &o->listen) != 0)
+            goto bad_addr;
+    } else if (strcmp(name, "--admin") == 0) {
+        if (strcmp(v, "off") == 0) {
+            o->admin_enabled = 0;
+        } else {
+            o->admin_enabled = 1;
+            if (options_parse_listen(v, &o->admin) != 0) {
+                snprintf(err, errlen, "%s: expected ADDR:PORT or off, got '%s'", name, v);
+                return -1;
+            }
+        }
+    } else if (strcmp(name, "--upstream") == 0) {
+        if (options_parse_upstream(v, o->upstream_host, sizeof o->upstream_host,
+                                   &o->upstream_port, &why) != 0) {
+            snprintf(err, errlen, "%s: %s, got '%s'", name, why, v);
+            return -1;
+        }
+        o->has_upstream = 1;
+        if (strchr(o->upstream_host, ':'))
+            snprintf(o->upstream_authority, sizeof o->upstream_authority, "[%s]:%d",
+                     o->upstream_host, o->upstream_port);
+        else
+            snprintf(o->upstream_authority, sizeof o->upstream_authority, "%s:%d",
+                     o->upstream_host, o->upstream_port);
+    } else if (strcmp(name, "--rules") == 0) {
+        o->rules_path = v;
+    } else if (strcmp(name, "--db") == 0) {
+        if (!*v)
+            goto bad_empty;
+        o->db_path = v;
+    } else if (strcmp(name, "--admin-token") == 0) {
+        if (!*v)
+            goto bad_empty;
+        free(o->admin_token);
+        o->admin_token = xstrdup(v);
+    } else if (strcmp(name, "--seed") == 0) {
+        if (parse_u64(v, &o->seed) != 0) {
+            snprintf(err, errlen, "%s: expected a non-negative integer, got '%s'", name, v);
+            return -1;
+        }
+        o->has_seed = 1;
+    } else if (strcmp(name, "--log-exchanges") == 0) {
+        if (strcmp(v, "all") == 0)
+            o->log_exchanges = AUDIT_LOG_ALL;
+        else if (strcmp(v, "errors") == 0)
+            o->log_exchanges = AUDIT_LOG_ERRORS;
+        else if (strcmp(v, "none") == 0)
+            o->log_exchanges = AUDIT_LOG_NONE;
+        else {
+            snprintf(err, errlen, "%s: expected all, errors or none, got '%s'", name, v);
+            return -1;
+        }
+    } else if (strcmp(name, "--retain") == 0) {
+        return duration_flag(name, v, &o->retain_ms, 0, err, errlen);
+    } else if (strcmp(name, "--workers") == 0) {
+        if (parse_count(v, 1, 64, &o->workers) != 0) {
+            snprintf(err, errlen, "%s: expected a number from 1 to 64, got '%s'", name, v);
+            return -1;
+        }
+    } else if (strcmp(name, "--max-connections") == 0) {
+        if (parse_count(v, 1, 1000000, &o->max_connections) != 0) {
+            snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
+            return -1;
+        }
+    } else if (strcmp(name, "--allow") == 0) {
+        if (!*v)
+            goto bad_empty;
+        o->allow = xrealloc(o->allow, (o->n_allow + 1) * sizeof *o->allow);
+        o->allow[o->n_allow++] = xstrdup(v);
+    } else if (strcmp(name, "--proxy-auth") == 0) {
+        const char *colon = strchr(v, ':');
+        if (!colon || colon == v) {
+            snprintf(err, errlen, "%s: expected USER:PASS, got '%s'", name, v);
+            return -1;
+        }
+        free(o->proxy_auth);
+        o->proxy_auth = xstrdup(v);
+    } else if (strcmp(name, "--connect-ports") == 0) {
+        if (parse_port_list(v, o) != 0) {
+            snprintf(err, errlen, "%s: expected a comma list of ports like 443,8443, got '%s'",
+                     name, v);
+            return -1;
+        }
+    } else if (strcmp(name, "--header-timeout") == 0) {
+        return duration_flag(name, v, &o->header_timeout_ms, 0, err, errlen);
+    } else if (strcmp(name, "--connect-timeout") == 0) {
+        return duration_flag(name, v, &o->connect_timeout_ms, 0, err, errlen);
+    } else if (strcmp(name, "--response-timeout") == 0) {
+        return duration_flag(name, v, &o->response_timeout_ms, 0, err, errlen);
+    } else if (strcmp(name, "--idle-timeout") == 0) {
+        return duration_flag(name, v, &o->idle_timeout_ms, 0, err, errlen);
+    } else if (strcmp(name, "--log-level") == 0) {
+        enum log_level lv;
+        if (log_parse_level(v, &lv) != 0) {
+            snprintf(err, errlen, "%s: expected error, warn, info or debug, got '%s'", name, v);
+            return -1;
+        }
+        o->log_level = (int)lv;
+    }
+    return 0;
+bad_addr:
+    snprintf(err, errlen, "%s: expected ADDR:PORT (e.g. 127.0.0.1:8080), got '%s'", name, v);
+    return -1;
+bad_empty:
+    snprintf(err, errlen, "%s: expected a non-empty value", name);
+    return -1;
+}
+
+int options_parse(struct run_options *o, int argc, char **argv, char *err, size_t errlen)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)
+            return 1;
+        char name[64];
+        const char *eq = strchr(arg, '=');
+        size_t nlen = eq ? (size_t)(eq - arg) : strlen(arg);
+        if (strncmp(arg, "--", 2) != 0 || nlen >= sizeof name) {
+            snprintf(err, errlen, "%s: unexpected argument (options start with --)", arg);
+            return -1;
+        }
+        memcpy(name, arg, nlen);
+        name[nlen] = '\0';
+        int *flag = bool_flag(o, name);
+        if (flag) {
+            if (eq) {
+                snprintf(err, errlen, "%s: takes no value", name);
+                return -1;
+            }
+            *flag = 1;
+            continue;
+        }
+        int known = 0;
+        for (size_t k = 0; k < ARRAY_LEN(value_flags); k++)
+            known |= strcmp(name, value_flags[k]) == 0;
+        if (!known) {
+            snprintf(err, errlen, "%s: unknown option (see statusproxy run --help)", name);
+            return -1;
+        }
+        const char *value;
+        if (eq) {
+            value = eq + 1;
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+        } else {
+            snprintf(err, errlen, "%s: missing value", name);
+            return -1;
+        }
+        if (apply(o, name, value, err, errlen) != 0)
+            return -1;
+    }
+    if (o->n_allow == 0) {
+        o->allow = xmalloc(2 * sizeof *o->allow);
+        o->allow[0] = xstrdup("127.0.0.0/8");
+        o->allow[1] = xstrdup("::1/128");
+        o->n_allow = 2;
+    }
+    if (o->n_connect_ports == 0) {
+        o->connect_ports = xmalloc(sizeof *o->connect_ports);
+        o->connect_ports[0] = 443;
+        o->n_connect_ports = 1;
+    }
+    return 0;
+}

@@ -1,0 +1,71 @@
+/*
+ * options — the flags of `statusproxy run` (DESIGN §1): defaults, parsing
+ * and validation. Pure: no sockets are opened here. A bad flag or value
+ * yields one message naming the flag; main prints it and exits 2.
+ */
+#ifndef STATUSPROXY_OPTIONS_H
+#define STATUSPROXY_OPTIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "audit.h"
+
+/* An address to listen on, as given and as parsed. */
+struct listen_addr {
+    struct sockaddr_storage sa;
+    char text[80];      /* "127.0.0.1:8080", "[::1]:8080" */
+    int port;
+};
+
+struct run_options {
+    struct listen_addr listen;
+    int admin_enabled;
+    struct listen_addr admin;
+    int has_upstream;
+    char upstream_host[256];  /* lowercase, brackets stripped for IPv6 */
+    int upstream_port;
+    char upstream_authority[300]; /* host:port as given, for messages */
+    const char *rules_path;   /* NULL: no rules */
+    const char *db_path;
+    int has_seed;
+    uint64_t seed;
+    int fault_headers;
+    int mark_faults;
+    enum audit_mode log_exchanges;
+    uint64_t retain_ms;
+    int workers;
+    char **allow;             /* CIDR texts; default loopback */
+    size_t n_allow;
+    char *proxy_auth;         /* "user:pass", or NULL */
+    char *admin_token;        /* or NULL */
+    uint64_t header_timeout_ms, connect_timeout_ms, response_timeout_ms, idle_timeout_ms;
+    int max_connections;
+    int *connect_ports;       /* ports CONNECT may reach; default 443 */
+    size_t n_connect_ports;
+    int log_level;            /* enum log_level */
+};
+
+/* Fill O with the defaults of DESIGN §1. */
+void options_defaults(struct run_options *o);
+
+/* Parse ARGV[0..argc) (the words after `run`) into O, which holds defaults.
+ * Returns 0; 1 when --help was asked; or -1 with a one-line message naming the
+ * flag in ERR. */
+int options_parse(struct run_options *o, int argc, char **argv, char *err, size_t errlen);
+
+/* Free what options_parse allocated. */
+void options_free(struct run_options *o);
+
+/* Parse "HOST:PORT" (IPv4, [IPv6], or localhost) into A. 0 or -1. */
+int options_parse_listen(const char *text, struct listen_addr *a);
+
+/* Parse "http://HOST[:PORT][/]" into host (lowercase) and port. 0 or -1 with a
+ * reason in WHY. */
+int options_parse_upstream(const char *text, char *host, size_t hostlen, int *port,
+                           const char **why);
+
+extern const char options_help[];
+
+#endif
