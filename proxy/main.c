@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "catalog.h"
+#include "log.h"
+#include "options.h"
+#include "server.h"
 #include "util.h"
 
 static const char usage_text[] =
@@ -79,9 +82,41 @@ static int cmd_codes(int argc, char **argv)
     return 0;
 }
 
+static int cmd_run(int argc, char **argv)
+{
+    struct run_options opts;
+    char err[512];
+    options_defaults(&opts);
+    int rc = options_parse(&opts, argc, argv, err, sizeof err);
+    if (rc == 1) {
+        fputs(options_help, stdout);
+        options_free(&opts);
+        return 0;
+    }
+    if (rc != 0) {
+        fprintf(stderr, "statusproxy: %s\n", err);
+        options_free(&opts);
+        return 2;
+    }
+    log_set_level((enum log_level)opts.log_level);
+    int status = server_run(&opts);
+    options_free(&opts);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
-    const char *cmd = argc > 1 ? argv[1] : "run";
+    /* A bare `statusproxy` or `statusproxy --flag ...` means `run`. */
+    if (argc < 2 || strncmp(argv[1], "--", 2) == 0) {
+        if (argc >= 2 && strcmp(argv[1], "--help") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        return cmd_run(argc - 1, argv + 1);
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "run") == 0)
+        return cmd_run(argc - 2, argv + 2);
     if (strcmp(cmd, "codes") == 0)
         return cmd_codes(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {

@@ -1,0 +1,574 @@
+/*
+ * server — startup, worker threads, signals, rule reloads and shutdown.
+ *
+ * Threads: the main thread runs a loop for signals, the rules-file watcher
+ * and the admin API; each worker thread runs its own loop with its own
+ * listening socket (SO_REUSEPORT spreads connections), its own upstream pool
+ * and counters. Workers never lock on the request path: records are batched
+ * per worker and handed to the audit writer every tick or when a batch fills.
+ * A new rule set is parsed on the main thread and handed to each worker
+ * through a mutex-guarded slot and a uv_async wake-up; exchanges keep a
+ * reference to the set they started with.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "chunk.h"
+#include "cidr.h"
+#include "conn.h"
+#include "log.h"
+#include "metrics.h"
+#include "sender.h"
+#include "upstream.h"
+#include "util.h"
+
+#define RECORD_BATCH 256
+#define TICK_MS 100
+#define STOP_GRACE_MS 10000
+#define RELOAD_DEBOUNCE_MS 100
+
+struct server {
+    struct run_options *opts;
+    uv_loop_t *loop;
+    struct worker *workers;
+    int nworkers;
+    struct audit *audit;
+    struct metrics *metrics;
+    struct admin *admin;
+    pthread_mutex_t rules_lock;  /* guards current and each worker's pending slot */
+    struct rules *current;       /* the set in force; one reference */
+    struct rules **pending;      /* per worker: a set to adopt, or NULL */
+    struct cidr *allow;
+    size_t n_allow;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_fs_event_t watch;
+    uv_timer_t reload_timer;
+    int watching;
+    int stopping;
+    char via_value[320];
+    char via_token[300];
+};
+
+/* ---------- on the worker threads ---------- */
+
+static void flush_records(struct worker *w)
+{
+    if (w->nbatch == 0)
+        return;
+    size_t lost = w->srv->audit ? audit_submit(w->srv->audit, w->batch, w->nbatch) : 0;
+    if (lost)
+        metrics_add_dropped(w->stats, lost);
+    w->nbatch = 0;
+}
+
+void worker_record(struct worker *w, const struct audit_record *r)
+{
+    metrics_record(w->stats, r);
+    if (w->srv->audit) {
+        w->batch[w->nbatch++] = *r;
+        if (w->nbatch == RECORD_BATCH)
+            flush_records(w);
+    }
+}
+
+int worker_client_allowed(const struct worker *w, const struct sockaddr *sa)
+{
+    const struct server *srv = w->srv;
+    for (size_t i = 0; i < srv->n_allow; i++)
+        if (cidr_contains(&srv->allow[i], sa))
+            return 1;
+    return 0;
+}
+
+static void on_worker_closed(uv_handle_t *h)
+{
+    UNUSED(h);
+}
+
+/* Stop when the last connection is gone: close the loop's own handles. */
+static void worker_try_finish(struct worker *w)
+{
+    if (!w->stopping || w->nconns > 0)
+        return;
+    flush_records(w);
+    metrics_publish(w->stats, w->srv->metrics, 0);
+    if (uv_is_closing((uv_handle_t *)&w->wake))
+        return;
+    upstream_pool_close(w->pool);
+    w->pool = NULL;
+    uv_close((uv_handle_t *)&w->wake, on_worker_closed);
+    uv_close((uv_handle_t *)&w->tick, on_worker_closed);
+    uv_close((uv_handle_t *)&w->stop_timer, on_worker_closed);
+}
+
+void worker_conn_closed(struct worker *w)
+{
+    w->nconns--;
+    metrics_set_connections(w->stats, w->nconns);
+    worker_try_finish(w);
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct worker *w = server->data;
+    if (status != 0) {
+        LOG(LOG_WARN, "accept: %s", uv_strerror(status));
+        return;
+    }
+    int rc = conn_accept(w, server);
+    if (rc != 0)
+        LOG(LOG_DEBUG, "accept: %s", uv_strerror(rc));
+    metrics_set_connections(w->stats, w->nconns);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    flush_records(w);
+    metrics_publish(w->stats, w->srv->metrics, upstream_pool_live(w->pool));
+}
+
+static void on_stop_grace_over(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    for (struct conn *c = w->conns, *next; c; c = next) {
+        next = conn_next(c);
+        conn_abort(c);
+    }
+}
+
+static void on_wake(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    struct server *srv = w->srv;
+    pthread_mutex_lock(&srv->rules_lock);
+    struct rules *fresh = srv->pending[w->id];
+    srv->pending[w->id] = NULL;
+    int stop = srv->stopping;
+    pthread_mutex_unlock(&srv->rules_lock);
+    if (fresh) {
+        rules_unref(w->rules);
+        w->rules = fresh;
+    }
+    if (stop && !w->stopping) {
+        w->stopping = 1;
+        uv_close((uv_handle_t *)&w->listener, on_worker_closed);
+        for (struct conn *c = w->conns, *next; c; c = next) {
+            next = conn_next(c);
+            conn_shutdown(c);
+        }
+        uv_timer_start(&w->stop_timer, on_stop_grace_over, STOP_GRACE_MS, 0);
+        worker_try_finish(w);
+    }
+}
+
+static void worker_main(void *arg)
+{
+    struct worker *w = arg;
+    uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    flush_records(w);
+    rules_unref(w->rules);
+    w->rules = NULL;
+    chunk_trim();
+    sender_trim();
+}
+
+/* ---------- listening sockets ---------- */
+
+static socklen_t sa_len(const struct sockaddr_storage *sa)
+{
+    return sa->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+}
+
+/* Is the port free? A plain bind tells: SO_REUSEPORT would let a second
+ * statusproxy on the same port start silently. */
+static int probe_bind(const struct listen_addr *a)
+{
+    if (a->port == 0)
+        return 0;
+    int fd = socket(a->sa.ss_family, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int rc = bind(fd, (const struct sockaddr *)&a->sa, sa_len(&a->sa)) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+/* A listening socket for one worker, bound with SO_REUSEPORT. Updates the
+ * port in A when it was 0 (the first worker picks it). */
+static int open_listener(uv_loop_t *loop, uv_tcp_t *tcp, struct listen_addr *a)
+{
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (a->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->sa, sa_len(&a->sa)) != 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    if (a->port == 0) {
+        struct sockaddr_storage got;
+        socklen_t len = sizeof got;
+        getsockname(fd, (struct sockaddr *)&got, &len);
+        int port = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port
+                                                   : ((struct sockaddr_in *)&got)->sin_port);
+        char *colon = strrchr(a->text, ':');
+        if (colon)
+            snprintf(colon + 1, sizeof a->text - (size_t)(colon + 1 - a->text), "%d", port);
+        a->port = port;
+        memcpy(&a->sa, &got, sizeof got);
+    }
+    uv_tcp_init(loop, tcp); /* tcp->loop set: the caller closes it on failure */
+    int rc = uv_tcp_open(tcp, fd);
+    if (rc != 0) {
+        close(fd);
+        return rc;
+    }
+    return 0;
+}
+
+/* ---------- on the main thread ---------- */
+
+static void on_main_closed(uv_handle_t *h)
+{
+    UNUSED(h);
+}
+
+static void print_diags(const char *path, const struct rules_diags *d)
+{
+    for (size_t i = 0; i < d->n; i++) {
+        char *line = rules_diag_format(path, &d->items[i]);
+        LOG(d->items[i].is_error ? LOG_ERROR : LOG_WARN, "%s", line);
+        free(line);
+    }
+}
+
+/* Hand SET (one reference, may be NULL) to every worker and keep it current. */
+static void install_rules(struct server *srv, struct rules *set)
+{
+    pthread_mutex_lock(&srv->rules_lock);
+    rules_unref(srv->current);
+    srv->current = set;
+    for (int i = 0; i < srv->nworkers; i++) {
+        rules_unref(srv->pending[i]);
+        srv->pending[i] = set ? rules_ref(set) : NULL;
+    }
+    pthread_mutex_unlock(&srv->rules_lock);
+    for (int i = 0; i < srv->nworkers; i++)
+        uv_async_send(&srv->workers[i].wake);
+}
+
+int server_replace_rules(struct server *srv, const char *text, size_t len,
+                         struct rules_diags *diags)
+{
+    const struct run_options *o = srv->opts;
+    struct rules *set = rules_parse(text, len, o->rules_path ? o->rules_path : "rules", o->seed,
+                                    diags);
+    if (!set)
+        return -1;
+    install_rules(srv, set);
+    return 0;
+}
+
+struct rules *server_current_rules(struct server *srv)
+{
+    pthread_mutex_lock(&srv->rules_lock);
+    struct rules *set = srv->current ? rules_ref(srv->current) : NULL;
+    pthread_mutex_unlock(&srv->rules_lock);
+    return set;
+}
+
+/* Reload the rules file: swap in the new set whole, or keep the old one. */
+static void reload_rules(struct server *srv, const char *why)
+{
+    const char *path = srv->opts->rules_path;
+    struct rules_diags diags = {0};
+    struct rules *set = rules_load_file(path, srv->opts->seed, &diags);
+    print_diags(path, &diags);
+    if (!set) {
+        LOG(LOG_ERROR, "rules: %s: reload after %s refused (%zu error%s); the previous rules stay",
+            path, why, diags.errors, diags.errors == 1 ? "" : "s");
+    } else {
+        LOG(LOG_INFO, "rules: %s: reloaded after %s, %zu rule%s", path, why, rules_count(set),
+            rules_count(set) == 1 ? "" : "s");
+        install_rules(srv, set);
+    }
+    rules_diags_free(&diags);
+}
+
+static void on_reload_timer(uv_timer_t *t)
+{
+    reload_rules(t->data, "a change of the file");
+}
+
+static void watch_rules_file(struct server *srv);
+
+static void on_rules_changed(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    struct server *srv = h->data;
+    UNUSED(filename);
+    UNUSED(events);
+    if (status != 0 || srv->stopping)
+        return;
+    /* Editors write in several steps (or replace the file): wait for quiet,
+     * then watch the path afresh, since a rename leaves the old inode. */
+    uv_timer_start(&srv->reload_timer, on_reload_timer, RELOAD_DEBOUNCE_MS, 0);
+    uv_fs_event_stop(&srv->watch);
+    watch_rules_file(srv);
+}
+
+static void watch_rules_file(struct server *srv)
+{
+    if (uv_fs_event_start(&srv->watch, on_rules_changed, srv->opts->rules_path, 0) != 0)
+        LOG(LOG_WARN, "rules: cannot watch %s for changes; SIGHUP still reloads it",
+            srv->opts->rules_path);
+}
+
+static void begin_stop(struct server *srv, const char *why)
+{
+    if (srv->stopping)
+        return;
+    LOG(LOG_INFO, "%s: stopping (finishing exchanges in flight)", why);
+    pthread_mutex_lock(&srv->rules_lock);
+    srv->stopping = 1;
+    pthread_mutex_unlock(&srv->rules_lock);
+    for (int i = 0; i < srv->nworkers; i++)
+        uv_async_send(&srv->workers[i].wake);
+    uv_close((uv_handle_t *)&srv->sigterm, on_main_closed);
+    uv_close((uv_handle_t *)&srv->sigint, on_main_closed);
+    uv_close((uv_handle_t *)&srv->sighup, on_main_closed);
+    uv_close((uv_handle_t *)&srv->reload_timer, on_main_closed);
+    if (srv->watching)
+        uv_close((uv_handle_t *)&srv->watch, on_main_closed);
+    admin_stop(srv->admin);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+    struct server *srv = s->data;
+    if (signum == SIGHUP) {
+        if (srv->opts->rules_path)
+            reload_rules(srv, "SIGHUP");
+        return;
+    }
+    begin_stop(srv, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static void via_identity(struct server *srv)
+{
+    char host[256];
+    if (gethostname(host, sizeof host) != 0 || !host[0])
+        snprintf(host, sizeof host, "statusproxy");
+    host[sizeof host - 1] = '\0';
+    snprintf(srv->via_token, sizeof srv->via_token, "%s:%d", host, srv->opts->listen.port);
+    snprintf(srv->via_value, sizeof srv->via_value, "1.1 %s (statusproxy)", srv->via_token);
+}
+
+static int parse_allow(struct server *srv)
+{
+    const struct run_options *o = srv->opts;
+    srv->allow = xcalloc(o->n_allow, sizeof *srv->allow);
+    for (size_t i = 0; i < o->n_allow; i++) {
+        if (cidr_parse(o->allow[i], strlen(o->allow[i]), &srv->allow[i]) != 0) {
+            fprintf(stderr, "statusproxy: --allow: expected a CIDR like 10.0.0.0/8, got '%s'\n",
+                    o->allow[i]);
+            return -1;
+        }
+    }
+    srv->n_allow = o->n_allow;
+    return 0;
+}
+
+struct metrics *server_metrics(struct server *srv)
+{
+    return srv->metrics;
+}
+
+const struct run_options *server_options(struct server *srv)
+{
+    return srv->opts;
+}
+
+uint64_t server_dropped(struct server *srv)
+{
+    return srv->audit ? audit_dropped(srv->audit) : 0;
+}
+
+static void cleanup(struct server *srv)
+{
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        if (w->srv)
+            uv_loop_close(&w->loop);
+        free(w->batch);
+        metrics_local_free(w->stats);
+    }
+    free(srv->workers);
+    for (int i = 0; i < srv->nworkers; i++)
+        rules_unref(srv->pending[i]);
+    free(srv->pending);
+    rules_unref(srv->current);
+    admin_free(srv->admin);
+    audit_close(srv->audit);
+    metrics_free(srv->metrics);
+    free(srv->allow);
+    pthread_mutex_destroy(&srv->rules_lock);
+}
+
+int server_run(struct run_options *opts)
+{
+    struct server srv_storage, *srv = &srv_storage;
+    memset(srv, 0, sizeof *srv);
+    srv->opts = opts;
+    srv->loop = uv_default_loop();
+    srv->nworkers = opts->workers;
+    pthread_mutex_init(&srv->rules_lock, NULL);
+    srv->pending = xcalloc((size_t)srv->nworkers, sizeof *srv->pending);
+    srv->workers = xcalloc((size_t)srv->nworkers, sizeof *srv->workers);
+    srv->metrics = metrics_new();
+    int status = 1;
+    if (parse_allow(srv) != 0) {
+        status = 2;
+        goto out;
+    }
+
+    if (!opts->has_seed) {
+        opts->seed = (uint64_t)time_now_ms() ^ ((uint64_t)getpid() << 32);
+        opts->has_seed = 1;
+    }
+    if (opts->rules_path) {
+        struct rules_diags diags = {0};
+        srv->current = rules_load_file(opts->rules_path, opts->seed, &diags);
+        for (size_t i = 0; i < diags.n; i++) {
+            char *line = rules_diag_format(opts->rules_path, &diags.items[i]);
+            fprintf(stderr, "%s\n", line);
+            free(line);
+        }
+        rules_diags_free(&diags);
+        if (!srv->current) {
+            status = 2;
+            goto out;
+        }
+    }
+
+    int rc = probe_bind(&opts->listen);
+    if (rc == 0 && opts->admin_enabled)
+        rc = probe_bind(&opts->admin);
+    if (rc != 0) {
+        const struct listen_addr *a = probe_bind(&opts->listen) ? &opts->listen : &opts->admin;
+        fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", a->text, uv_strerror(rc));
+        goto out;
+    }
+
+    char err[512];
+    struct audit_config acfg = {opts->db_path, opts->log_exchanges, opts->retain_ms, 0};
+    srv->audit = audit_open(&acfg, err, sizeof err);
+    if (!srv->audit) {
+        fprintf(stderr, "statusproxy: --db %s: %s\n", opts->db_path, err);
+        goto out;
+    }
+
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        w->srv = srv;
+        w->id = i;
+        w->nworkers = srv->nworkers;
+        w->opts = opts;
+        uv_loop_init(&w->loop);
+        w->stats = metrics_local_new();
+        rc = open_listener(&w->loop, &w->listener, &opts->listen);
+        if (rc != 0) {
+            fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", opts->listen.text,
+                    uv_strerror(rc));
+            srv->nworkers = i + 1;
+            goto out;
+        }
+        w->listener.data = w;
+    }
+    via_identity(srv);
+    if (opts->admin_enabled) {
+        srv->admin = admin_start(srv, srv->loop, &opts->admin, err, sizeof err);
+        if (!srv->admin) {
+            fprintf(stderr, "statusproxy: cannot listen on %s (admin): %s\n", opts->admin.text,
+                    err);
+            goto out;
+        }
+    }
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        w->via_value = srv->via_value;
+        w->via_token = srv->via_token;
+        w->rules = srv->current ? rules_ref(srv->current) : NULL;
+        w->pool = upstream_pool_new(&w->loop, opts->connect_timeout_ms, opts->idle_timeout_ms);
+        w->batch = xmalloc(RECORD_BATCH * sizeof *w->batch);
+        uv_async_init(&w->loop, &w->wake, on_wake);
+        w->wake.data = w;
+        uv_timer_init(&w->loop, &w->tick);
+        w->tick.data = w;
+        uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
+        uv_timer_init(&w->loop, &w->stop_timer);
+        w->stop_timer.data = w;
+    }
+
+    uv_signal_init(srv->loop, &srv->sigterm);
+    uv_signal_init(srv->loop, &srv->sigint);
+    uv_signal_init(srv->loop, &srv->sighup);
+    srv->sigterm.data = srv->sigint.data = srv->sighup.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_start(&srv->sighup, on_signal, SIGHUP);
+    uv_timer_init(srv->loop, &srv->reload_timer);
+    srv->reload_timer.data = srv;
+    if (opts->rules_path) {
+        uv_fs_event_init(srv->loop, &srv->watch);
+        srv->watch.data = srv;
+        srv->watching = 1;
+        watch_rules_file(srv);
+    }
+
+    for (int i = 0; i < srv->nworkers; i++)
+        uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+    LOG(LOG_INFO, "listening on %s (%s), %d worker%s%s%s", opts->listen.text,
+        opts->has_upstream ? opts->upstream_authority : "forward proxy", srv->nworkers,
+        srv->nworkers == 1 ? "" : "s", opts->admin_enabled ? ", admin on " : "",
+        opts->admin_enabled ? opts->admin.text : "");
+
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < srv->nworkers; i++)
+        uv_thread_join(&srv->workers[i].thread);
+    status = 0;
+    LOG(LOG_INFO, "stopped; %llu records lost", (unsigned long long)server_dropped(srv));
+out:
+    if (status != 0) {
+        /* Workers never started: close what was opened on their loops. */
+        for (int i = 0; i < srv->nworkers; i++) {
+            struct worker *w = &srv->workers[i];
+            if (w->listener.loop)
+                uv_close((uv_handle_t *)&w->listener, NULL);
+            if (w->srv)
+                uv_run(&w->loop, UV_RUN_DEFAULT);
+        }
+        admin_stop(srv->admin);
+        uv_run(srv->loop, UV_RUN_DEFAULT);
+    }
+    cleanup(srv);
+    uv_loop_close(srv->loop);
+    return status;
+}

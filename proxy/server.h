@@ -1,0 +1,69 @@
+/*
+ * server — the running proxy: one libuv loop per worker thread, each with its
+ * own listening socket (SO_REUSEPORT) and upstream pool; the main thread's
+ * loop handles signals, rule reloads, the admin API and shutdown. Finished
+ * exchanges go from workers to the audit writer in batches.
+ */
+#ifndef STATUSPROXY_SERVER_H
+#define STATUSPROXY_SERVER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "audit.h"
+#include "options.h"
+#include "rules.h"
+
+struct conn;
+struct server;
+
+/* Per-thread state. Fields are read by conn.c on the worker's own thread. */
+struct worker {
+    struct server *srv;
+    int id;
+    int nworkers;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_tcp_t listener;
+    uv_async_t wake;             /* main -> worker: new rules, stop */
+    uv_timer_t tick;             /* flushes record batches, publishes counters */
+    uv_timer_t stop_timer;       /* bounds the graceful stop */
+    const struct run_options *opts;
+    struct rules *rules;         /* current set, one reference; NULL when none */
+    struct upstream_pool *pool;
+    const char *via_value;       /* "1.1 HOST:PORT (statusproxy)" */
+    const char *via_token;       /* "HOST:PORT", this proxy's received-by */
+    struct conn *conns;          /* live client connections */
+    unsigned nconns;
+    uint64_t next_conn_id;
+    int stopping;
+    struct audit_record *batch;  /* records not yet handed to the writer */
+    size_t nbatch;
+    struct metrics_local *stats; /* counters published to the main thread */
+};
+
+/* Record one finished exchange (called by conn.c on the worker's thread). */
+void worker_record(struct worker *w, const struct audit_record *r);
+/* Is the client address allowed by --allow? */
+int worker_client_allowed(const struct worker *w, const struct sockaddr *sa);
+/* A connection closed; lets a stopping worker finish. */
+void worker_conn_closed(struct worker *w);
+
+/* For the admin API (main thread). */
+struct metrics *server_metrics(struct server *srv);
+/* Records the audit writer lost so far. */
+uint64_t server_dropped(struct server *srv);
+/* The rule set in force, with a reference for the caller (NULL when none). */
+struct rules *server_current_rules(struct server *srv);
+/* Parse TEXT and swap it in whole; on errors keep the old set and return -1
+ * with DIAGS filled. */
+int server_replace_rules(struct server *srv, const char *text, size_t len,
+                         struct rules_diags *diags);
+/* The options the proxy runs with. */
+const struct run_options *server_options(struct server *srv);
+
+/* Run the proxy until SIGTERM/SIGINT. Returns the process exit status
+ * (0 after a clean stop, 1 when it could not start; the reason is logged). */
+int server_run(struct run_options *opts);
+
+#endif
