@@ -81,7 +81,7 @@ static int ends_word(const struct rules_lexer *lx)
 {
     unsigned char c = (unsigned char)*lx->p;
     return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '#' || c == '"' ||
-           is_control(c) || at_continuation(lx) || blank_continuation(lx);
+           at_continuation(lx) || blank_continuation(lx);
 }
 
 /* Read a quoted string starting at the opening quote; append its decoded
@@ -209,10 +209,19 @@ int rules_lex_line(struct rules_lexer *lx, struct rules_line *ln, struct rules_d
                     lex_string(lx, &text, &t.bad, d);
                     t.quoted = 1;
                 } else {
-                    const char *w = lx->p;
-                    while (lx->p != lx->end && !ends_word(lx))
+                    while (lx->p != lx->end && !ends_word(lx)) {
+                        unsigned char w = (unsigned char)*lx->p;
+                        if (is_control(w)) {
+                            /* Reported and dropped; the word goes on, so
+                             * one stray byte makes one error. */
+                            rules_diag_add(d, 1, lx->line, lx->col,
+                                           "control character 0x%02x outside a string", w);
+                            t.bad = 1;
+                        } else {
+                            sbuf_putc(&text, (char)w);
+                        }
                         advance(lx);
-                    sbuf_append(&text, w, (size_t)(lx->p - w));
+                    }
                 }
             } while (lx->p != lx->end && (*lx->p == '"' || !ends_word(lx)));
             t.len = text.len;

@@ -844,6 +844,43 @@ static void conflict(struct parser *ps, const struct draft *dr, enum rule_action
                    why);
 }
 
+/* `reset` sends no answer, so nothing that writes one can go with it. The
+ * writers before it are named in one error at `reset`; each writer after
+ * it gets its own error. */
+static void check_reset(struct parser *ps, const struct draft *dr)
+{
+    static const enum rule_action writers[] = {RA_ABORT,      RA_SET_STATUS, RA_REASON,
+                                               RA_BODY,       RA_SET_HEADER, RA_DEL_HEADER,
+                                               RA_THROTTLE,   RA_TRUNCATE};
+    struct pos reset = dr->action_at[RA_RESET];
+    if (!reset.line)
+        return;
+    struct sbuf before = {0};
+    struct pos last = {0, 0};
+    for (;;) {
+        /* The writers before reset, in written order: the next after LAST. */
+        int next = -1;
+        for (size_t i = 0; i < ARRAY_LEN(writers); i++) {
+            struct pos w = dr->action_at[writers[i]];
+            if (w.line && pos_before(w, reset) && pos_before(last, w) &&
+                (next < 0 || pos_before(w, dr->action_at[next])))
+                next = (int)writers[i];
+        }
+        if (next < 0)
+            break;
+        sbuf_printf(&before, "%s'%s'", before.len ? ", " : "", action_words[next]);
+        last = dr->action_at[next];
+    }
+    for (size_t i = 0; i < ARRAY_LEN(writers); i++)
+        if (dr->action_at[writers[i]].line && pos_before(reset, dr->action_at[writers[i]]))
+            conflict(ps, dr, RA_RESET, writers[i], "reset closes the connection without an answer");
+    if (before.len)
+        rules_diag_add(ps->d, 1, reset.line, reset.col,
+                       "'reset' cannot be combined with %s: reset closes the connection without "
+                       "an answer", before.data);
+    sbuf_free(&before);
+}
+
 /* Does the status spec hold only codes that never carry a body? */
 static int spec_bodiless(const struct rule *r)
 {
@@ -891,11 +928,7 @@ static void check_rule(struct parser *ps, struct draft *dr)
 
     conflict(ps, dr, RA_ABORT, RA_SET_STATUS, "abort already chooses the status");
     conflict(ps, dr, RA_ABORT, RA_TRUNCATE, "an abort answer is written whole");
-    static const enum rule_action writers[] = {RA_ABORT,      RA_SET_STATUS, RA_REASON,
-                                               RA_BODY,       RA_SET_HEADER, RA_DEL_HEADER,
-                                               RA_THROTTLE,   RA_TRUNCATE};
-    for (size_t i = 0; i < ARRAY_LEN(writers); i++)
-        conflict(ps, dr, RA_RESET, writers[i], "reset closes the connection without an answer");
+    check_reset(ps, dr);
 
     if (at[RA_BODY].line && !at[RA_ABORT].line)
         rules_diag_add(ps->d, 1, at[RA_BODY].line, at[RA_BODY].col,
@@ -1098,7 +1131,11 @@ static void parse_line(struct parser *ps, const struct rules_line *ln, size_t er
                 t[0].text);
         return;
     }
-    if (ln->n < 2 || is_keyword(&t[1])) {
+    /* The word after `rule` is the name, even a keyword (`rule reset =>
+     * reset`); but a keyword followed by what looks like its value
+     * (`rule path /x => ...`) means the name was forgotten. */
+    if (ln->n < 2 || is_arrow(&t[1]) ||
+        (is_keyword(&t[1]) && ln->n > 2 && !is_keyword(&t[2]))) {
         ERR(ps, &t[0], "missing rule name after 'rule'");
         return;
     }

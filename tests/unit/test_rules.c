@@ -519,6 +519,16 @@ static void test_error_rule_name(void)
     ERR_AT("rule \"a\" => reset", 1, 6, "invalid rule name");
 }
 
+static void test_names_may_be_keywords(void)
+{
+    NORMAL("rule reset => reset", "rule reset => reset");
+    NORMAL("rule path path /x => delay 1s", "rule path path /x => delay 1s");
+    NORMAL("rule status status 500 => set-status 503", "rule status status 500 => set-status 503");
+    /* ... unless a value follows, which means the name was left out. */
+    ERR_AT("rule path /x => reset", 1, 1, "missing rule name");
+    ERR_AT("rule status 503 => reset", 1, 1, "missing rule name");
+}
+
 static void test_error_duplicate_name_points_at_second(void)
 {
     ERR_AT("rule a => reset\n# gap\nrule  a => delay 1s\n", 3, 7,
@@ -1419,6 +1429,7 @@ int main(void)
     RUN(test_error_no_action);
     RUN(test_error_line_start);
     RUN(test_error_rule_name);
+    RUN(test_names_may_be_keywords);
     RUN(test_error_duplicate_name_points_at_second);
     RUN(test_error_strings);
     RUN(test_error_control_character_outside_string);
