@@ -284,8 +284,9 @@ static int parse_count(const struct rules_token *t, uint64_t *out)
     return 0;
 }
 
-/* A status code written in S[0..len): 1-3 digits (longer counts as out of
- * range, -2). Returns the code, -1 if not digits. */
+/* The status code written in S[0..len), or -1 if it is not all digits.
+ * More than 3 digits give a value above 999, so callers report it as out
+ * of range whatever the digits are (0503 is not 503). */
 static int parse_code(const char *s, size_t len)
 {
     if (len == 0)
