@@ -3,11 +3,13 @@
  * one place that exits. Exit status: 0 success, 1 runtime failure, 2 usage.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "catalog.h"
 #include "log.h"
 #include "options.h"
+#include "rules.h"
 #include "server.h"
 #include "util.h"
 
@@ -104,6 +106,40 @@ static int cmd_run(int argc, char **argv)
     return status;
 }
 
+/* statusproxy rules check FILE: normalized rules on stdout, diagnostics on
+ * stderr; 0 when the file is good, 1 when it has errors, 2 on bad usage. */
+static int cmd_rules(int argc, char **argv)
+{
+    static const char usage[] = "usage: statusproxy rules check FILE";
+    if (argc == 0 || strcmp(argv[0], "check") != 0) {
+        if (argc == 0)
+            fprintf(stderr, "statusproxy rules: missing subcommand (%s)\n", usage);
+        else
+            fprintf(stderr, "statusproxy rules: unknown subcommand '%s' (%s)\n", argv[0], usage);
+        return 2;
+    }
+    if (argc != 2) {
+        fprintf(stderr, "statusproxy rules check: %s (%s)\n",
+                argc < 2 ? "missing FILE" : "one FILE only", usage);
+        return 2;
+    }
+    const char *file = argv[1];
+    struct rules_diags diags = {0};
+    struct rules *rs = rules_load_file(file, 0, &diags);
+    for (size_t i = 0; i < diags.n; i++) {
+        char *line = rules_diag_format(file, &diags.items[i]);
+        fprintf(stderr, "%s\n", line);
+        free(line);
+    }
+    rules_diags_free(&diags);
+    if (!rs)
+        return 1;
+    for (size_t i = 0; i < rules_count(rs); i++)
+        printf("%s\n", rule_normalized(rules_at(rs, i)));
+    rules_unref(rs);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     /* A bare `statusproxy` or `statusproxy --flag ...` means `run`. */
@@ -119,6 +155,8 @@ int main(int argc, char **argv)
         return cmd_run(argc - 2, argv + 2);
     if (strcmp(cmd, "codes") == 0)
         return cmd_codes(argc - 2, argv + 2);
+    if (strcmp(cmd, "rules") == 0)
+        return cmd_rules(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         fputs(usage_text, stdout);
         return 0;

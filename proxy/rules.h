@@ -100,6 +100,8 @@ int rules_has_phase(const struct rules *rs, enum rules_phase phase);
 /* Introspection, for `rules check` and the admin API. */
 size_t rules_count(const struct rules *rs);
 const struct rule *rules_at(const struct rules *rs, size_t i);
+/* The rule named NAME (names are unique in a set), or NULL. */
+const struct rule *rules_find(const struct rules *rs, const char *name);
 const char *rule_name(const struct rule *r);
 enum rules_phase rule_phase(const struct rule *r);
 int rule_line(const struct rule *r);
