@@ -69,9 +69,9 @@ static const char sql_insert_raw[] =
 
 static const char sql_add_minute[] =
     "INSERT INTO minute_stats (minute, host, upstream_code, final_code, rule, count,"
-    " duration_us, bytes_in, bytes_out) VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, ?7, ?8)"
+    " duration_us, bytes_in, bytes_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     " ON CONFLICT (minute, host, upstream_code, final_code, rule) DO UPDATE SET"
-    " count = count + 1, duration_us = duration_us + excluded.duration_us,"
+    " count = count + excluded.count, duration_us = duration_us + excluded.duration_us,"
     " bytes_in = bytes_in + excluded.bytes_in, bytes_out = bytes_out + excluded.bytes_out";
 
 static const char sql_add_dropped[] =
@@ -146,32 +146,73 @@ static int write_raw(struct audit *a, const struct audit_record *r)
     return run(st);
 }
 
-static int write_minute(struct audit *a, const struct audit_record *r)
+/* The aggregate key of a record: absent codes are -1 (see 0001_init.sql). */
+static int key_code(int code)
+{
+    return code >= 0 ? code : -1;
+}
+
+static int cmp_key(const void *x, const void *y)
+{
+    const struct audit_record *a = *(const struct audit_record *const *)x;
+    const struct audit_record *b = *(const struct audit_record *const *)y;
+    int64_t ma = minute_of(a->start_ms), mb = minute_of(b->start_ms);
+    if (ma != mb)
+        return ma < mb ? -1 : 1;
+    int c = strncmp(a->host, b->host, sizeof a->host);
+    if (c)
+        return c;
+    if (key_code(a->upstream_code) != key_code(b->upstream_code))
+        return key_code(a->upstream_code) < key_code(b->upstream_code) ? -1 : 1;
+    if (key_code(a->final_code) != key_code(b->final_code))
+        return key_code(a->final_code) < key_code(b->final_code) ? -1 : 1;
+    return strncmp(a->rule, b->rule, sizeof a->rule);
+}
+
+/* Add the records BY_KEY[0..n) (sorted by aggregate key) to minute_stats:
+ * one upsert per distinct key, not per record, so a busy minute costs a
+ * few hundred statements however many exchanges it saw. */
+static int write_minutes(struct audit *a, const struct audit_record *const *by_key, size_t n)
 {
     sqlite3_stmt *st = a->add_minute;
-    sqlite3_bind_int64(st, 1, minute_of(r->start_ms));
-    BIND_FIELD(st, 2, r->host);
-    sqlite3_bind_int(st, 3, r->upstream_code >= 0 ? r->upstream_code : -1);
-    sqlite3_bind_int(st, 4, r->final_code >= 0 ? r->final_code : -1);
-    BIND_FIELD(st, 5, r->rule);
-    sqlite3_bind_int64(st, 6, r->duration_us);
-    sqlite3_bind_int64(st, 7, (sqlite3_int64)r->bytes_in);
-    sqlite3_bind_int64(st, 8, (sqlite3_int64)r->bytes_out);
-    return run(st);
+    for (size_t i = 0; i < n;) {
+        const struct audit_record *r = by_key[i];
+        int64_t count = 0, duration = 0, in = 0, out = 0;
+        size_t j = i;
+        for (; j < n && (j == i || cmp_key(&by_key[i], &by_key[j]) == 0); j++) {
+            count++;
+            duration += by_key[j]->duration_us;
+            in += (int64_t)by_key[j]->bytes_in;
+            out += (int64_t)by_key[j]->bytes_out;
+        }
+        sqlite3_bind_int64(st, 1, minute_of(r->start_ms));
+        BIND_FIELD(st, 2, r->host);
+        sqlite3_bind_int(st, 3, key_code(r->upstream_code));
+        sqlite3_bind_int(st, 4, key_code(r->final_code));
+        BIND_FIELD(st, 5, r->rule);
+        sqlite3_bind_int64(st, 6, count);
+        sqlite3_bind_int64(st, 7, duration);
+        sqlite3_bind_int64(st, 8, in);
+        sqlite3_bind_int64(st, 9, out);
+        if (run(st) != 0)
+            return -1;
+        i = j;
+    }
+    return 0;
 }
 
 /* One transaction for the whole batch: all of it or (rolled back) none. */
-static int try_write(struct audit *a, const struct audit_record *recs, size_t n, uint64_t drops,
+static int try_write(struct audit *a, const struct audit_record *recs,
+                     const struct audit_record *const *by_key, size_t n, uint64_t drops,
                      char *err, size_t errlen)
 {
     if (run(a->begin) != 0)
         goto fail;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         if (wants_raw(a->mode, &recs[i]) && write_raw(a, &recs[i]) != 0)
             goto fail;
-        if (write_minute(a, &recs[i]) != 0)
-            goto fail;
-    }
+    if (write_minutes(a, by_key, n) != 0)
+        goto fail;
     if (drops) {
         sqlite3_bind_int64(a->add_dropped, 1, minute_of(time_now_ms()));
         sqlite3_bind_int64(a->add_dropped, 2, (sqlite3_int64)drops);
@@ -215,13 +256,17 @@ static void sleep_ms(unsigned ms)
 static void write_batch(struct audit *a, const struct audit_record *recs, size_t n,
                         uint64_t drops)
 {
+    const struct audit_record **by_key = xmalloc((n ? n : 1) * sizeof *by_key);
+    for (size_t i = 0; i < n; i++)
+        by_key[i] = &recs[i];
+    qsort(by_key, n, sizeof *by_key, cmp_key);
     unsigned wait_ms = RETRY_FIRST_MS;
     uint64_t stop_seen_us = 0;
     for (;;) {
         char err[256];
-        if (try_write(a, recs, n, drops, err, sizeof err) == 0) {
+        if (try_write(a, recs, by_key, n, drops, err, sizeof err) == 0) {
             set_error(a, "");
-            return;
+            break;
         }
         set_error(a, err);
         if (is_stopping(a)) {
@@ -230,12 +275,13 @@ static void write_batch(struct audit *a, const struct audit_record *recs, size_t
                 stop_seen_us = now;
             else if (now - stop_seen_us >= (uint64_t)CLOSE_GIVE_UP_MS * 1000) {
                 atomic_fetch_add(&a->dropped, (uint64_t)n);
-                return;
+                break;
             }
         }
         sleep_ms(wait_ms);
         wait_ms = wait_ms * 2 < RETRY_MAX_MS ? wait_ms * 2 : RETRY_MAX_MS;
     }
+    free(by_key);
 }
 
 /* Delete raw rows older than the retention. A busy database just means trying

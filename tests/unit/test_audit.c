@@ -313,6 +313,21 @@ static void test_aggregates_per_minute_host_codes_rule(void)
     CHECK_INT(query(path, "SELECT count FROM minute_stats WHERE rule = 'kill' AND"
                           " upstream_code = -1 AND final_code = -1"),
               1);
+    /* Later batches add to the same rows. */
+    a = open_audit(path, AUDIT_LOG_NONE, 0, 0);
+    audit_submit(a, r, 2);
+    audit_flush(a);
+    audit_submit(a, r, 1);
+    audit_close(a);
+    CHECK_INT(query(path, "SELECT count(*) FROM minute_stats"), 5);
+    sql = xasprintf("SELECT count FROM minute_stats WHERE minute = %lld"
+                    " AND host = 'a.example' AND final_code = 200", minute);
+    CHECK_INT(query(path, sql), 6);
+    free(sql);
+    sql = xasprintf("SELECT duration_us FROM minute_stats WHERE minute = %lld"
+                    " AND host = 'a.example' AND final_code = 200", minute);
+    CHECK_INT(query(path, sql), 100);
+    free(sql);
     free(path);
 }
 
