@@ -159,9 +159,10 @@ static void list_names(char *buf, size_t len, const char *const *names, size_t n
 {
     size_t used = 0;
     buf[0] = '\0';
-    for (size_t i = 0; i < n && used < len; i++)
-        used += (size_t)snprintf(buf + used, len - used, "%s%s", i == 0 ? "" : i + 1 == n ? " or " : ", ",
-                                 names[i]);
+    for (size_t i = 0; i < n && used < len; i++) {
+        const char *sep = i == 0 ? "" : i + 1 == n ? " or " : ", ";
+        used += (size_t)snprintf(buf + used, len - used, "%s%s", sep, names[i]);
+    }
 }
 
 int report_parse_args(int argc, char **argv, int64_t now_ms, struct report_options *o, char *err,
@@ -178,8 +179,11 @@ int report_parse_args(int argc, char **argv, int64_t now_ms, struct report_optio
         /* "--flag value" or "--flag=value". */
         char name[16];
         const char *val = NULL, *eq = strchr(argv[i], '=');
-        size_t nlen = eq && strncmp(argv[i], "--", 2) == 0 ? (size_t)(eq - argv[i]) : strlen(argv[i]);
-        snprintf(name, sizeof name, "%.*s", (int)(nlen < sizeof name ? nlen : sizeof name - 1), argv[i]);
+        size_t nlen = strlen(argv[i]);
+        if (eq && strncmp(argv[i], "--", 2) == 0)
+            nlen = (size_t)(eq - argv[i]);
+        snprintf(name, sizeof name, "%.*s", (int)(nlen < sizeof name ? nlen : sizeof name - 1),
+                 argv[i]);
         int f = nlen < sizeof name ? pick(name, flags, ARRAY_LEN(flags)) : -1;
         if (f < 0) {
             if (argv[i][0] == '-')

@@ -114,6 +114,12 @@ static int64_t bucket_minutes(int64_t span_minutes)
     return span_minutes / MAX_BUCKETS + 1;
 }
 
+/* The x position of bucket K of NB across the plot. */
+static double bucket_x(size_t k, size_t nb, int plot_w)
+{
+    return nb == 1 ? PAD_L + plot_w / 2.0 : PAD_L + (double)k * plot_w / (double)(nb - 1);
+}
+
 static void write_chart(const struct report_page *p, struct sbuf *out)
 {
     sbuf_printf(out,
@@ -165,7 +171,7 @@ static void write_chart(const struct report_page *p, struct sbuf *out)
         if ((m == 1 && nb < 5) || (m == 2 && nb == 1))
             continue;
         size_t k = marks[m];
-        double x = nb == 1 ? PAD_L + plot_w / 2.0 : PAD_L + (double)k * plot_w / (double)(nb - 1);
+        double x = bucket_x(k, nb, plot_w);
         char when[32];
         iso_minute(base + (int64_t)k * step, when, sizeof when);
         sbuf_printf(out, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"%s\">%s UTC</text>\n", x,
@@ -182,7 +188,7 @@ static void write_chart(const struct report_page *p, struct sbuf *out)
                     none ? "no-status" : "series series-", none ? "" : series_info[s].name,
                     series_info[s].name, series_info[s].color);
         for (size_t k = 0; k < nb; k++) {
-            double x = nb == 1 ? PAD_L + plot_w / 2.0 : PAD_L + (double)k * plot_w / (double)(nb - 1);
+            double x = bucket_x(k, nb, plot_w);
             double y = PAD_T + plot_h - (double)b[k][s] / (double)ymax * plot_h;
             sbuf_printf(out, "%s%.1f %.1f", k ? " L" : "M", x, y);
         }
@@ -191,9 +197,11 @@ static void write_chart(const struct report_page *p, struct sbuf *out)
         if (nb > MAX_POINT_MARKS)
             continue;
         for (size_t k = 0; k < nb; k++) {
-            double x = nb == 1 ? PAD_L + plot_w / 2.0 : PAD_L + (double)k * plot_w / (double)(nb - 1);
+            double x = bucket_x(k, nb, plot_w);
             double y = PAD_T + plot_h - (double)b[k][s] / (double)ymax * plot_h;
-            sbuf_printf(out, "<circle class=\"point\" cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>",
+            sbuf_printf(out,
+                        "<circle class=\"point\" cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\""
+                        " fill=\"%s\"/>",
                         x, y, series_info[s].color);
         }
         sbuf_putc(out, '\n');
@@ -212,12 +220,12 @@ static void write_chart(const struct report_page *p, struct sbuf *out)
     free(b);
 }
 
-static void write_value(struct sbuf *out, const struct report_value *v, int is_share)
+static void write_value(struct sbuf *out, const struct report_value *v, int is_share, int numeric)
 {
     char num[32];
     switch (v->type) {
     case REPORT_NULL:
-        sbuf_puts(out, "<td class=\"absent\">&mdash;</td>");
+        sbuf_printf(out, "<td class=\"absent%s\">&mdash;</td>", numeric ? " num" : "");
         break;
     case REPORT_INT:
         sbuf_printf(out, "<td class=\"num\">%lld</td>", (long long)v->i);
@@ -247,13 +255,14 @@ static void write_view(const struct report_result *r, struct sbuf *out)
     sbuf_printf(out, "<table class=\"view\" id=\"by-%s\" data-view=\"%s\">\n<thead><tr>", name,
                 name);
     int share_col = -1;
+    int *numeric = xcalloc(r->ncols + 1, sizeof *numeric);
     for (size_t c = 0; c < r->ncols; c++) {
-        int numeric = strcmp(r->cols[c], "count") == 0 || strcmp(r->cols[c], "share") == 0 ||
+        numeric[c] = strcmp(r->cols[c], "count") == 0 || strcmp(r->cols[c], "share") == 0 ||
                       strcmp(r->cols[c], "code") == 0 || strcmp(r->cols[c], "upstream_code") == 0 ||
                       (r->cols[c][0] >= '1' && r->cols[c][0] <= '5');
         if (strcmp(r->cols[c], "share") == 0)
             share_col = (int)c;
-        sbuf_printf(out, "<th%s>", numeric ? " class=\"num\"" : "");
+        sbuf_printf(out, "<th%s>", numeric[c] ? " class=\"num\"" : "");
         esc(out, r->cols[c]);
         sbuf_puts(out, "</th>");
     }
@@ -261,10 +270,11 @@ static void write_view(const struct report_result *r, struct sbuf *out)
     for (size_t i = 0; i < r->nrows; i++) {
         sbuf_puts(out, "<tr>");
         for (size_t c = 0; c < r->ncols; c++)
-            write_value(out, &r->cells[i * r->ncols + c], (int)c == share_col);
+            write_value(out, &r->cells[i * r->ncols + c], (int)c == share_col, numeric[c]);
         sbuf_puts(out, "</tr>\n");
     }
     sbuf_puts(out, "</tbody>\n</table>\n");
+    free(numeric);
     if (r->nrows == 0)
         sbuf_puts(out, "<p class=\"empty\">No exchanges.</p>\n");
 }
