@@ -49,6 +49,8 @@ EMBED_SRCS := $(MIGRATIONS) $(wildcard proxy/assets/*)
 
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+# Test-only tools the end-to-end tests run (tests/tools/*.c).
+TEST_TOOLS := $(BUILD)/tests/audit_feed
 
 # Debian packages: what building and running need, and what the tests add.
 DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev
@@ -87,6 +89,10 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c tests/unit/unit.h $(LIB_OBJS) $(LLHTT
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Itests/unit $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS) $(LDLIBS_ALL)
 
+$(BUILD)/tests/audit_feed: tests/tools/audit_feed.c $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS) $(LDLIBS_ALL)
+
 deps:
 	@sh tools/deps.sh $(DEPS)
 
@@ -100,14 +106,14 @@ run: deps
 	$(MAKE) $(BIN)
 	$(BIN) run
 
-unit: $(UNIT_BINS)
+unit: $(UNIT_BINS) $(TEST_TOOLS)
 	@sh tools/run-unit.sh $(UNIT_BINS)
 
-e2e: $(BIN)
+e2e: $(BIN) $(TEST_TOOLS)
 	STATUSPROXY_BIN=$(abspath $(BIN)) $(PYTHON) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
 test: test-deps
-	$(MAKE) $(BIN) $(UNIT_BINS)
+	$(MAKE) $(BIN) $(UNIT_BINS) $(TEST_TOOLS)
 	$(MAKE) unit
 	$(MAKE) e2e
 
@@ -118,4 +124,4 @@ bench: bench-deps
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(UNIT_BINS:=.d)
+-include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(TEST_TOOLS:=.d)

@@ -51,6 +51,18 @@ size_t audit_submit(struct audit *a, const struct audit_record *recs, size_t n);
 /* Records lost so far. */
 uint64_t audit_dropped(const struct audit *a);
 
+/* Additions beyond the first contract: */
+
+/* Block until everything submitted before the call is committed (or, while
+ * closing, given up and counted as lost). Not for event-loop threads: it waits
+ * for SQLite, for as long as the database stays locked. */
+void audit_flush(struct audit *a);
+
+/* 1 when the writer's latest attempt to write failed (it keeps retrying; the
+ * SQLite message goes to BUF), 0 when its latest write succeeded. For the
+ * caller to log: this module never logs. */
+int audit_last_error(struct audit *a, char *buf, size_t len);
+
 /* Write everything queued, stop the writer, close the database. NULL is fine. */
 void audit_close(struct audit *a);
 

@@ -7,8 +7,10 @@
 #include <string.h>
 
 #include "catalog.h"
+#include "db.h"
 #include "log.h"
 #include "options.h"
+#include "report.h"
 #include "rules.h"
 #include "server.h"
 #include "util.h"
@@ -140,6 +142,57 @@ static int cmd_rules(int argc, char **argv)
     return 0;
 }
 
+static int cmd_migrate(int argc, char **argv)
+{
+    const char *path = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--db") != 0) {
+            fprintf(stderr, "statusproxy migrate: %s: unknown option\n", argv[i]);
+            return 2;
+        }
+        if (i + 1 >= argc || !argv[i + 1][0]) {
+            fprintf(stderr, "statusproxy migrate: --db: missing value\n");
+            return 2;
+        }
+        path = argv[++i];
+    }
+    if (!path) {
+        fprintf(stderr, "statusproxy migrate: --db: required\n");
+        return 2;
+    }
+    char err[512];
+    sqlite3 *db = db_open(path, DB_READ_WRITE, err, sizeof err);
+    if (!db) {
+        fprintf(stderr, "statusproxy migrate: %s\n", err);
+        return 1;
+    }
+    printf("schema version %d\n", db_version(db));
+    db_close(db);
+    return 0;
+}
+
+static int cmd_report(int argc, char **argv)
+{
+    struct report_options opts;
+    char err[512];
+    int64_t now = time_now_ms();
+    if (report_parse_args(argc, argv, now, &opts, err, sizeof err) != 0) {
+        fprintf(stderr, "statusproxy report: %s\n", err);
+        return 2;
+    }
+    struct sbuf out = {0};
+    int rc = report_run(&opts, now, &out, err, sizeof err);
+    report_options_free(&opts);
+    if (rc != 0) {
+        fprintf(stderr, "statusproxy report: %s\n", err);
+    } else if (fwrite(out.data, 1, out.len, stdout) != out.len || fflush(stdout) != 0) {
+        fprintf(stderr, "statusproxy report: writing the output failed\n");
+        rc = -1;
+    }
+    sbuf_free(&out);
+    return rc == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     /* A bare `statusproxy` or `statusproxy --flag ...` means `run`. */
@@ -157,6 +210,10 @@ int main(int argc, char **argv)
         return cmd_codes(argc - 2, argv + 2);
     if (strcmp(cmd, "rules") == 0)
         return cmd_rules(argc - 2, argv + 2);
+    if (strcmp(cmd, "migrate") == 0)
+        return cmd_migrate(argc - 2, argv + 2);
+    if (strcmp(cmd, "report") == 0)
+        return cmd_report(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         fputs(usage_text, stdout);
         return 0;
