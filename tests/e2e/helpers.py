@@ -411,6 +411,15 @@ class Proxy:
         self._out = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=self._err, env=self.env)
+        try:
+            return self._wait_listening(wait)
+        except RuntimeError:
+            self.stopped = True  # dead or killed; reported by the raise
+            self._err.close()
+            self._out.close()
+            raise
+
+    def _wait_listening(self, wait):
         deadline = time.monotonic() + wait
         while True:
             if self.proc.poll() is not None:
@@ -469,3 +478,27 @@ class Proxy:
             if mark in err:
                 problems.append("stderr contains %r" % mark)
         return problems
+
+
+def check_synthesized(r, code, reason):
+    """The shape of an answer the proxy writes itself (DESIGN §3): status
+    CODE, Content-Type text/plain, body 'CODE Reason\\n'.  Returns a list of
+    differences (empty when it matches)."""
+    diffs = []
+    if r.status != code:
+        diffs.append("status %r, expected %d" % (r.status, code))
+    ct = r.get("Content-Type")
+    if ct is None or ct.split(";")[0].strip().lower() != "text/plain":
+        diffs.append("Content-Type %r, expected text/plain" % ct)
+    want = ("%d %s\n" % (code, reason)).encode()
+    if r.body != want:
+        diffs.append("body %r, expected %r" % (r.body, want))
+    return diffs
+
+
+def via_entries(values):
+    """Split Via header values into their comma-separated entries."""
+    out = []
+    for v in values:
+        out += [e.strip() for e in v.split(",") if e.strip()]
+    return out
