@@ -5,6 +5,7 @@ sides — while hop-by-hop headers are dropped and Via is added
 
 import hashlib
 import json
+import os
 import socket
 import time
 import urllib.parse
@@ -192,7 +193,8 @@ def _rss_limit(proxy):
     return RSS_LIMIT_KIB * (3 if is_sanitized(proxy.binary) else 1)
 
 
-_ASAN_ENV = {"ASAN_OPTIONS": "quarantine_size_mb=16"}
+_ASAN_ENV = {"ASAN_OPTIONS": ":".join(
+    x for x in (os.environ.get("ASAN_OPTIONS"), "quarantine_size_mb=16") if x)}
 
 
 @pytest.mark.slow
