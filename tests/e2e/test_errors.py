@@ -55,10 +55,17 @@ def test_request_head_timeout_is_408(proxy_factory, backend):
 
 
 def test_origin_form_without_upstream_is_400(proxy_factory):
+    """Without --upstream an origin-form request cannot be routed: 400, whose
+    body starts as every synthesized answer does and then says how to use
+    the proxy (forward mode, or --upstream)."""
     p = proxy_factory()
     with p.conn() as c:
         r = c.exchange("GET", "/echo")
-    assert check_synthesized(r, 400, "Bad Request") == []
+    assert r.status == 400
+    assert r.get("Content-Type").split(";")[0] == "text/plain"
+    assert r.body.startswith(b"400 Bad Request\n")
+    help_text = r.body.decode()
+    assert "--upstream" in help_text and "curl -x" in help_text and "HTTP_PROXY" in help_text
 
 
 MALFORMED = {
