@@ -16,6 +16,8 @@ Behaviour is chosen by the request path and query (see Backend._route):
                  ?chunked=1    chunked framing; ?close=1 close-delimited body
                  ?hdr=Name:Value   extra header, repeatable
                  ?early=100,103    interim responses before the final one
+                 ?conn_close=1 Content-Length body, Connection: close, close
+                 ?linger_close_ms=D  empty answer, then close silently after D ms
                  No body for 1xx/204/304 and for HEAD (headers as for GET).
                  /status/101 switches to an echo tunnel.
   /echo          200, JSON description of the request received
@@ -23,7 +25,8 @@ Behaviour is chosen by the request path and query (see Backend._route):
   /sink          reads any request body (streamed), 200 JSON {body_len, sha256}
   /slow          ?head_delay_ms=D waits before the head
   /hang          never answers (until the peer or the test closes)
-  /raw/garbage, /raw/badstatus, /raw/close-mid-body, /raw/truncated-chunked
+  /raw/garbage, /raw/badstatus, /raw/close-mid-body, /raw/truncated-chunked,
+  /raw/close-before-head, /raw/two-cl, /raw/bad-cl, /raw/obs-fold
                  malformed answers, then the connection is closed
 
 Only the standard library.
@@ -452,7 +455,7 @@ class Backend:
 
     def _respond(self, sock, req, status, reason=None, headers=(), body=None,
                  chunked=False, close_delimited=False, chunk=16384, delay=0.0,
-                 early=(), size=None):
+                 early=(), size=None, conn_close=False):
         """Write a whole response.  BODY is bytes, or None with SIZE for
         deterministic bytes.  Returns whether the connection stays open."""
         if reason is None:
@@ -469,7 +472,7 @@ class Backend:
         http10 = req.version == "HTTP/1.0"
         if chunked and http10:
             chunked, close_delimited = False, True
-        close = self._wants_close(req) or close_delimited
+        close = self._wants_close(req) or close_delimited or conn_close
         lines = ["HTTP/1.1 %03d %s" % (status, reason) if reason != "" else
                  "HTTP/1.1 %03d " % status]
         lines += ["%s: %s" % (n, v) for n, v in headers]
@@ -554,6 +557,13 @@ class Backend:
                 n, _, v = h.partition(":")
                 headers.append((n, v))
             early = [int(x) for x in req.q("early", "").split(",") if x]
+            linger = req.q("linger_close_ms")
+            if linger is not None:
+                # After this answer, close the idle connection silently (no
+                # Connection: close), as a server with a short idle timeout does.
+                self._respond(sock, req, code, reason, headers, body=b"")
+                self._stop.wait(int(linger) / 1000.0)
+                return False
             if code == 101:
                 return self._switch(sock, req, rd, reason, headers, early)
             body = req.q("body")
@@ -563,7 +573,7 @@ class Backend:
                 body=body.encode("latin-1") if body is not None else None,
                 size=int(size) if size else 0,
                 chunked=req.q("chunked") == "1", close_delimited=req.q("close") == "1",
-                early=early)
+                early=early, conn_close=req.q("conn_close") == "1")
         if path == "/echo":
             return self._json(sock, req, {
                 "method": req.method, "target": req.target, "version": req.version,
@@ -593,6 +603,9 @@ class Backend:
                 "truncated-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                      b"a\r\n0123456789\r\n",
                 "close-before-head": b"",
+                "two-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+                "bad-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 3x\r\n\r\nabc",
+                "obs-fold": b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nok",
             }.get(kind)
             if raw is None:
                 return self._respond(sock, req, 404, body=b"no such raw mode\n")
@@ -630,12 +643,10 @@ class Backend:
 
 
 def refused_port(host="127.0.0.1"):
-    """A port on which nothing listens (bound, then closed)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port on which nothing listens (bound, then closed; outside the
+    ephemeral range so no outgoing connection takes it meanwhile)."""
+    from helpers import free_port
+    return free_port(host)
 
 
 if __name__ == "__main__":

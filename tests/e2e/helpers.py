@@ -4,6 +4,7 @@ statusproxy process.  Standard library only."""
 
 import hashlib
 import os
+import random
 import re
 import signal
 import socket
@@ -13,12 +14,34 @@ import time
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
 
 
+def _ephemeral_range():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = f.read().split()
+            return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host="127.0.0.1"):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((host, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port nothing listens on, for a process to bind.  Taken outside the
+    ephemeral range: a port the kernel hands out (bind to 0) can be taken
+    back at once as the local port of an outgoing connection — the proxy's
+    to its upstream, or a test client's — before the proxy binds it."""
+    lo, hi = _ephemeral_range()
+    candidates = [p for p in range(20000, 32768) if not lo <= p <= hi] or \
+        list(range(1024, lo))
+    for _ in range(200):
+        port = random.choice(candidates)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return port
+    raise RuntimeError("no free port found")
 
 
 class ProtocolError(Exception):
@@ -406,7 +429,22 @@ class Proxy:
     def pid(self):
         return self.proc.pid
 
-    def start(self, wait=10.0):
+    def start(self, wait=10.0, tries=3):
+        """Start and wait until the listen port accepts.  A port taken by
+        someone else between picking and binding means new ports and
+        another try."""
+        for attempt in range(tries):
+            try:
+                return self._start(wait)
+            except RuntimeError as e:
+                if "in use" not in str(e) or attempt == tries - 1:
+                    raise
+                self.stopped = False
+                self.port, self.admin_port = free_port(), free_port()
+                self.argv[self.argv.index("--listen") + 1] = "127.0.0.1:%d" % self.port
+                self.argv[self.argv.index("--admin") + 1] = "127.0.0.1:%d" % self.admin_port
+
+    def _start(self, wait):
         self._err = open(self.stderr_path, "wb")
         self._out = open(self.stdout_path, "wb")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self._out,

@@ -17,8 +17,10 @@ def test_upstream_refused_is_502(proxy_factory, refused_port):
     assert check_synthesized(r, 502, "Bad Gateway") == []
 
 
-@pytest.mark.parametrize("mode", ["garbage", "badstatus", "close-before-head"])
+@pytest.mark.parametrize("mode", ["garbage", "badstatus", "close-before-head", "two-cl", "bad-cl"])
 def test_malformed_upstream_response_is_502(proxy, backend, mode):
+    """Invalid Content-Length in a response included: RFC 9112 §6.3 asks a
+    proxy to discard it and answer 502."""
     with proxy.conn() as c:
         r = c.exchange("GET", "/raw/" + mode)
     assert check_synthesized(r, 502, "Bad Gateway") == []
@@ -147,3 +149,26 @@ def test_nul_or_bare_cr_in_a_value_never_reaches_backend(proxy, backend, value):
         assert r.status == 200
         raw = backend.log[0]["raw_head"]
         assert b"\x00" not in raw and b"\r\n" in raw and b"\r" not in raw.replace(b"\r\n", b""), raw
+
+
+def test_upstream_obs_fold_is_502_or_unfolded(proxy, backend):
+    """RFC 9112 §5.2: a proxy answers 502 or replaces the fold with SP —
+    never forwards the fold (the client parser refuses one)."""
+    with proxy.conn(timeout=5) as c:
+        r = c.exchange("GET", "/raw/obs-fold")
+    if r.status == 502:
+        assert check_synthesized(r, 502, "Bad Gateway") == []
+    else:
+        assert r.status == 200 and r.body == b"ok"
+        assert r.get("X-Folded").split() == ["a", "b"]
+
+
+def test_via_loop_is_508_and_not_forwarded(proxy, backend):
+    """DESIGN §2: a request whose Via already carries this proxy is a loop."""
+    import socket
+    own = "1.1 %s:%d (statusproxy)" % (socket.gethostname(), proxy.port)
+    with proxy.conn() as c:
+        r = c.exchange("GET", "/echo", headers=[("Via", "1.0 other, " + own)])
+    assert check_synthesized(r, 508, "Loop Detected") == []
+    time.sleep(0.1)
+    assert backend.snapshot()["requests"] == 0

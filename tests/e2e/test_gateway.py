@@ -251,6 +251,75 @@ def test_http10_client_gets_no_chunked_framing(proxy, backend):
         assert r.body == det_bytes(5000)
 
 
+def test_http10_client_gets_no_interim_responses(proxy, backend):
+    """RFC 9110 §15.2: a proxy does not forward 1xx to an HTTP/1.0 client."""
+    with proxy.conn() as c:
+        r = c.exchange("GET", "/status/200?body=ok&early=100,103", version="HTTP/1.0")
+    assert r.interim == [] and (r.status, r.body) == (200, b"ok")
+
+
+def test_client_connection_close_is_honoured(proxy, backend):
+    with proxy.conn() as c:
+        r = c.exchange("GET", "/status/200?body=bye", headers=[("Connection", "close")])
+        assert r.body == b"bye"
+        assert "close" in r.tokens("Connection")
+        assert c.closed_by_peer(2.0), "proxy kept the connection after Connection: close"
+
+
+def test_upstream_connection_close_is_not_reused(proxy, backend):
+    """An upstream answer with Connection: close ends that upstream
+    connection; the next request must not be sent on it."""
+    with proxy.conn() as c:
+        for i in range(10):
+            r = c.exchange("GET", "/status/200?conn_close=1&body=a%d" % i)
+            assert (r.status, r.body) == (200, b"a%d" % i)
+            assert "close" not in r.tokens("Connection")
+            r = c.exchange("GET", "/status/200?body=b%d" % i)
+            assert (r.status, r.body) == (200, b"b%d" % i)
+
+
+def test_idle_upstream_connection_closed_by_backend_is_not_reused(proxy, backend):
+    """A backend closing an idle keep-alive connection (its idle timeout)
+    must not turn the next request into an error."""
+    with proxy.conn() as c:
+        for i in range(5):
+            r = c.exchange("GET", "/status/200?linger_close_ms=50")
+            assert r.status == 200
+            time.sleep(0.3)
+            r = c.exchange("GET", "/status/200?body=again%d" % i)
+            assert (r.status, r.body) == (200, b"again%d" % i)
+
+
+def test_chunked_request_with_extensions_and_trailers(proxy, backend):
+    with proxy.conn() as c:
+        c.send(b"POST /sink HTTP/1.1\r\nHost: e2e.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5;ext=1\r\nhello\r\n6;name=\"v\"\r\n world\r\n0\r\nX-Trail: t\r\n\r\n")
+        r = c.read_response()
+        assert json.loads(r.body) == {"body_len": 11,
+                                      "sha256": hashlib.sha256(b"hello world").hexdigest()}
+        # The connection is still in step after the trailer section.
+        assert c.exchange("GET", "/status/200?body=next").body == b"next"
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "TRACE"])
+def test_max_forwards_zero_is_answered_by_the_proxy(proxy, backend, method):
+    """RFC 9110 §7.6.2: with Max-Forwards 0 the proxy responds as the final
+    recipient and does not forward."""
+    with proxy.conn() as c:
+        r = c.exchange(method, "/echo", headers=[("Max-Forwards", "0")])
+    assert r.status == 200
+    time.sleep(0.1)
+    assert backend.snapshot()["requests"] == 0
+
+
+def test_max_forwards_is_decremented_for_options_only(proxy, backend):
+    with proxy.conn() as c:
+        c.exchange("OPTIONS", "/echo", headers=[("Max-Forwards", "3")])
+        c.exchange("GET", "/echo", headers=[("Max-Forwards", "0")])
+    mf = [[v for n, v in e["headers"] if n.lower() == "max-forwards"] for e in backend.log]
+    assert mf == [["2"], ["0"]]
+
+
 def test_expect_100_continue(proxy, backend):
     with proxy.conn() as c:
         c.send(b"POST /sink HTTP/1.1\r\nHost: e2e.test\r\nContent-Length: 5\r\n"
@@ -273,6 +342,8 @@ def test_expect_100_continue(proxy, backend):
 HOP_REQUEST = [
     ("Connection", "X-Drop-Me, keep-alive"),
     ("X-Drop-Me", "1"),
+    ("connection", "x-drop-TWO"),   # a second Connection line, other case
+    ("X-DROP-two", "2"),
     ("Keep-Alive", "timeout=5"),
     ("Proxy-Connection", "keep-alive"),
     ("TE", "trailers"),
@@ -288,25 +359,29 @@ def test_hop_by_hop_request_headers_do_not_reach_backend(proxy, backend):
         assert r.status == 200
     seen = json.loads(r.body)["headers"]
     names = [n.lower() for n, _ in seen]
-    for h in ("x-drop-me", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"):
+    for h in ("x-drop-me", "x-drop-two", "keep-alive", "proxy-connection", "te", "trailer",
+              "upgrade"):
         assert h not in names, "%s reached the backend: %r" % (h, seen)
     conn_tokens = [t.strip().lower() for n, v in seen if n.lower() == "connection"
                    for t in v.split(",")]
-    assert "x-drop-me" not in conn_tokens, seen
+    assert "x-drop-me" not in conn_tokens and "x-drop-two" not in conn_tokens, seen
     assert ["yes"] == [v for n, v in seen if n.lower() == "x-keep"]
 
 
 def test_hop_by_hop_response_headers_do_not_reach_client(proxy, backend):
-    hdrs = ["Connection:X-Drop-Me", "X-Drop-Me:1", "Keep-Alive:timeout=5",
+    hdrs = ["Connection:X-Drop-Me", "X-Drop-Me:1", "connection:x-drop-TWO", "X-DROP-two:2",
+            "Keep-Alive:timeout=5",
             "Proxy-Connection:keep-alive", "TE:trailers", "Trailer:X-Trail", "Upgrade:h2c",
             "X-Keep:yes"]
     target = "/status/200?body=x&" + "&".join("hdr=" + q(h) for h in hdrs)
     with proxy.conn() as c:
         r = c.exchange("GET", target)
     names = [n.lower() for n, _ in r.headers]
-    for h in ("x-drop-me", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"):
+    for h in ("x-drop-me", "x-drop-two", "keep-alive", "proxy-connection", "te", "trailer",
+              "upgrade"):
         assert h not in names, "%s reached the client: %r" % (h, r.headers)
     assert "x-drop-me" not in r.tokens("Connection")
+    assert "x-drop-two" not in r.tokens("Connection")
     assert r.get_all("X-Keep") == ["yes"]
 
 
