@@ -22,7 +22,8 @@ Behaviour is chosen by the request path and query (see Backend._route):
                  /status/101 switches to an echo tunnel.
   /echo          200, JSON description of the request received
   /stream        ?size=N&chunked=1&chunk=K&delay_ms=D deterministic bytes
-  /sink          reads any request body (streamed), 200 JSON {body_len, sha256}
+  /sink          reads any request body (streamed), 200 JSON {body_len, sha256};
+                 ?start_delay_ms=D waits before reading it (backpressure tests)
   /slow          ?head_delay_ms=D waits before the head
   /hang          never answers (until the peer or the test closes)
   /raw/garbage, /raw/badstatus, /raw/close-mid-body, /raw/truncated-chunked,
@@ -526,6 +527,9 @@ class Backend:
                     continue
                 except OSError:
                     return False
+            return False
+        delay = req.q("start_delay_ms") if req.path == "/sink" else None
+        if delay and self._stop.wait(int(delay) / 1000.0):
             return False
         try:
             self._read_body(sock, rd, req)

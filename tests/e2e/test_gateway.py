@@ -188,11 +188,24 @@ GIB = 1 << 30
 RSS_LIMIT_KIB = 64 * 1024
 
 
+def _stalling_sink(after, seconds):
+    """A body sink that stops reading for SECONDS once AFTER bytes came, so
+    the proxy has to hold back the upstream instead of buffering."""
+    state = {"got": 0, "stalled": False}
+
+    def sink(mv):
+        state["got"] += len(mv)
+        if not state["stalled"] and state["got"] >= after:
+            state["stalled"] = True
+            time.sleep(seconds)
+    return sink
+
+
 @pytest.mark.slow
 def test_1gib_download_streams_in_bounded_memory(proxy, backend, record_property):
     with proxy.conn(timeout=60) as c:
         r = c.exchange("GET", "/stream?size=%d&chunked=1&chunk=262144" % GIB,
-                       sink=lambda mv: None, timeout=60)
+                       sink=_stalling_sink(1 << 20, 1.0), timeout=60)
         assert r.body_len == GIB
         assert r.body_sha256 == det_sha256(GIB)
         hwm = proxy.vm_hwm_kib()
@@ -202,8 +215,10 @@ def test_1gib_download_streams_in_bounded_memory(proxy, backend, record_property
 
 @pytest.mark.slow
 def test_1gib_upload_streams_in_bounded_memory(proxy, backend, record_property):
+    # The backend waits 1 s before reading: the proxy must stop reading the
+    # client meanwhile rather than buffer what the client sends.
     with proxy.conn(timeout=60) as c:
-        c.request("POST", "/sink", body=det_chunks(GIB), content_length=GIB)
+        c.request("POST", "/sink?start_delay_ms=1000", body=det_chunks(GIB), content_length=GIB)
         r = c.read_response(timeout=60)
         assert json.loads(r.body) == {"body_len": GIB, "sha256": det_sha256(GIB)}
         hwm = proxy.vm_hwm_kib()
