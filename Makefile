@@ -124,7 +124,9 @@ bench: bench-deps
 
 # libFuzzer targets for the parsers of outside input (tests/fuzz/fuzz_*.c),
 # built with clang against every module but main.c; each runs FUZZ_SECONDS.
+# New inputs go to build/fuzz/NAME.corpus; FUZZ_SEEDS are read only.
 FUZZ_SECONDS ?= 30
+FUZZ_SEEDS ?= tests/unit/rules_golden
 FUZZ_SRCS  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS  := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iproxy -Ibuild/gen \
@@ -139,8 +141,9 @@ fuzz-deps:
 
 fuzz: fuzz-deps
 	$(MAKE) $(FUZZ_BINS)
-	@for f in $(FUZZ_BINS); do echo "== $$f ($(FUZZ_SECONDS)s)"; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 || exit 1; done
+	@for f in $(FUZZ_BINS); do echo "== $$f ($(FUZZ_SECONDS)s)"; mkdir -p $$f.corpus; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+	    $$f.corpus $(FUZZ_SEEDS) || exit 1; done
 
 clean:
 	rm -rf build
