@@ -56,8 +56,9 @@ TEST_TOOLS := $(BUILD)/tests/audit_feed
 DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev
 TEST_DEPS  := curl python3 python3-pytest sqlite3 openssl chromium
 BENCH_DEPS := wrk haproxy
+FUZZ_DEPS  := clang libclang-rt-14-dev
 
-.PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz
+.PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz fuzz-deps
 
 all: $(BIN)
 
@@ -104,7 +105,7 @@ bench-deps:
 
 run: deps
 	$(MAKE) $(BIN)
-	$(BIN) run
+	$(BIN) run --rules rules/default.rules $(RUN_ARGS)
 
 unit: $(UNIT_BINS) $(TEST_TOOLS)
 	@sh tools/run-unit.sh $(UNIT_BINS)
@@ -120,6 +121,29 @@ test: test-deps
 bench: bench-deps
 	$(MAKE) $(BIN)
 	STATUSPROXY_BIN=$(abspath $(BIN)) $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
+
+# libFuzzer targets for the parsers of outside input (tests/fuzz/fuzz_*.c),
+# built with clang against every module but main.c; each runs FUZZ_SECONDS.
+# New inputs go to build/fuzz/NAME.corpus; FUZZ_SEEDS are read only.
+FUZZ_SECONDS ?= 30
+FUZZ_SEEDS ?= tests/unit/rules_golden
+FUZZ_SRCS  := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS  := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iproxy -Ibuild/gen \
+              -I$(LLHTTP_INC_DIR)
+
+build/fuzz/%: tests/fuzz/%.c $(filter-out proxy/main.c,$(SRCS)) build/gen/embedded.c
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) -o $@ $^ $(LLHTTP_SRC_DIR)/*.c $(LDLIBS_ALL)
+
+fuzz-deps:
+	@sh tools/deps.sh $(DEPS) $(FUZZ_DEPS)
+
+fuzz: fuzz-deps
+	$(MAKE) $(FUZZ_BINS)
+	@for f in $(FUZZ_BINS); do echo "== $$f ($(FUZZ_SECONDS)s)"; mkdir -p $$f.corpus; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
+	    $$f.corpus $(FUZZ_SEEDS) || exit 1; done
 
 clean:
 	rm -rf build

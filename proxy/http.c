@@ -231,3 +231,120 @@ int http_is_field_value(const char *s, size_t len)
     }
     return 1;
 }
+
+int http_chunk_crlf(const char *p, const char *end, int *pending)
+{
+    for (; *pending && p < end; p++, (*pending)--)
+        if (*p != (*pending == 2 ? '\r' : '\n'))
+            return -1;
+    return 0;
+}
+
+int http_chunk_piece_done(int chunked, uint64_t chunk_left, const char *after, const char *end,
+                          int *pending)
+{
+    if (!chunked || chunk_left != 0)
+        return 0;
+    *pending = 2;
+    return http_chunk_crlf(after, end, pending);
+}
+
+void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade)
+{
+    for (int i = http_head_find(h, "Connection", 0); i >= 0; i = http_head_find(h, "Connection", i + 1)) {
+        const struct http_field *f = &h->fields[i];
+        const char *v = h->buf + f->value;
+        size_t n = f->value_len, pos = 0;
+        while (pos < n) {
+            while (pos < n && (v[pos] == ' ' || v[pos] == '\t' || v[pos] == ','))
+                pos++;
+            size_t start = pos;
+            while (pos < n && v[pos] != ',' && v[pos] != ' ' && v[pos] != '\t')
+                pos++;
+            if (pos > start) {
+                char name[64];
+                if (pos - start < sizeof name) {
+                    memcpy(name, v + start, pos - start);
+                    name[pos - start] = '\0';
+                    if (!(keep_upgrade && strcasecmp(name, "upgrade") == 0))
+                        http_head_remove(h, name);
+                }
+            }
+        }
+    }
+    static const char *const hop[] = {"Connection", "Keep-Alive", "Proxy-Connection", "TE",
+                                      "Trailer", "Transfer-Encoding", "Content-Length",
+                                      "X-Statusproxy-Abort", "X-Statusproxy-Delay"};
+    for (size_t i = 0; i < ARRAY_LEN(hop); i++)
+        http_head_remove(h, hop[i]);
+    if (!keep_upgrade)
+        http_head_remove(h, "Upgrade");
+}
+
+void http_head_write(const struct http_head *h, struct sbuf *out)
+{
+    for (uint32_t i = 0; i < h->nfields; i++) {
+        const struct http_field *f = &h->fields[i];
+        if (f->removed)
+            continue;
+        sbuf_append(out, h->buf + f->name, f->name_len);
+        sbuf_append(out, ": ", 2);
+        sbuf_append(out, h->buf + f->value, f->value_len);
+        sbuf_append(out, "\r\n", 2);
+    }
+}
+
+int http_head_has_via(const struct http_head *h, const char *token)
+{
+    size_t tlen = strlen(token);
+    for (int i = http_head_find(h, "Via", 0); i >= 0; i = http_head_find(h, "Via", i + 1)) {
+        const struct http_field *f = &h->fields[i];
+        const char *v = h->buf + f->value, *end = v + f->value_len;
+        for (const char *p = v; p + tlen <= end; p++) {
+            if (strncasecmp(p, token, tlen) == 0 && (p == v || p[-1] == ' ') &&
+                (p + tlen == end || p[tlen] == ' ' || p[tlen] == ','))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+int http_check_request(const struct http_head *h, int chunked, const char **why)
+{
+    *why = NULL;
+    if (h->major != 1 || h->minor > 1) {
+        *why = "only HTTP/1.0 and HTTP/1.1 are spoken here";
+        return 505;
+    }
+    for (uint32_t i = 0; i < h->nfields; i++) {
+        const struct http_field *f = &h->fields[i];
+        if (!http_is_token(h->buf + f->name, f->name_len)) {
+            *why = "malformed header field name";
+            return 400;
+        }
+        if (!http_is_field_value(h->buf + f->value, f->value_len)) {
+            *why = "malformed header field value";
+            return 400;
+        }
+    }
+    int hosts = 0;
+    for (int i = http_head_find(h, "Host", 0); i >= 0; i = http_head_find(h, "Host", i + 1))
+        hosts++;
+    if (hosts > 1 || (hosts == 0 && h->minor == 1)) {
+        /* RFC 9112 §3.2: exactly one Host in HTTP/1.1. */
+        *why = hosts ? "more than one Host header" : "HTTP/1.1 requests need a Host header";
+        return 400;
+    }
+    size_t len;
+    const char *te = http_head_get(h, "Transfer-Encoding", &len);
+    if (te && h->minor == 0) {
+        *why = "Transfer-Encoding in an HTTP/1.0 request";
+        return 400;
+    }
+    if (te && !chunked) {
+        /* RFC 9112 §6.3: chunked must be the final coding of a request. */
+        *why = "Transfer-Encoding without chunked as the final coding";
+        return 400;
+    }
+    return 0;
+}

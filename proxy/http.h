@@ -69,6 +69,34 @@ int http_head_remove(struct http_head *h, const char *name);
 /* Does any field named NAME contain TOKEN in its comma-separated list? */
 int http_head_has_token(const struct http_head *h, const char *name, const char *token);
 
+/* What a proxy forwards (RFC 9110 §7.6.1): mark removed Connection, every
+ * field Connection names, Keep-Alive, Proxy-Connection, TE, Trailer and
+ * Upgrade (unless KEEP_UPGRADE), and the fields the proxy writes itself:
+ * Transfer-Encoding and Content-Length (it re-frames bodies) and the
+ * X-Statusproxy-Abort / -Delay fault headers (never forwarded). */
+void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade);
+/* Append every field not removed as "Name: value\r\n" lines to OUT. */
+void http_head_write(const struct http_head *h, struct sbuf *out);
+/* Does a Via field carry TOKEN as a received-by (this proxy's own)? */
+int http_head_has_via(const struct http_head *h, const char *token);
+/* What a proxy must refuse in a request head llhttp accepted: a version
+ * other than 1.0/1.1 (505), bad field names or values, zero or several Host
+ * in HTTP/1.1, Transfer-Encoding in 1.0 or without chunked last (400).
+ * CHUNKED: llhttp saw chunked framing. Returns 0, or the status with a
+ * short reason in *why. */
+int http_check_request(const struct http_head *h, int chunked, const char **why);
+
+/* llhttp 8.1 does not check the CRLF that must end each chunk's data
+ * (RFC 9112 §7.1); accepting any two bytes there would let a message be
+ * read differently by the next hop. *PENDING counts the CRLF bytes still
+ * expected; P..END are the bytes that follow. Returns 0, or -1 on a mismatch. */
+int http_chunk_crlf(const char *p, const char *end, int *pending);
+/* After a body piece of a CHUNKED message, with CHUNK_LEFT bytes of the
+ * chunk still to come: when the piece ended its chunk, expect its CRLF in
+ * AFTER..END (and beyond, through *PENDING). Returns 0 or -1. */
+int http_chunk_piece_done(int chunked, uint64_t chunk_left, const char *after, const char *end,
+                          int *pending);
+
 /* Token grammar (RFC 9110 §5.6.2). */
 int http_is_tchar(unsigned char c);
 int http_is_token(const char *s, size_t len);

@@ -171,8 +171,23 @@ static int cmd_migrate(int argc, char **argv)
     return 0;
 }
 
+static const char report_help[] =
+    "usage: statusproxy report --db FILE [--db FILE2 ...] [options]\n"
+    "  --by VIEW        code (default), class, host, rule, rewrite or minute\n"
+    "  --since T        from T: a duration back from now (1h, 30m, 7d) or an ISO 8601 UTC time\n"
+    "  --until T        until T (same forms)\n"
+    "  --host GLOB      only hosts matching GLOB (* and ?, case-insensitive)\n"
+    "  --top N          the first N rows\n"
+    "  --format F       table (default), json, csv or html\n";
+
 static int cmd_report(int argc, char **argv)
 {
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(report_help, stdout);
+            return 0;
+        }
+    }
     struct report_options opts;
     char err[512];
     int64_t now = time_now_ms();

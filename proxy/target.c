@@ -11,7 +11,7 @@
 static int is_reg_name_char(unsigned char c)
 {
     /* unreserved / sub-delims / pct-encoded of RFC 3986 reg-name */
-    return isalnum(c) || strchr("-._~!$&'()*+,;=%", c) != NULL;
+    return isalnum(c) || (c && strchr("-._~!$&'()*+,;=%", c) != NULL);
 }
 
 int target_parse_authority(const char *s, size_t len, char *host, size_t hostlen, int *port,

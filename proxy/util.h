@@ -52,6 +52,9 @@ int str_ieq2(const char *a, size_t alen, const char *b, size_t blen);
 /* Does the comma-separated token list LIST contain TOKEN (case-insensitive)? */
 int str_list_has_token(const char *list, size_t len, const char *token);
 
+/* Base64 (RFC 4648) of IN[0..n) into OUT as a C string; -1 when OUTLEN is short. */
+int str_base64(const char *in, size_t n, char *out, size_t outlen);
+
 /* Clocks. */
 int64_t time_now_ms(void);       /* wall clock, Unix epoch milliseconds */
 uint64_t time_mono_us(void);     /* monotonic, microseconds */

@@ -72,6 +72,8 @@ static void test_authority_parse(void)
     CHECK_INT(target_parse_authority("[::1", 4, host, sizeof host, &port, 80), -1);
     CHECK_INT(target_parse_authority("a b", 3, host, sizeof host, &port, 80), -1);
     CHECK_INT(target_parse_authority("", 0, host, sizeof host, &port, 80), -1);
+    /* Found by fuzzing: NUL is not a host character. */
+    CHECK_INT(target_parse_authority("\0\0", 2, host, sizeof host, &port, 80), -1);
     char buf[64];
     target_format_authority("::1", 80, 1, buf, sizeof buf);
     CHECK_STR(buf, "[::1]");

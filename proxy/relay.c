@@ -1,0 +1,901 @@
+/*
+ * relay — the upstream side of an exchange: acquiring the upstream
+ * connection, forwarding the request head and body, parsing the response,
+ * response rules and the rewrites and faults they ask for (status, reason,
+ * headers, delay, throttle, reset, truncate), re-framing the body for the
+ * client, and turning CONNECT and 101 into tunnels.
+ *
+ * Bodies are relayed as llhttp hands them over: each piece is a reference
+ * into the read chunk (see sender.h), re-framed for the other side
+ * (Content-Length kept, chunked re-chunked, close-delimited turned into
+ * chunked for HTTP/1.1 clients).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "catalog.h"
+#include "conn_int.h"
+#include "log.h"
+#include "server.h"
+#include "tunnel.h"
+
+static const llhttp_settings_t response_settings;
+static const struct upstream_ops up_ops;
+static void handle_upstream_eof(struct conn *c, int status);
+static void send_response_head(struct conn *c);
+static void release_response_head(struct conn *c);
+static void on_response_done(struct conn *c);
+static void send_body_to_client(struct conn *c, struct chunk *ch, const char *at, size_t len);
+static void on_pace_tick(uv_timer_t *t);
+static void on_ptimer_release(uv_timer_t *t);
+
+/* The record's error word for a failed connect. */
+static const char *uv_error_name(int status)
+{
+    switch (status) {
+    case UV_ECONNREFUSED: return "connect_refused";
+    case UV_ETIMEDOUT: return "connect_timeout";
+    case UV_ENETUNREACH:
+    case UV_EHOSTUNREACH: return "unreachable";
+    case UV_ECONNRESET: return "upstream_reset";
+    default: break;
+    }
+    if (status <= UV_EAI_ADDRFAMILY && status > UV_EAI_ADDRFAMILY - 100)
+        return "dns"; /* the resolver's UV_EAI_* codes */
+    return "connect_failed";
+}
+
+void relay_pace_clear(struct pace *pc)
+{
+    for (size_t i = 0; i < pc->n; i++)
+        chunk_unref(pc->items[(pc->head + i) % pc->cap].c);
+    pc->n = pc->head = 0;
+    pc->bytes = 0;
+}
+
+void relay_detach(struct conn *c, int reusable)
+{
+    struct exchange *x = &c->x;
+    if (c->up_in) {
+        chunk_unref(c->up_in);
+        c->up_in = NULL;
+    }
+    if (x->up) {
+        upstream_release(x->up, reusable);
+        x->up = NULL;
+    }
+}
+
+/* ---------- talking to the upstream ---------- */
+
+static void on_xtimer(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->phase != PH_EXCHANGE)
+        return;
+    conn_fail(c, 504, "timeout");
+}
+
+static void arm_response_timeout(struct conn *c)
+{
+    uv_timer_start(&c->xtimer, on_xtimer, c->w->opts->response_timeout_ms, 0);
+}
+
+static void build_request_head(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    struct http_head *h = &c->req;
+    struct sbuf *out = &x->req_head;
+    sbuf_reset(out);
+    sbuf_printf(out, "%s ", x->method_name);
+    if (x->target.form == TARGET_ABSOLUTE) {
+        if (x->target.path_only_len == 0)
+            sbuf_putc(out, '/');
+        sbuf_append(out, x->target.path, x->target.path_len);
+    } else {
+        sbuf_append(out, x->target.path, x->target.path_len);
+    }
+    sbuf_puts(out, " HTTP/1.1\r\n");
+    if (x->forward_mode || http_head_find(h, "Host", 0) < 0) {
+        /* Forward mode: Host names the target. An HTTP/1.0 request without
+         * Host gets the upstream's, since HTTP/1.1 requires one. */
+        char auth[300];
+        target_format_authority(x->up_host, x->up_port, 1, auth, sizeof auth);
+        sbuf_printf(out, "Host: %s\r\n", auth);
+        http_head_remove(h, "Host");
+    }
+    http_head_drop_hop_by_hop(h, x->is_upgrade);
+    http_head_write(h, out);
+    sbuf_printf(out, "Via: %s\r\n", c->w->via_value);
+    if (x->max_forwards > 0)
+        sbuf_printf(out, "Max-Forwards: %d\r\n", x->max_forwards - 1);
+    if (x->req_chunked)
+        sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
+    else if (c->parser.flags & F_CONTENT_LENGTH)
+        sbuf_printf(out, "Content-Length: %llu\r\n", (unsigned long long)x->req_length);
+    if (x->is_upgrade)
+        sbuf_puts(out, "Connection: Upgrade\r\n");
+    sbuf_puts(out, "\r\n");
+}
+
+void relay_forward_body(struct conn *c, const char *at, size_t len)
+{
+    struct sender *s = upstream_sender(c->x.up);
+    if (c->x.req_chunked) {
+        char line[24];
+        int n = snprintf(line, sizeof line, "%zx\r\n", len);
+        sender_copy(s, line, (size_t)n);
+        sender_ref(s, c->in, at, len);
+        sender_static(s, "\r\n", 2);
+    } else {
+        sender_ref(s, c->in, at, len);
+    }
+}
+
+void relay_flush_upstream(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    if (!x->up)
+        return;
+    struct sender *s = upstream_sender(x->up);
+    if (sender_flush(s) != 0) {
+        conn_fail(c, 502, "upstream_closed");
+        return;
+    }
+    if (s->inflight > WRITE_HIGH)
+        c->hold_client = 1;
+}
+
+/* The upstream is ready: send the head, then let the body flow. */
+static void send_request(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    struct sender *s = upstream_sender(x->up);
+    x->up_ready = 1;
+    sender_copy(s, x->req_head.data, x->req_head.len);
+    relay_flush_upstream(c);
+    if (c->phase != PH_EXCHANGE)
+        return;
+    llhttp_init(&c->rparser, HTTP_RESPONSE, &response_settings);
+    c->resp_crlf = 0;
+    c->rparser.data = c;
+    http_head_reset(&c->resp);
+    arm_response_timeout(c);
+    if (x->req == REQ_BODY) {
+        conn_parse_requests(c);
+        if (c->phase == PH_CLOSED)
+            return;
+        conn_update_reading(c);
+    }
+}
+
+static void on_tunnel_reading(void *owner)
+{
+    conn_update_reading(owner);
+}
+
+static void on_tunnel_finished(void *owner, const char *error)
+{
+    struct conn *c = owner;
+    if (error)
+        conn_set_error(c, error);
+    conn_close(c, CLOSE_NOW);
+}
+
+static const struct tunnel_ops tunnel_ops = {
+    .client_reading = on_tunnel_reading,
+    .finished = on_tunnel_finished,
+};
+
+/* CONNECT succeeded or the upstream switched protocols: from now on bytes
+ * flow both ways untouched. Bytes already read on either side go first. */
+static void start_tunnel(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    uv_timer_stop(&c->xtimer);
+    x->resp_head_sent = 1;
+    x->resp = RESP_DONE;
+    c->phase = PH_TUNNEL;
+    c->tunnel = tunnel_new(&c->out, x->up, &tunnel_ops, c);
+    x->up = NULL; /* the tunnel owns it now */
+    conn_flush(c);
+    if (c->phase != PH_TUNNEL)
+        return;
+    if (c->up_in) {
+        tunnel_from_upstream(c->tunnel, c->up_in, c->up_pos);
+        chunk_unref(c->up_in);
+        c->up_in = NULL;
+    }
+    if (c->phase != PH_TUNNEL)
+        return;
+    if (c->in)
+        tunnel_from_client(c->tunnel, c->in, c->in_pos);
+    conn_release_input(c);
+    if (c->phase == PH_TUNNEL)
+        conn_update_reading(c);
+}
+
+static void on_up_connect(struct upstream *u, int status, void *owner)
+{
+    struct conn *c = owner;
+    struct exchange *x = &c->x;
+    UNUSED(u);
+    if (status != 0) {
+        LOG(LOG_DEBUG, "c%llu upstream %s:%d: %s", (unsigned long long)c->id, x->up_host,
+            x->up_port, uv_strerror(status));
+        conn_fail(c, status == UPSTREAM_ETIMEDOUT ? 504 : 502, uv_error_name(status));
+        return;
+    }
+    if (x->is_connect) {
+        static const char established[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
+        sender_static(&c->out, established, sizeof established - 1);
+        x->final_code = 200;
+        start_tunnel(c);
+        return;
+    }
+    send_request(c);
+}
+
+void relay_start(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    if (!x->is_connect)
+        build_request_head(c);
+    x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, x->is_connect || x->is_upgrade,
+                             &up_ops, c, &x->up_reused);
+    uv_timer_start(&c->xtimer, on_xtimer,
+                   c->w->opts->connect_timeout_ms + c->w->opts->response_timeout_ms, 0);
+    if (x->up_reused)
+        send_request(c);
+}
+
+/* A reused connection failed before any response byte: the backend closed
+ * it while it sat in the pool. A request without a body is sent once more on
+ * a new connection (RFC 9112 §9.3.1 allows retrying idempotent requests;
+ * a request that never reached the application is safe to send again). */
+static int retry_on_fresh_connection(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    if (!x->up_reused || x->retried || x->up_seen || x->req_has_body || x->is_upgrade)
+        return 0;
+    x->retried = 1;
+    relay_detach(c, 0);
+    x->up_ready = 0;
+    x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, 1, &up_ops, c, &x->up_reused);
+    return 1;
+}
+
+static void on_up_written(struct upstream *u, int status, void *owner)
+{
+    struct conn *c = owner;
+    UNUSED(u);
+    if (c->phase == PH_TUNNEL) {
+        tunnel_upstream_written(c->tunnel, status);
+        return;
+    }
+    if (c->phase != PH_EXCHANGE)
+        return;
+    if (status != 0) {
+        if (retry_on_fresh_connection(c))
+            return;
+        conn_fail(c, 502, "upstream_closed");
+        return;
+    }
+    struct sender *s = upstream_sender(c->x.up);
+    if (c->hold_client && s->inflight < WRITE_LOW) {
+        c->hold_client = 0;
+        if (c->x.req == REQ_BODY) {
+            /* Progress on the request body counts as upstream activity. */
+            arm_response_timeout(c);
+            conn_parse_requests(c);
+            if (c->phase != PH_CLOSED)
+                conn_update_reading(c);
+        }
+    }
+}
+
+static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void *owner)
+{
+    struct conn *c = owner;
+    UNUSED(u);
+    if (c->phase == PH_TUNNEL) {
+        if (nread < 0)
+            tunnel_upstream_eof(c->tunnel, (int)nread);
+        else
+            tunnel_from_upstream(c->tunnel, ch, 0);
+        chunk_unref(ch);
+        return;
+    }
+    if (c->phase != PH_EXCHANGE) {
+        chunk_unref(ch);
+        return;
+    }
+    if (nread < 0) {
+        if (c->up_in) {
+            c->x.up_eof = (int)nread; /* after the pending bytes */
+            return;
+        }
+        handle_upstream_eof(c, (int)nread);
+        return;
+    }
+    c->x.up_seen = 1;
+    c->up_in = ch;
+    c->up_pos = 0;
+    arm_response_timeout(c);
+    relay_parse_responses(c);
+}
+
+static const struct upstream_ops up_ops = {
+    .on_connect = on_up_connect,
+    .on_read = on_up_read,
+    .on_written = on_up_written,
+};
+
+/* ---------- the response parser callbacks ---------- */
+
+static int on_resp_begin(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    http_head_reset(&c->resp);
+    return 0;
+}
+
+static int on_resp_status(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    return http_head_add_reason(&c->resp, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int on_resp_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->x.resp == RESP_BODY)
+        return 0; /* trailers are dropped */
+    return http_head_add_name(&c->resp, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int on_resp_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (c->x.resp == RESP_BODY)
+        return 0;
+    /* An obs-fold in a response is replaced by the whitespace that follows
+     * it (RFC 9112 §5.2): the pieces are simply joined. */
+    return http_head_add_value(&c->resp, at, len) == 0 ? 0 : HPE_USER;
+}
+
+static int on_resp_value_done(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->x.resp != RESP_BODY)
+        http_head_end_value(&c->resp);
+    return 0;
+}
+
+static int on_resp_headers_done(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    c->revent |= EV_HEAD;
+    int status = llhttp_get_status_code(p);
+    /* llhttp leaves it to us to say which answers have no body whatever
+     * their Content-Length says: those to HEAD, 1xx (but 101, which it
+     * handles as an upgrade), 204 and 304 (RFC 9112 §6.3). The head is
+     * then handled together with the end of the message. */
+    if ((c->x.is_head && status >= 200) || (status / 100 == 1 && status != 101) ||
+        status == 204 || status == 304) {
+        c->x.resp_skip_body = 1;
+        return 1;
+    }
+    return HPE_PAUSED;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    if (!c->x.resp_discard)
+        send_body_to_client(c, c->up_in, at, len);
+    if (http_chunk_piece_done((p->flags & F_CHUNKED) != 0, p->content_length, at + len, c->up_in->data + c->up_in->len, &c->resp_crlf) != 0)
+        return HPE_USER;
+    return 0;
+}
+
+static int on_resp_done(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    c->revent |= EV_DONE;
+    return HPE_PAUSED;
+}
+
+static const llhttp_settings_t response_settings = {
+    .on_message_begin = on_resp_begin,
+    .on_status = on_resp_status,
+    .on_header_field = on_resp_field,
+    .on_header_value = on_resp_value,
+    .on_header_value_complete = on_resp_value_done,
+    .on_headers_complete = on_resp_headers_done,
+    .on_body = on_resp_body,
+    .on_message_complete = on_resp_done,
+};
+
+/* ---------- body to the client: framing, truncate, throttle ---------- */
+
+static void emit_body(struct conn *c, struct chunk *ch, const char *at, size_t len)
+{
+    if (c->x.out_mode == OUT_CHUNKED) {
+        char line[24];
+        int n = snprintf(line, sizeof line, "%zx\r\n", len);
+        sender_copy(&c->out, line, (size_t)n);
+        sender_ref(&c->out, ch, at, len);
+        sender_static(&c->out, "\r\n", 2);
+    } else {
+        sender_ref(&c->out, ch, at, len);
+    }
+}
+
+static void pace_push(struct pace *pc, struct chunk *ch, const char *at, size_t len)
+{
+    if (pc->n == pc->cap) {
+        size_t ncap = pc->cap ? pc->cap * 2 : 16;
+        struct piece *items = xmalloc(ncap * sizeof *items);
+        for (size_t i = 0; i < pc->n; i++)
+            items[i] = pc->items[(pc->head + i) % pc->cap];
+        free(pc->items);
+        pc->items = items;
+        pc->cap = ncap;
+        pc->head = 0;
+    }
+    pc->items[(pc->head + pc->n) % pc->cap] = (struct piece){chunk_ref(ch), at, len};
+    pc->n++;
+    pc->bytes += len;
+}
+
+static void truncate_reached(struct conn *c)
+{
+    /* The conn_answer is cut here: the client sees a short body and a close. */
+    struct exchange *x = &c->x;
+    x->resp = RESP_DONE;
+    x->resp_complete = 0;
+    relay_pace_clear(&x->pace);
+    uv_timer_stop(&c->xtimer);
+    relay_detach(c, 0);
+    conn_record(c);
+    conn_close_gracefully(c);
+}
+
+static void send_body_to_client(struct conn *c, struct chunk *ch, const char *at, size_t len)
+{
+    struct exchange *x = &c->x;
+    if (x->truncate_left == 0)
+        return;
+    if (x->truncate_left > 0 && (int64_t)len > x->truncate_left)
+        len = (size_t)x->truncate_left;
+    if (x->truncate_left > 0)
+        x->truncate_left -= (int64_t)len;
+    if (x->pace.bps) {
+        pace_push(&x->pace, ch, at, len);
+        if (!uv_is_active((uv_handle_t *)&c->ptimer)) {
+            x->pace.last_us = time_mono_us();
+            uv_timer_start(&c->ptimer, on_pace_tick, PACE_TICK_MS, PACE_TICK_MS);
+        }
+        return;
+    }
+    emit_body(c, ch, at, len);
+}
+
+/* Release as many paced bytes as the rate allows since the last tick. */
+static void on_pace_tick(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    struct exchange *x = &c->x;
+    struct pace *pc = &x->pace;
+    uint64_t now = time_mono_us();
+    pc->budget += (double)pc->bps * (double)(now - pc->last_us) / 1e6;
+    pc->last_us = now;
+    while (pc->n && pc->budget >= 1) {
+        struct piece *pp = &pc->items[pc->head];
+        size_t take = pp->n < (size_t)pc->budget ? pp->n : (size_t)pc->budget;
+        emit_body(c, pp->c, pp->p, take);
+        pp->p += take;
+        pp->n -= take;
+        pc->bytes -= take;
+        pc->budget -= (double)take;
+        if (pp->n == 0) {
+            chunk_unref(pp->c);
+            pc->head = (pc->head + 1) % pc->cap;
+            pc->n--;
+        }
+    }
+    if (pc->n == 0) {
+        uv_timer_stop(&c->ptimer);
+        pc->budget = 0;
+    }
+    conn_flush(c);
+    if (c->phase != PH_EXCHANGE)
+        return;
+    if (x->truncate_left == 0 && pc->n == 0) {
+        truncate_reached(c);
+        return;
+    }
+    if (pc->bytes < PACE_QUEUE_MAX) {
+        relay_parse_responses(c);
+        if (c->phase != PH_EXCHANGE)
+            return;
+    }
+    if (pc->n == 0 && x->resp_complete) {
+        if (x->out_mode == OUT_CHUNKED)
+            sender_static(&c->out, "0\r\n\r\n", 5);
+        conn_flush(c);
+        conn_maybe_finish(c);
+    }
+}
+
+/* ---------- response head: rules, rewrite, framing ---------- */
+
+/* Apply one rule's response-side actions on top of what is set. */
+static void apply_actions(struct conn *c, const struct rule_actions *a, uint64_t delay_ms,
+                          int *status, const char **reason, uint64_t *delay)
+{
+    struct exchange *x = &c->x;
+    if (a->set_status)
+        *status = a->set_status;
+    if (a->reason)
+        *reason = a->reason;
+    for (size_t i = 0; i < a->n_del_headers; i++)
+        http_head_remove(&c->resp, a->del_headers[i].name);
+    for (size_t i = 0; i < a->n_set_headers; i++) {
+        http_head_remove(&c->resp, a->set_headers[i].name);
+        const char *n = a->set_headers[i].name, *v = a->set_headers[i].value;
+        http_head_add_field(&c->resp, n, strlen(n), v, strlen(v));
+    }
+    if (a->has_delay)
+        *delay = delay_ms;
+    if (a->throttle_bps)
+        x->pace.bps = a->throttle_bps;
+    if (a->truncate >= 0)
+        x->truncate_left = a->truncate;
+    if (a->reset)
+        x->do_reset = 1;
+}
+
+/* Validate the upstream's head, run response rules, then send (or hold). */
+static void on_response_head(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    struct http_head *h = &c->resp;
+    int status = llhttp_get_status_code(&c->rparser);
+    h->status = status;
+    h->major = llhttp_get_http_major(&c->rparser);
+    h->minor = llhttp_get_http_minor(&c->rparser);
+    x->upstream_code = status;
+    if (status < 100 || status > 599) {
+        /* Not a status at all: the client gets 502, the record keeps it. */
+        conn_fail(c, 502, "invalid_status");
+        return;
+    }
+    if (h->major != 1) {
+        conn_fail(c, 502, "bad_response");
+        return;
+    }
+    for (uint32_t i = 0; i < h->nfields; i++) {
+        const struct http_field *f = &h->fields[i];
+        if (!http_is_token(h->buf + f->name, f->name_len) ||
+            !http_is_field_value(h->buf + f->value, f->value_len)) {
+            conn_fail(c, 502, "bad_response");
+            return;
+        }
+    }
+    if (status < 200) {
+        x->resp_interim = 1;
+        if (status == 101) {
+            if (!x->is_upgrade) {
+                conn_fail(c, 502, "bad_response");
+                return;
+            }
+            x->resp_interim = 0;
+            send_response_head(c);
+            return;
+        }
+        /* 1xx: relayed to HTTP/1.1 clients before the final conn_answer; never
+         * to HTTP/1.0 clients (RFC 9110 §15.2). */
+        if (c->req.minor == 1) {
+            struct sbuf out = {0};
+            sbuf_printf(&out, "HTTP/1.1 %d ", status);
+            sbuf_append(&out, h->buf + h->reason, h->reason_len);
+            sbuf_puts(&out, "\r\n");
+            http_head_drop_hop_by_hop(h, 0);
+            http_head_write(h, &out);
+            sbuf_printf(&out, "Via: %s\r\n\r\n", c->w->via_value);
+            sender_copy(&c->out, out.data, out.len);
+            sbuf_free(&out);
+            conn_flush(c);
+        }
+        return;
+    }
+    x->resp_interim = 0;
+    x->resp_keepalive = llhttp_should_keep_alive(&c->rparser);
+    /* Response rules see the upstream's status. */
+    if (x->rules && rules_has_phase(x->rules, RULES_RESPONSE)) {
+        struct rules_exchange rx;
+        conn_rules_exchange(c, &rx, status);
+        x->has_resp_v = rules_match(x->rules, RULES_RESPONSE, &rx, &x->resp_v);
+    }
+    if (x->has_resp_v && x->resp_v.actions->abort_code) {
+        /* The upstream's conn_answer is replaced; its connection is not reusable. */
+        const struct rule_actions *a = x->resp_v.actions;
+        relay_detach(c, 0);
+        uv_timer_stop(&c->xtimer);
+        x->abort_code = a->abort_code;
+        x->abort_actions = a;
+        x->delay_ms = x->resp_v.delay_ms;
+        x->resp = RESP_HOLD;
+        if (x->req != REQ_DONE)
+            c->close_after = 1;
+        uv_timer_start(&c->ptimer, conn_on_abort_timer, x->delay_ms, 0);
+        return;
+    }
+    send_response_head(c);
+}
+
+/* Build and send the conn_answer's head: the upstream's status and fields with
+ * hop-by-hop fields dropped, rule actions applied, framing for this client. */
+static void send_response_head(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    struct http_head *h = &c->resp;
+    int status = h->status;
+    const char *reason = NULL;
+    uint64_t delay = x->delay_ms;
+    int upgrade = status == 101;
+    size_t cl_len = 0;
+    const char *cl = http_head_get(h, "Content-Length", &cl_len);
+    char clbuf[24];
+    if (cl) {
+        snprintf(clbuf, sizeof clbuf, "%.*s", (int)(cl_len < 23 ? cl_len : 23), cl);
+        cl = clbuf;
+    }
+    int up_chunked = (c->rparser.flags & F_CHUNKED) != 0;
+    http_head_drop_hop_by_hop(h, upgrade);
+    if (x->has_req_v)
+        apply_actions(c, x->req_v.actions, x->req_v.delay_ms, &status, &reason, &delay);
+    if (x->has_resp_v)
+        apply_actions(c, x->resp_v.actions, x->resp_v.delay_ms, &status, &reason, &delay);
+    x->final_code = status;
+
+    /* Framing towards the client. */
+    int up_has_body = !x->is_head && catalog_body(h->status) == CATALOG_BODY_ALLOWED;
+    enum catalog_body kind = catalog_body(status);
+    struct sbuf out = {0};
+    if (status == h->status && !reason) {
+        sbuf_printf(&out, "HTTP/1.1 %d ", status);
+        sbuf_append(&out, h->buf + h->reason, h->reason_len);
+        sbuf_puts(&out, "\r\n");
+    } else {
+        sbuf_printf(&out, "HTTP/1.1 %d %s\r\n", status, reason ? reason : catalog_reason(status));
+    }
+    http_head_write(h, &out);
+    sbuf_printf(&out, "Via: %s\r\n", c->w->via_value);
+    const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
+    if (c->w->opts->mark_faults && (rule || x->fault_rule))
+        sbuf_printf(&out, "X-Statusproxy-Rule: %s\r\n", rule ? rule_name(rule) : x->fault_rule);
+    if (upgrade) {
+        sbuf_puts(&out, "Connection: Upgrade\r\n\r\n");
+        x->out_mode = OUT_NONE;
+    } else {
+        if (x->is_head || kind == CATALOG_BODY_NONE) {
+            /* No body to this client. HEAD keeps the representation's
+             * length; 304 may too; 204 and 1xx carry none (RFC 9110 §8.6). */
+            x->out_mode = OUT_NONE;
+            x->resp_discard = 1;
+            if (cl && (x->is_head || status == 304) && status == h->status)
+                sbuf_printf(&out, "Content-Length: %s\r\n", cl);
+            else if (x->is_head && up_chunked && c->req.minor == 1 && status == h->status)
+                sbuf_puts(&out, "Transfer-Encoding: chunked\r\n");
+        } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
+            /* 205, or a status that needs a body where the upstream sent
+             * none (set-status 200 on a 204): an empty one. */
+            x->out_mode = OUT_NONE;
+            x->resp_discard = 1;
+            sbuf_puts(&out, "Content-Length: 0\r\n");
+        } else if (cl && !up_chunked) {
+            x->out_mode = OUT_LENGTH;
+            sbuf_printf(&out, "Content-Length: %s\r\n", cl);
+        } else if (c->req.minor == 1) {
+            x->out_mode = OUT_CHUNKED;
+            sbuf_puts(&out, "Transfer-Encoding: chunked\r\n");
+        } else {
+            x->out_mode = OUT_CLOSE;
+            c->close_after = 1;
+        }
+        if (x->req != REQ_DONE) {
+            /* The upstream answered before the request ended: what is left
+             * of the request body is dropped and the connection closed. */
+            c->close_after = 1;
+            x->sink = SINK_DISCARD;
+        }
+        conn_put_connection_header(c, &out);
+        sbuf_puts(&out, "\r\n");
+    }
+    x->held_head = out;
+    if (delay == 0 && !x->do_reset) {
+        release_response_head(c);
+        return;
+    }
+    /* Held for a delay, or until the reset: the parser stays paused and the
+     * upstream is not read meanwhile. */
+    x->resp = RESP_HOLD;
+    uv_timer_stop(&c->xtimer);
+    uv_timer_start(&c->ptimer, on_ptimer_release, delay, 0);
+}
+
+/* Send the prepared head; the body follows as it is parsed. */
+static void release_response_head(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    if (x->do_reset) {
+        sbuf_free(&x->held_head);
+        conn_set_error(c, "reset");
+        x->final_code = -1;
+        conn_close(c, CLOSE_RESET);
+        return;
+    }
+    sender_copy(&c->out, x->held_head.data, x->held_head.len);
+    sbuf_free(&x->held_head);
+    x->resp_head_sent = 1;
+    x->resp = RESP_BODY;
+    if (c->resp.status == 101)
+        start_tunnel(c);
+}
+
+static void on_ptimer_release(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->phase != PH_EXCHANGE)
+        return;
+    release_response_head(c);
+    if (c->phase != PH_EXCHANGE)
+        return;
+    if (c->x.done_pending) {
+        c->x.done_pending = 0;
+        on_response_done(c);
+        return;
+    }
+    arm_response_timeout(c);
+    relay_parse_responses(c);
+}
+
+/* The upstream's message is complete (or its body, when close-delimited, ended). */
+static void on_response_done(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    uv_timer_stop(&c->xtimer);
+    x->resp_complete = 1;
+    if (x->pace.n) {
+        x->resp = RESP_DONE;
+        return; /* the pace timer finishes the conn_answer */
+    }
+    if (x->out_mode == OUT_CHUNKED)
+        sender_static(&c->out, "0\r\n\r\n", 5);
+    x->resp = RESP_DONE;
+    conn_flush(c);
+    if (c->phase != PH_EXCHANGE)
+        return;
+    if (x->out_mode == OUT_CLOSE)
+        c->close_after = 1;
+    conn_maybe_finish(c);
+}
+
+static int can_parse_response(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    return c->phase == PH_EXCHANGE && x->up && x->resp != RESP_HOLD && x->resp != RESP_DONE &&
+           !c->hold_upstream && x->pace.bytes < PACE_QUEUE_MAX && x->truncate_left != 0;
+}
+
+/* Feed pending upstream bytes to the response parser. */
+void relay_parse_responses(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    for (;;) {
+        size_t len = c->up_in ? c->up_in->len - c->up_pos : 0;
+        if ((len == 0 && !c->up_kick) || !can_parse_response(c))
+            break;
+        const char *data = c->up_in ? c->up_in->data + c->up_pos : "";
+        if (c->resp_crlf && http_chunk_crlf(data, data + len, &c->resp_crlf) != 0) {
+            conn_fail(c, 502, "bad_response");
+            return;
+        }
+        c->up_kick = 0;
+        c->revent = 0;
+        llhttp_errno_t err = llhttp_execute(&c->rparser, data, len);
+        size_t used = len;
+        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+            used = (size_t)(llhttp_get_error_pos(&c->rparser) - data);
+            c->up_kick = 1;
+            if (err == HPE_PAUSED)
+                llhttp_resume(&c->rparser);
+        } else if (err != HPE_OK) {
+            LOG(LOG_DEBUG, "c%llu bad response from %s:%d: %s", (unsigned long long)c->id,
+                x->up_host, x->up_port, llhttp_get_error_reason(&c->rparser));
+            conn_fail(c, 502, "bad_response");
+            return;
+        }
+        c->up_pos += used;
+        if (c->revent & EV_HEAD) {
+            on_response_head(c);
+            if (c->phase != PH_EXCHANGE)
+                return;
+        }
+        if (c->revent & EV_DONE) {
+            if (x->resp_interim) {
+                x->resp_interim = 0;
+                continue;
+            }
+            if (x->resp == RESP_HOLD) {
+                x->done_pending = 1; /* finished once the held head is out */
+                break;
+            }
+            if (c->resp.status == 101)
+                return; /* the tunnel has taken over */
+            on_response_done(c);
+            if (c->phase != PH_EXCHANGE || x->resp == RESP_DONE)
+                break;
+        }
+        if (x->truncate_left == 0 && !x->pace.n) {
+            conn_flush(c);
+            if (c->phase == PH_EXCHANGE)
+                truncate_reached(c);
+            return;
+        }
+    }
+    if (c->phase != PH_EXCHANGE)
+        return;
+    conn_flush(c);
+    if (c->phase != PH_EXCHANGE)
+        return;
+    if (c->up_in && (c->up_pos >= c->up_in->len || x->resp == RESP_DONE)) {
+        c->up_prev_last = c->up_in->len ? c->up_in->data[c->up_in->len - 1] : c->up_prev_last;
+        chunk_unref(c->up_in);
+        c->up_in = NULL;
+        if (x->up_eof && x->resp != RESP_DONE) {
+            int st = x->up_eof;
+            x->up_eof = 0;
+            handle_upstream_eof(c, st);
+        }
+    }
+}
+
+/* The upstream closed or failed while we were reading from it. */
+static void handle_upstream_eof(struct conn *c, int status)
+{
+    struct exchange *x = &c->x;
+    if (x->resp == RESP_DONE)
+        return;
+    if (status == UV_EOF && x->resp == RESP_BODY) {
+        /* A close-delimited body ends here; any other framing was cut short. */
+        if (llhttp_finish(&c->rparser) == HPE_OK && (c->revent & EV_DONE)) {
+            on_response_done(c);
+            return;
+        }
+        if (llhttp_message_needs_eof(&c->rparser)) {
+            on_response_done(c);
+            return;
+        }
+    }
+    if (!x->up_seen && retry_on_fresh_connection(c))
+        return;
+    const char *error = status == UV_EOF ? "upstream_closed" : "upstream_reset";
+    if (x->resp_head_sent) {
+        /* Mid-body: the client must see an incomplete conn_answer, never a
+         * clean short one: close without the terminating chunk. */
+        conn_set_error(c, error);
+        x->resp = RESP_DONE;
+        relay_detach(c, 0);
+        conn_flush(c);
+        if (c->phase == PH_CLOSED)
+            return;
+        conn_record(c);
+        conn_close_gracefully(c);
+        return;
+    }
+    conn_fail(c, 502, x->up_seen ? "bad_response" : error);
+}
