@@ -112,3 +112,22 @@ def test_curl_against_backend(backend):
                           backend.url + "/status/503"], capture_output=True, text=True,
                          timeout=10)
     assert out.stdout == "503"
+
+
+def test_close_modes_and_sink_delay(backend):
+    with HttpConn(backend.port) as c:
+        r = c.exchange("GET", "/status/200?conn_close=1&body=x")
+        assert r.get("Connection") == "close" and r.framing == "length"
+        assert c.closed_by_peer()
+    with HttpConn(backend.port) as c:
+        r = c.exchange("GET", "/status/200?linger_close_ms=100")
+        assert not r.has("Connection") and not c.closed_by_peer(0.05)
+        assert c.closed_by_peer(2.0)
+    with HttpConn(backend.port) as c:
+        t = time.monotonic()
+        r = c.exchange("POST", "/sink?start_delay_ms=300", body=b"abc")
+        assert time.monotonic() - t >= 0.3 and json.loads(r.body)["body_len"] == 3
+    for mode in ["two-cl", "bad-cl", "obs-fold"]:
+        with HttpConn(backend.port) as c:
+            with pytest.raises(ProtocolError):
+                c.exchange("GET", "/raw/" + mode)
