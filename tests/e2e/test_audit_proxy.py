@@ -23,6 +23,7 @@ import os
 import re
 import socket
 import sqlite3
+import struct
 import subprocess
 import threading
 import time
@@ -201,23 +202,32 @@ def wait_until(pred, timeout, step=0.05):
 
 class Sent:
     """One request sent on its own connection, with what the proxy must
-    record for it."""
+    record for it.  GONE_AFTER: the client resets its connection (RST, no
+    FIN: a FIN after a whole request is a half-close the proxy answers)
+    that many seconds after sending, without reading.  CONTENT_LENGTH
+    larger than the body: the request body stays unfinished."""
 
-    def __init__(self, method, target, host, expect, body=None):
+    def __init__(self, method, target, host, expect, body=None, gone_after=None,
+                 content_length=None):
         self.method, self.target, self.host, self.body = method, target, host, body
         self.expect = expect          # host, path, upstream, final, rule, action, error
+        self.gone_after = gone_after
         lines = ["%s %s HTTP/1.1" % (method, target), "Host: %s" % host]
         if body is not None:
-            lines.append("Content-Length: %d" % len(body))
+            lines.append("Content-Length: %d" % (content_length or len(body)))
         self.raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
-        self.response = None          # helpers.Response, or None (reset / cut)
+        self.response = None          # helpers.Response, or None (reset / cut / gone)
         self.failure = None
 
     def run(self, port):
         with HttpConn(port, timeout=15) as c:
             c.send(self.raw)
+            if self.gone_after is not None:
+                time.sleep(self.gone_after)
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return self
             try:
-                self.response = c.read_response(method=self.method)
+                self.response = c.read_response(method=self.method, allow_incomplete=True)
             except (ConnectionClosed, ConnectionResetError) as e:
                 self.failure = e
         return self
@@ -329,6 +339,20 @@ def mix_plan(backend_port, refused):
         exp("bad.example", "/raw/garbage", None, 502, error="bad_response"))
     add(1, "GET", "/status/999", "bad.example",
         exp("bad.example", "/status/999", 999, 502, error="invalid_status"))
+    # edge.example: an upstream timeout (--response-timeout 1s), an answer
+    # cut by the upstream (the head went out: final 200), clients gone.
+    add(1, "GET", "/hang", "edge.example",
+        exp("edge.example", "/hang", None, 504, error="timeout"))
+    add(1, "GET", "/raw/close-mid-body", "edge.example",
+        exp("edge.example", "/raw/close-mid-body", 200, 200, error="upstream_closed"))
+    # Gone before the answer came: whether the proxy still waited for the
+    # upstream's code is its choice; the client received nothing.
+    plan.append(Sent("GET", "/slow?head_delay_ms=500", "edge.example",
+                     exp("edge.example", "/slow", AnyOf(None, 200), None,
+                         error="client_closed"), gone_after=0.1))
+    plan.append(Sent("POST", "/sink", "edge.example",
+                     exp("edge.example", "/sink", None, None, error="client_closed"),
+                     body=b"x" * 100, content_length=1000, gone_after=0.2))
     # Forward mode: the record's host is the URI's, whatever Host says.
     add(2, "GET", fwd_local + "/status/200?q=1", "localhost:%d" % backend_port,
         exp("localhost", "/status/200", 200, 200))
@@ -354,6 +378,8 @@ def run_plan(p, plan):
 def check_answers(plan):
     """What the clients saw agrees with the records we expect."""
     for s in plan:
+        if s.gone_after is not None:
+            continue
         if s.expect["final"] is None:
             assert s.response is None, "%s %s: expected a reset, got %r" % (
                 s.method, s.target, s.response)
@@ -361,6 +387,8 @@ def check_answers(plan):
             assert s.response is not None, "%s %s: no answer (%r)" % (s.method, s.target,
                                                                       s.failure)
             assert s.response.status == s.expect["final"], (s.method, s.target, s.response)
+            assert s.response.complete == (s.expect["error"] != "upstream_closed"), \
+                (s.method, s.target, s.response)
 
 
 def recs_of(plan, rows_by_sent=None):
@@ -368,8 +396,9 @@ def recs_of(plan, rows_by_sent=None):
     for s in plan:
         r = {"host": s.expect["host"], "upstream": s.expect["upstream"],
              "final": s.expect["final"], "rule": s.expect["rule"]}
-        if rows_by_sent is not None:
-            r["start_ms"] = rows_by_sent[id(s)]["start_ms"]
+        if rows_by_sent is not None:   # the row matched the expectation (AnyOf resolved)
+            row = rows_by_sent[id(s)]
+            r.update(upstream=row["upstream_code"], start_ms=row["start_ms"])
         out.append(r)
     return out
 
@@ -380,7 +409,7 @@ def test_known_mix_every_view(proxy_factory, backend, refused_port, statusproxy_
     every `--by` view are exactly what was sent; csv/table agree; time and
     host filters select as asked."""
     rules = write_rules(tmp_path, MIX_RULES)
-    p = proxy_factory(upstream=backend.url, args=["--rules", rules])
+    p = proxy_factory(upstream=backend.url, args=["--rules", rules, "--response-timeout", "1s"])
     plan = mix_plan(backend.port, refused_port)
     t0, t1 = run_plan(p, plan)
     check_answers(plan)
@@ -404,18 +433,20 @@ def test_known_mix_every_view(proxy_factory, backend, refused_port, statusproxy_
     recs = recs_of(plan, {id(s): row for s, row in pairs})
     # Spot checks of the expectations themselves (the mix covers what it should).
     assert {r["host"] for r in recs} == {"api.example", "shop.example", "web.example",
-                                        "bad.example", "localhost", "127.0.0.1"}
+                                        "bad.example", "edge.example", "localhost",
+                                        "127.0.0.1"}
     assert any(r["final"] is None for r in recs) and any(r["upstream"] == 999 for r in recs)
     assert_views(statusproxy_bin, p.db, recs, names)
     assert report(statusproxy_bin, p.db) == approx_shares(expect_view("code", recs, names))
 
     # A few exact rows, written out rather than computed.
     by_code = {r["code"]: r["count"] for r in report(statusproxy_bin, p.db)}
-    assert by_code == {200: 13, 201: 2, 204: 1, 503: 5, 302: 2, 418: 1, 500: 2, 404: 2,
-                       502: 5, 301: 1, None: 1}
+    assert by_code == {200: 14, 201: 2, 204: 1, 503: 5, 302: 2, 418: 1, 500: 2, 404: 2,
+                       502: 5, 504: 1, 301: 1, None: 3}
     rewrite = report(statusproxy_bin, p.db, "--by", "rewrite")
     assert {"upstream_code": 404, "code": 200, "rule": "hide", "count": 4} in rewrite
     assert {"upstream_code": None, "code": 502, "rule": None, "count": 4} in rewrite
+    assert {"upstream_code": None, "code": 504, "rule": None, "count": 1} in rewrite
     assert {"upstream_code": 999, "code": 502, "rule": None, "count": 1} in rewrite
     assert {"upstream_code": 404, "code": None, "rule": "r", "count": 1} in rewrite
     assert report(statusproxy_bin, p.db, "--by", "rule") == [
@@ -436,7 +467,7 @@ def test_known_mix_every_view(proxy_factory, backend, refused_port, statusproxy_
     for w, line in zip(expect_view("host", recs), lines[1:]):
         assert line.split()[:7] == [str(v) for v in w.values()], line
     text = report(statusproxy_bin, p.db, "--by", "code", fmt="table")
-    assert re.search(r"^\s*200\s+OK\s+2xx\s+13\s", text, re.M), text
+    assert re.search(r"^\s*200\s+OK\s+2xx\s+14\s", text, re.M), text
 
     # Time filters: everything is within the last hour, nothing before the test.
     assert_views(statusproxy_bin, p.db, recs, names, "--since", "1h")
@@ -476,7 +507,7 @@ def test_merge_two_proxy_runs(proxy_factory, backend, refused_port, statusproxy_
                               tmp_path):
     """Two proxies, two files: `report --db A --db B` is the sum of both."""
     rules = write_rules(tmp_path, MIX_RULES)
-    a = proxy_factory(upstream=backend.url, args=["--rules", rules])
+    a = proxy_factory(upstream=backend.url, args=["--rules", rules, "--response-timeout", "1s"])
     b = proxy_factory(upstream=backend.url)   # no rules: nothing rewritten here
     plan_a = mix_plan(backend.port, refused_port)
     plan_b = []
@@ -792,6 +823,46 @@ def test_locked_database_loses_nothing(proxy, backend, statusproxy_bin, names):
     assert dropped_total(proxy.db) == 0
     got = report(statusproxy_bin, proxy.db)
     assert {r["code"]: r["count"] for r in got} == {200: 1 + 14, 201: 13, 202: 13}
+
+
+def test_sigterm_while_database_locked_flushes_after_release(proxy, backend,
+                                                             statusproxy_bin):
+    """SIGTERM while another process holds the lock: the proxy waits for
+    it (DESIGN §5: flush everything) and, once it is released 1.5 s later,
+    writes every record and exits 0."""
+    n = 12
+    with proxy.conn() as c:
+        assert c.exchange("GET", "/status/200", host="warmup.example").status == 200
+    assert wait_until(lambda: scalar(proxy.db, "SELECT count(*) FROM exchanges") == 1, 5.0)
+    holder = subprocess.Popen(["sqlite3", proxy.db], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    problems = []
+    stopper = threading.Thread(target=lambda: problems.extend(proxy.stop(timeout=20)))
+    try:
+        holder.stdin.write(LOCK_HOLDER)
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+        for i in range(n):
+            with proxy.conn() as c:
+                assert c.exchange("GET", "/status/202", host="t%02d.example" % i).status == 202
+        stopper.start()
+        time.sleep(1.5)
+        assert proxy.proc.poll() is None, "exited (status %s) with records unwritten" % (
+            proxy.proc.returncode)
+        holder.stdin.write("COMMIT;\n.quit\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=10) == 0, holder.stderr.read()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    stopper.join(30)
+    assert problems == [], "\n".join(problems) + "\n" + proxy.stderr()[-3000:]
+    rows = raw_rows(proxy.db)
+    assert Counter(r["host"] for r in rows) == \
+        Counter(["warmup.example"] + ["t%02d.example" % i for i in range(n)])
+    assert minute_total(proxy.db) == n + 1
+    assert dropped_total(proxy.db) == 0
 
 
 # =================================================== --log-exchanges modes
