@@ -106,7 +106,7 @@ static void client_gone(struct conn *c, int status)
         return;
     }
     if (c->phase == PH_EXCHANGE && eof && c->x.req == REQ_DONE) {
-        /* A half-close after a complete request: conn_answer, then close. */
+        /* A half-close after a complete request: answer, then close. */
         c->client_eof = 1;
         c->close_after = 1;
         return;
@@ -251,7 +251,7 @@ static const llhttp_settings_t request_settings = {
 
 /* ---------- synthesized answers ---------- */
 
-/* Does this conn_answer end the connection? HTTP/1.0 clients keep it only when they asked. */
+/* Does this answer end the connection? HTTP/1.0 clients keep it only when they asked. */
 static int must_close(struct conn *c)
 {
     return c->close_after || !c->x.client_keepalive || c->w->stopping || c->client_eof;
@@ -275,7 +275,7 @@ void conn_answer(struct conn *c, int code, const struct rule_actions *a, const c
     struct exchange *x = &c->x;
     const char *reason = (a && a->reason) ? a->reason : catalog_reason(code);
     struct sbuf b = {0}, h = {0};
-    const char *ctype = "text/plain";
+    const char *ctype = x->answer_ctype ? x->answer_ctype : "text/plain";
     if (a && a->body) {
         sbuf_append(&b, a->body, a->body_len);
         if (a->body_is_json)
@@ -387,7 +387,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
         return;
     }
     /* Drain what the client still sends, so that closing does not turn into
-     * a reset that could destroy the conn_answer in flight (RFC 9112 §9.6). */
+     * a reset that could destroy the answer in flight (RFC 9112 §9.6). */
     c->phase = PH_LINGER;
     conn_release_input(c);
     conn_update_reading(c);
@@ -542,7 +542,7 @@ static void exchange_begin(struct conn *c)
         x->rules = rules_ref(c->w->rules);
 }
 
-/* The exchange is over when the conn_answer is complete and the request was read
+/* The exchange is over when the answer is complete and the request was read
  * (or will not be: the connection closes). Then record it and move on to the
  * next request, which may already wait in the read chunk. */
 void conn_maybe_finish(struct conn *c)
@@ -562,7 +562,9 @@ void conn_maybe_finish(struct conn *c)
     x->rules = NULL;
     x->bytes_in = 0;
     c->nrequests++;
-    if (c->close_after || c->stop_requested) {
+    /* RFC 9112 §9.6: after an answer that said "Connection: close" (the
+     * client asked, or it is HTTP/1.0 without keep-alive), close. */
+    if (c->close_after || c->stop_requested || !x->client_keepalive || c->client_eof) {
         conn_close_gracefully(c);
         return;
     }
@@ -575,8 +577,8 @@ void conn_maybe_finish(struct conn *c)
         conn_update_reading(c);
 }
 
-/* The exchange cannot go on: conn_answer CODE if nothing was sent yet, else cut
- * the client's connection so that it sees an incomplete conn_answer. */
+/* The exchange cannot go on: answer CODE if nothing was sent yet, else cut
+ * the client's connection so that it sees an incomplete answer. */
 void conn_fail(struct conn *c, int code, const char *error)
 {
     struct exchange *x = &c->x;
@@ -673,7 +675,7 @@ static const llhttp_settings_t probe_settings = {
 };
 
 /* Where the request goes: fills target, up_host/up_port, rec_host, path.
- * Returns 0 or the status to conn_answer (with *why). */
+ * Returns 0 or the status to answer (with *why). */
 static int route_request(struct conn *c, const char **why)
 {
     struct exchange *x = &c->x;
@@ -765,6 +767,30 @@ static int proxy_auth_ok(struct conn *c)
     return len == strlen(want) && memcmp(v, want, len) == 0;
 }
 
+static const char allow_methods[] =
+    "Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT\r\n";
+static const char allow_with_trace[] =
+    "Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT, TRACE\r\n";
+
+/* TRACE reaching its last hop here (--allow-trace): echo the request as
+ * message/http, minus the fields likely to hold credentials (RFC 9110 §9.3.8). */
+static void answer_trace(struct conn *c)
+{
+    struct http_head *h = &c->req;
+    struct sbuf b = {0};
+    sbuf_puts(&b, "TRACE ");
+    sbuf_append(&b, h->buf + h->target, h->target_len);
+    sbuf_printf(&b, " HTTP/1.%d\r\n", h->minor);
+    http_head_remove(h, "Authorization");
+    http_head_remove(h, "Proxy-Authorization");
+    http_head_remove(h, "Cookie");
+    http_head_write(h, &b);
+    sbuf_puts(&b, "\r\n");
+    c->x.answer_ctype = "message/http";
+    conn_answer(c, 200, NULL, NULL, b.data);
+    sbuf_free(&b);
+}
+
 /* Access, loops, authentication, Max-Forwards. Returns 0 to go on, or
  * answers itself and returns 1. */
 static int check_policy(struct conn *c)
@@ -814,11 +840,11 @@ static int check_policy(struct conn *c)
         if (x->max_forwards == 0) {
             /* RFC 9110 §7.6.2: the last recipient answers itself. */
             if (x->method == HTTP_OPTIONS)
-                conn_answer(c, 200, NULL,
-                       "Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT\r\n", "");
+                conn_answer(c, 200, NULL, o->allow_trace ? allow_with_trace : allow_methods, "");
+            else if (o->allow_trace)
+                answer_trace(c);
             else
-                conn_answer(c, 405, NULL,
-                       "Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT\r\n", NULL);
+                conn_answer(c, 405, NULL, allow_methods, NULL);
             return 1;
         }
     }
@@ -885,7 +911,7 @@ static void abort_request(struct conn *c)
     struct exchange *x = &c->x;
     x->sink = SINK_DISCARD;
     /* With Expect: 100-continue the client holds its body back: do not wait
-     * for it, close after the conn_answer (RFC 9110 §10.1.1). */
+     * for it, close after the answer (RFC 9110 §10.1.1). */
     if (x->expect_continue && x->req_has_body)
         c->close_after = 1;
     x->resp = RESP_HOLD;
@@ -986,7 +1012,7 @@ static void on_request_done(struct conn *c)
     conn_maybe_finish(c);
 }
 
-/* A request that llhttp refused: conn_answer and close. */
+/* A request that llhttp refused: answer and close. */
 static void request_parse_error(struct conn *c, llhttp_errno_t err)
 {
     int status = c->parse_status ? c->parse_status : 400;
@@ -1149,7 +1175,7 @@ int conn_accept(struct worker *w, uv_stream_t *server)
     c->phase = PH_IDLE;
     arm_timer(c, w->opts->header_timeout_ms);
     if ((int)w->nconns > (w->opts->max_connections + w->nworkers - 1) / w->nworkers) {
-        /* Over the limit: a short conn_answer instead of silence. */
+        /* Over the limit: a short answer instead of silence. */
         exchange_begin(c);
         c->phase = PH_EXCHANGE;
         c->x.req = REQ_DONE;

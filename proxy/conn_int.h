@@ -111,7 +111,8 @@ struct exchange {
     int64_t truncate_left;       /* -1: no truncate */
     int do_reset;
     struct pace pace;
-    struct sbuf held_head;       /* the conn_answer's head, while held by a delay */
+    struct sbuf held_head;       /* the answer's head, while held by a delay */
+    const char *answer_ctype;    /* Content-Type of a synthesized body; NULL: text/plain */
     char error[32];
 };
 
@@ -129,7 +130,7 @@ struct conn {
     enum phase phase;
     int pending_closes;
     int reading;
-    int close_after;             /* close once the current conn_answer is written */
+    int close_after;             /* close once the current answer is written */
     int client_eof;              /* the client half-closed */
     int stop_requested;          /* the worker is stopping */
     int nrequests;

@@ -32,6 +32,7 @@ const char options_help[] =
     "  --allow CIDR              clients allowed (repeatable) [loopback]\n"
     "  --proxy-auth USER:PASS    require Basic proxy authentication (forward mode)\n"
     "  --connect-ports LIST      ports CONNECT may reach, e.g. 443,8443 [443]\n"
+    "  --allow-trace             answer TRACE with Max-Forwards: 0 (echo); else 405\n"
     "  --header-timeout D        request head must arrive within D, else 408 [10s]\n"
     "  --connect-timeout D       upstream connect timeout [5s]\n"
     "  --response-timeout D      upstream response timeout, then 504 [60s]\n"
@@ -249,6 +250,8 @@ static int *bool_flag(struct run_options *o, const char *name)
         return &o->fault_headers;
     if (strcmp(name, "--mark-faults") == 0)
         return &o->mark_faults;
+    if (strcmp(name, "--allow-trace") == 0)
+        return &o->allow_trace;
     return NULL;
 }
 

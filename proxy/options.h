@@ -33,6 +33,7 @@ struct run_options {
     uint64_t seed;
     int fault_headers;
     int mark_faults;
+    int allow_trace;          /* answer TRACE (Max-Forwards: 0) with an echo; else 405 */
     enum audit_mode log_exchanges;
     uint64_t retain_ms;
     int workers;

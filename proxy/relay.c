@@ -451,7 +451,7 @@ static void pace_push(struct pace *pc, struct chunk *ch, const char *at, size_t 
 
 static void truncate_reached(struct conn *c)
 {
-    /* The conn_answer is cut here: the client sees a short body and a close. */
+    /* The answer is cut here: the client sees a short body and a close. */
     struct exchange *x = &c->x;
     x->resp = RESP_DONE;
     x->resp_complete = 0;
@@ -595,7 +595,7 @@ static void on_response_head(struct conn *c)
             send_response_head(c);
             return;
         }
-        /* 1xx: relayed to HTTP/1.1 clients before the final conn_answer; never
+        /* 1xx: relayed to HTTP/1.1 clients before the final answer; never
          * to HTTP/1.0 clients (RFC 9110 §15.2). */
         if (c->req.minor == 1) {
             struct sbuf out = {0};
@@ -620,7 +620,7 @@ static void on_response_head(struct conn *c)
         x->has_resp_v = rules_match(x->rules, RULES_RESPONSE, &rx, &x->resp_v);
     }
     if (x->has_resp_v && x->resp_v.actions->abort_code) {
-        /* The upstream's conn_answer is replaced; its connection is not reusable. */
+        /* The upstream's answer is replaced; its connection is not reusable. */
         const struct rule_actions *a = x->resp_v.actions;
         relay_detach(c, 0);
         uv_timer_stop(&c->xtimer);
@@ -636,7 +636,7 @@ static void on_response_head(struct conn *c)
     send_response_head(c);
 }
 
-/* Build and send the conn_answer's head: the upstream's status and fields with
+/* Build and send the answer's head: the upstream's status and fields with
  * hop-by-hop fields dropped, rule actions applied, framing for this client. */
 static void send_response_head(struct conn *c)
 {
@@ -771,7 +771,7 @@ static void on_response_done(struct conn *c)
     x->resp_complete = 1;
     if (x->pace.n) {
         x->resp = RESP_DONE;
-        return; /* the pace timer finishes the conn_answer */
+        return; /* the pace timer finishes the answer */
     }
     if (x->out_mode == OUT_CHUNKED)
         sender_static(&c->out, "0\r\n\r\n", 5);
@@ -885,7 +885,7 @@ static void handle_upstream_eof(struct conn *c, int status)
         return;
     const char *error = status == UV_EOF ? "upstream_closed" : "upstream_reset";
     if (x->resp_head_sent) {
-        /* Mid-body: the client must see an incomplete conn_answer, never a
+        /* Mid-body: the client must see an incomplete answer, never a
          * clean short one: close without the terminating chunk. */
         conn_set_error(c, error);
         x->resp = RESP_DONE;

@@ -13,6 +13,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -53,7 +54,9 @@ struct server {
     uv_fs_event_t watch;
     uv_timer_t reload_timer;
     int watching;
-    int stopping;
+    int stopping;                /* 1: finishing exchanges; 2: a second signal, stop now */
+    uv_async_t finished;         /* a worker's loop is ending */
+    atomic_int workers_done;
     char via_value[320];
     char via_token[300];
 };
@@ -105,9 +108,14 @@ static void worker_try_finish(struct worker *w)
         return;
     upstream_pool_close(w->pool);
     w->pool = NULL;
+    pthread_mutex_lock(&w->srv->rules_lock);
+    w->wake_closed = 1; /* no more uv_async_send from the main thread */
+    pthread_mutex_unlock(&w->srv->rules_lock);
     uv_close((uv_handle_t *)&w->wake, on_worker_closed);
     uv_close((uv_handle_t *)&w->tick, on_worker_closed);
     uv_close((uv_handle_t *)&w->stop_timer, on_worker_closed);
+    atomic_fetch_add(&w->srv->workers_done, 1);
+    uv_async_send(&w->srv->finished);
 }
 
 void worker_conn_closed(struct worker *w)
@@ -158,6 +166,10 @@ static void on_wake(uv_async_t *a)
     if (fresh) {
         rules_unref(w->rules);
         w->rules = fresh;
+    }
+    if (stop == 2 && w->stopping) {
+        on_stop_grace_over(&w->stop_timer);
+        return;
     }
     if (stop && !w->stopping) {
         w->stopping = 1;
@@ -260,6 +272,14 @@ static void print_diags(const char *path, const struct rules_diags *d)
     }
 }
 
+/* Wake every worker whose loop still runs; rules_lock held. */
+static void wake_workers_locked(struct server *srv)
+{
+    for (int i = 0; i < srv->nworkers; i++)
+        if (!srv->workers[i].wake_closed)
+            uv_async_send(&srv->workers[i].wake);
+}
+
 /* Hand SET (one reference, may be NULL) to every worker and keep it current. */
 static void install_rules(struct server *srv, struct rules *set)
 {
@@ -270,9 +290,8 @@ static void install_rules(struct server *srv, struct rules *set)
         rules_unref(srv->pending[i]);
         srv->pending[i] = set ? rules_ref(set) : NULL;
     }
+    wake_workers_locked(srv);
     pthread_mutex_unlock(&srv->rules_lock);
-    for (int i = 0; i < srv->nworkers; i++)
-        uv_async_send(&srv->workers[i].wake);
 }
 
 int server_replace_rules(struct server *srv, const char *text, size_t len,
@@ -341,30 +360,49 @@ static void watch_rules_file(struct server *srv)
             srv->opts->rules_path);
 }
 
-static void begin_stop(struct server *srv, const char *why)
+static void close_main_handles(struct server *srv)
 {
-    if (srv->stopping)
-        return;
-    LOG(LOG_INFO, "%s: stopping (finishing exchanges in flight)", why);
-    pthread_mutex_lock(&srv->rules_lock);
-    srv->stopping = 1;
-    pthread_mutex_unlock(&srv->rules_lock);
-    for (int i = 0; i < srv->nworkers; i++)
-        uv_async_send(&srv->workers[i].wake);
     uv_close((uv_handle_t *)&srv->sigterm, on_main_closed);
     uv_close((uv_handle_t *)&srv->sigint, on_main_closed);
     uv_close((uv_handle_t *)&srv->sighup, on_main_closed);
-    uv_close((uv_handle_t *)&srv->reload_timer, on_main_closed);
-    if (srv->watching)
-        uv_close((uv_handle_t *)&srv->watch, on_main_closed);
-    admin_stop(srv->admin);
+    uv_close((uv_handle_t *)&srv->finished, on_main_closed);
+}
+
+/* Every worker's loop is ending: let the main loop end too. */
+static void on_worker_finished(uv_async_t *a)
+{
+    struct server *srv = a->data;
+    if (atomic_load(&srv->workers_done) == srv->nworkers && !uv_is_closing((uv_handle_t *)a))
+        close_main_handles(srv);
+}
+
+/* The first SIGTERM/SIGINT stops accepting and lets exchanges in flight
+ * finish (at most STOP_GRACE_MS); a second one cuts them now. Records are
+ * written either way. */
+static void begin_stop(struct server *srv, const char *why)
+{
+    if (srv->stopping == 2)
+        return;
+    pthread_mutex_lock(&srv->rules_lock);
+    srv->stopping = srv->stopping ? 2 : 1;
+    wake_workers_locked(srv);
+    pthread_mutex_unlock(&srv->rules_lock);
+    if (srv->stopping == 2) {
+        LOG(LOG_INFO, "%s again: stopping now", why);
+    } else {
+        LOG(LOG_INFO, "%s: stopping (finishing exchanges in flight)", why);
+        uv_close((uv_handle_t *)&srv->reload_timer, on_main_closed);
+        if (srv->watching)
+            uv_close((uv_handle_t *)&srv->watch, on_main_closed);
+        admin_stop(srv->admin);
+    }
 }
 
 static void on_signal(uv_signal_t *s, int signum)
 {
     struct server *srv = s->data;
     if (signum == SIGHUP) {
-        if (srv->opts->rules_path)
+        if (srv->opts->rules_path && !srv->stopping)
             reload_rules(srv, "SIGHUP");
         return;
     }
@@ -536,6 +574,8 @@ int server_run(struct run_options *opts)
     uv_signal_start(&srv->sighup, on_signal, SIGHUP);
     uv_timer_init(srv->loop, &srv->reload_timer);
     srv->reload_timer.data = srv;
+    uv_async_init(srv->loop, &srv->finished, on_worker_finished);
+    srv->finished.data = srv;
     if (opts->rules_path) {
         uv_fs_event_init(srv->loop, &srv->watch);
         srv->watch.data = srv;

@@ -26,6 +26,7 @@ struct worker {
     uv_thread_t thread;
     uv_tcp_t listener;
     uv_async_t wake;             /* main -> worker: new rules, stop */
+    int wake_closed;             /* under the server's lock: wake may not be sent */
     uv_timer_t tick;             /* flushes record batches, publishes counters */
     uv_timer_t stop_timer;       /* bounds the graceful stop */
     const struct run_options *opts;

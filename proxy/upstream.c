@@ -98,11 +98,8 @@ void upstream_pool_close(struct upstream_pool *p)
         return;
     p->closing = 1;
     for (unsigned i = 0; i < POOL_BUCKETS; i++) {
-        while (p->buckets[i]) {
-            struct upstream *u = p->buckets[i];
-            pool_unlink(u);
-            upstream_close(u);
-        }
+        while (p->buckets[i])
+            upstream_close(p->buckets[i]); /* unlinks it from the bucket */
     }
     maybe_free_pool(p);
 }

@@ -12,7 +12,7 @@ import urllib.parse
 import pytest
 
 from backend import det_bytes, det_chunks, det_sha256, phrase
-from helpers import via_entries
+from helpers import check_synthesized, via_entries
 
 HOSTNAME = socket.gethostname()
 
@@ -321,13 +321,39 @@ def test_chunked_request_with_extensions_and_trailers(proxy, backend):
         assert c.exchange("GET", "/status/200?body=next").body == b"next"
 
 
-@pytest.mark.parametrize("method", ["OPTIONS", "TRACE"])
-def test_max_forwards_zero_is_answered_by_the_proxy(proxy, backend, method):
+def test_max_forwards_zero_options_is_answered_by_the_proxy(proxy, backend):
     """RFC 9110 §7.6.2: with Max-Forwards 0 the proxy responds as the final
     recipient and does not forward."""
     with proxy.conn() as c:
-        r = c.exchange(method, "/echo", headers=[("Max-Forwards", "0")])
+        r = c.exchange("OPTIONS", "/echo", headers=[("Max-Forwards", "0")])
     assert r.status == 200
+    assert "GET" in r.get("Allow") and "TRACE" not in r.get("Allow")
+    time.sleep(0.1)
+    assert backend.snapshot()["requests"] == 0
+
+
+def test_max_forwards_zero_trace_is_refused_by_default(proxy, backend):
+    """TRACE is refused with 405 by default (issue 3): echoing requests back
+    can leak credentials through cross-site tracing."""
+    with proxy.conn() as c:
+        r = c.exchange("TRACE", "/echo", headers=[("Max-Forwards", "0")])
+    assert check_synthesized(r, 405, "Method Not Allowed") == []
+    assert "TRACE" not in r.get("Allow")
+    time.sleep(0.1)
+    assert backend.snapshot()["requests"] == 0
+
+
+def test_max_forwards_zero_trace_echoes_with_allow_trace(proxy_factory, backend):
+    """With --allow-trace the proxy answers as the final recipient: 200,
+    message/http, the request echoed without credentials."""
+    p = proxy_factory(upstream=backend.url, args=["--allow-trace"])
+    with p.conn() as c:
+        r = c.exchange("TRACE", "/echo?x=1", headers=[("Max-Forwards", "0"), ("X-Probe", "p1"),
+                                                      ("Cookie", "secret=1")])
+    assert r.status == 200
+    assert r.get("Content-Type") == "message/http"
+    assert r.body.startswith(b"TRACE /echo?x=1 HTTP/1.1\r\n")
+    assert b"X-Probe: p1\r\n" in r.body and b"secret" not in r.body
     time.sleep(0.1)
     assert backend.snapshot()["requests"] == 0
 
