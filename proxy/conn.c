@@ -105,12 +105,16 @@ static void client_gone(struct conn *c, int status)
         tunnel_client_eof(c->tunnel, status);
         return;
     }
-    if (c->phase == PH_EXCHANGE && eof && c->x.req == REQ_DONE) {
-        /* A half-close after a complete request: answer, then close. */
+    if (c->phase == PH_EXCHANGE && eof && c->x.req == REQ_DONE && !c->x.client_keepalive &&
+        c->req.minor == 0) {
+        /* An HTTP/1.0 client that shut its side after the request (the
+         * old "send, then half-close" style): answer, then close. */
         c->client_eof = 1;
         c->close_after = 1;
         return;
     }
+    /* Any other client gone while its answer is pending gave up on it: the
+     * upstream is released (closed) and the exchange recorded as such. */
     if (c->phase == PH_EXCHANGE)
         conn_set_error(c, "client_closed");
     conn_close(c, CLOSE_NOW);
@@ -596,6 +600,12 @@ void conn_fail(struct conn *c, int code, const char *error)
             c->close_after = 1;
     }
     conn_answer(c, code, NULL, NULL, NULL);
+    if (c->phase != PH_EXCHANGE)
+        return;
+    /* The parser may still owe the request's end (or body bytes to drop);
+     * drive it, which also finishes the exchange and moves on. */
+    if (x->req != REQ_DONE)
+        conn_parse_requests(c);
     conn_maybe_finish(c);
 }
 
@@ -840,7 +850,7 @@ static int check_policy(struct conn *c)
         if (x->max_forwards == 0) {
             /* RFC 9110 §7.6.2: the last recipient answers itself. */
             if (x->method == HTTP_OPTIONS)
-                conn_answer(c, 200, NULL, o->allow_trace ? allow_with_trace : allow_methods, "");
+                conn_answer(c, 200, NULL, o->allow_trace ? allow_with_trace : allow_methods, NULL);
             else if (o->allow_trace)
                 answer_trace(c);
             else

@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -482,6 +483,9 @@ int server_run(struct run_options *opts)
     srv->workers = xcalloc((size_t)srv->nworkers, sizeof *srv->workers);
     srv->metrics = metrics_new();
     int status = 1;
+    /* A client that closes while we write must be an EPIPE for libuv, not
+     * a signal that kills the process. */
+    signal(SIGPIPE, SIG_IGN);
     if (parse_allow(srv) != 0) {
         status = 2;
         goto out;
