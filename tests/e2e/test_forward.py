@@ -244,6 +244,25 @@ def test_both_modes_at_once(proxy_factory, backend):
         other.stop()
 
 
+def test_forward_upstream_connections_are_pooled_per_target(fwd, backend):
+    """Upstream connections are reused (DESIGN §2) in forward mode too, and
+    a pooled connection to one target never carries a request for another."""
+    other = Backend().start()
+    try:
+        for i in range(10):
+            with fwd.conn() as c:
+                for b in (backend, other):
+                    r = c.exchange("GET", "http://%s/status/200?body=%d" % (b.authority, i))
+                    assert (r.status, r.body) == (200, b"%d" % i)
+        assert backend.connections <= 2 and other.connections <= 2, \
+            (backend.connections, other.connections)
+        assert backend.requests == other.requests == 10
+        for b in (backend, other):
+            assert all(seen_headers(e, "Host") == [b.authority] for e in b.log)
+    finally:
+        other.stop()
+
+
 def test_forward_exchange_is_recorded_with_host_and_path(fwd, backend):
     with fwd.conn() as c:
         r = c.exchange("GET", "http://%s/status/404?body=gone" % backend.authority)
