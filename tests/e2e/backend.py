@@ -29,12 +29,23 @@ Behaviour is chosen by the request path and query (see Backend._route):
   /raw/garbage, /raw/badstatus, /raw/close-mid-body, /raw/truncated-chunked,
   /raw/close-before-head, /raw/two-cl, /raw/bad-cl, /raw/obs-fold
                  malformed answers, then the connection is closed
+  /ws            a WebSocket echo server (RFC 6455): a valid handshake gets
+                 101 with Sec-WebSocket-Accept, then every data frame comes
+                 back unmasked with its opcode, ping gets pong, close is
+                 answered with close; an unmasked client frame gets close
+                 1002.  A request that is not a valid handshake gets 400.
+                 Frames received are logged in .ws_frames (opcode, payload).
+
+Backend(host="::1") listens on IPv6; Backend(port=80) on a fixed port.
+.open_connections() counts connections not yet closed by either side.
 
 Only the standard library.
 """
 
+import base64
 import hashlib
 import http
+import struct
 import json
 import socket
 import threading
@@ -246,9 +257,10 @@ def _parse_head(raw):
 class Backend:
     """Start with start(); the port is in .port, the base URL in .url."""
 
-    def __init__(self, host="127.0.0.1"):
+    def __init__(self, host="127.0.0.1", port=0):
         self.host = host
         self.port = None
+        self._want_port = port
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._conns = {}
@@ -260,13 +272,19 @@ class Backend:
         self.bytes_received = 0   # every byte read from any connection
         self.log = []             # one dict per request, in arrival order
         self.errors = []          # exceptions in handlers (for debugging)
+        self.ws_frames = []       # (opcode, payload) of WebSocket frames received
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self):
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((self.host, 0))
+        try:
+            s.bind((self.host, self._want_port))
+        except OSError:
+            s.close()
+            raise
         s.listen(128)
         self._listener = s
         self.port = s.getsockname()[1]
@@ -304,11 +322,17 @@ class Backend:
 
     @property
     def url(self):
-        return "http://%s:%d" % (self.host, self.port)
+        return "http://%s" % self.authority
 
     @property
     def authority(self):
-        return "%s:%d" % (self.host, self.port)
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s:%d" % (host, self.port)
+
+    def open_connections(self):
+        """Accepted connections that neither side has closed yet (usable
+        inside a wait_for predicate: it takes no lock)."""
+        return len(self._conns)
 
     # -- counters ----------------------------------------------------------
 
@@ -597,6 +621,8 @@ class Backend:
             if self._stop.wait(int(req.q("head_delay_ms", "1000")) / 1000.0):
                 return False
             return self._respond(sock, req, 200, body=b"slow\n")
+        if path == "/ws":
+            return self._websocket(sock, req, rd)
         if path.startswith("/raw/"):
             kind = path[len("/raw/"):]
             raw = {
@@ -644,6 +670,75 @@ class Backend:
             self._count_bytes(len(data))
             sock.sendall(data)
         return False
+
+    # -- WebSocket (RFC 6455) ------------------------------------------------
+
+    WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+    @classmethod
+    def ws_accept(cls, key):
+        """Sec-WebSocket-Accept for the client's Sec-WebSocket-Key."""
+        return base64.b64encode(hashlib.sha1(key.encode("latin-1") + cls.WS_GUID)
+                                .digest()).decode()
+
+    def _websocket(self, sock, req, rd):
+        key = req.get("Sec-WebSocket-Key")
+        if (req.method != "GET" or "websocket" not in req.tokens("upgrade")
+                or "upgrade" not in req.tokens("connection") or not key
+                or req.get("Sec-WebSocket-Version") != "13"):
+            return self._respond(sock, req, 400, body=b"not a websocket handshake\n")
+        self._send(sock, ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                          "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+                          % self.ws_accept(key)).encode("latin-1"))
+
+        def need(n):
+            while len(rd.buf) < n:
+                rd.fill()
+            out = bytes(rd.buf[:n])
+            del rd.buf[:n]
+            return out
+
+        try:
+            while not self._stop.is_set():
+                b0, b1 = need(2)
+                opcode, masked, n = b0 & 0x0F, b1 & 0x80, b1 & 0x7F
+                if n == 126:
+                    n = struct.unpack(">H", need(2))[0]
+                elif n == 127:
+                    n = struct.unpack(">Q", need(8))[0]
+                if not masked:  # RFC 6455 §5.1: a server closes on an unmasked frame
+                    sock.sendall(ws_frame(0x8, struct.pack(">H", 1002)))
+                    return False
+                mask = need(4)
+                data = bytes(b ^ mask[i % 4] for i, b in enumerate(need(n)))
+                with self._lock:
+                    self.ws_frames.append((opcode, data))
+                if opcode == 0x8:
+                    sock.sendall(ws_frame(0x8, data))
+                    return False
+                if opcode == 0x9:
+                    sock.sendall(ws_frame(0xA, data))
+                elif opcode != 0xA:
+                    sock.sendall(ws_frame(opcode, data, fin=bool(b0 & 0x80)))
+        except PeerClosed:
+            return False
+        return False
+
+
+def ws_frame(opcode, payload, mask=None, fin=True):
+    """One WebSocket frame; MASK (4 bytes) for client-to-server frames."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    m = 0x80 if mask is not None else 0
+    if n < 126:
+        head += bytes([m | n])
+    elif n < 65536:
+        head += bytes([m | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([m | 127]) + struct.pack(">Q", n)
+    if mask is None:
+        return head + bytes(payload)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 def refused_port(host="127.0.0.1"):

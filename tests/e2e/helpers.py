@@ -8,6 +8,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 
@@ -261,7 +262,8 @@ class HttpConn:
 
         te = resp.tokens("transfer-encoding")
         cl = resp.get_all("content-length")
-        if method == "HEAD" or resp.status in (204, 304) or resp.status == 101:
+        if (method == "HEAD" or resp.status in (204, 304) or resp.status == 101
+                or (method == "CONNECT" and 200 <= resp.status < 300)):
             resp.framing = "none"
         elif te:
             if te[-1] != "chunked":
@@ -540,3 +542,32 @@ def via_entries(values):
     for v in values:
         out += [e.strip() for e in v.split(",") if e.strip()]
     return out
+
+
+# -- the audit database --------------------------------------------------------
+
+
+def db_exchanges(db):
+    """Every row of the exchanges table as a dict, in id order ([] while the
+    file or the table does not exist yet)."""
+    if not os.path.exists(db):
+        return []
+    con = sqlite3.connect(db, timeout=5)
+    try:
+        con.row_factory = sqlite3.Row
+        return [dict(r) for r in con.execute("SELECT * FROM exchanges ORDER BY id")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+def wait_exchanges(db, pred, timeout=5.0):
+    """Poll DB until PRED(rows) holds (records reach the file within about
+    1 s); returns the rows of the last poll whether or not it held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = db_exchanges(db)
+        if pred(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
