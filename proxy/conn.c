@@ -441,7 +441,7 @@ void conn_flush(struct conn *c)
     }
     if (c->x.up && !c->hold_upstream && c->out.inflight > WRITE_HIGH) {
         c->hold_upstream = 1;
-        upstream_pause(c->x.up);
+        relay_update_reading(c);
     }
 }
 
@@ -461,8 +461,6 @@ static void on_client_written(struct sender *s, int status)
     }
     if (c->hold_upstream && c->out.inflight < WRITE_LOW) {
         c->hold_upstream = 0;
-        if (c->x.up)
-            upstream_resume(c->x.up);
         relay_parse_responses(c);
         if (c->phase == PH_CLOSED)
             return;
@@ -511,7 +509,7 @@ void conn_record(struct conn *c)
         snprintf(r.action, sizeof r.action, "%s", x->fault_action);
     }
     snprintf(r.error, sizeof r.error, "%s", x->error);
-    worker_record(c->w, &r);
+    worker_record(c->w, &r, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
 }
 
 /* ---------- exchange lifecycle ---------- */

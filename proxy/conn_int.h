@@ -196,6 +196,8 @@ void relay_forward_body(struct conn *c, const char *at, size_t len);
 void relay_flush_upstream(struct conn *c);
 /* Feed pending upstream bytes to the response parser while the state allows. */
 void relay_parse_responses(struct conn *c);
+/* Pause or resume reading from the upstream as the state asks. */
+void relay_update_reading(struct conn *c);
 /* Let go of the upstream connection: to the pool when REUSABLE. */
 void relay_detach(struct conn *c, int reusable);
 /* Drop body bytes held by throttle. */

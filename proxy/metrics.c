@@ -204,7 +204,7 @@ int metrics_is_upstream_error(const char *error)
     return 0;
 }
 
-void metrics_record(struct metrics_local *l, const struct audit_record *r)
+void metrics_record(struct metrics_local *l, const struct audit_record *r, const char *also_rule)
 {
     char key[160];
     char fin[12] = "", up[12] = "";
@@ -216,6 +216,8 @@ void metrics_record(struct metrics_local *l, const struct audit_record *r)
     countmap_add(&l->c.responses, key, 1);
     if (r->rule[0])
         countmap_add(&l->c.rules, r->rule, 1);
+    if (also_rule && also_rule[0])
+        countmap_add(&l->c.rules, also_rule, 1);
     if (r->error[0] && metrics_is_upstream_error(r->error))
         countmap_add(&l->c.errors, r->error, 1);
     double secs = (double)r->duration_us / 1e6;

@@ -10,6 +10,7 @@
  * (Content-Length kept, chunked re-chunked, close-delimited turned into
  * chunked for HTTP/1.1 clients).
  */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,9 @@ void relay_detach(struct conn *c, int reusable)
 {
     struct exchange *x = &c->x;
     if (c->up_in) {
+        /* Bytes after the end of the answer: the connection is out of step. */
+        if (c->up_pos < c->up_in->len)
+            reusable = 0;
         chunk_unref(c->up_in);
         c->up_in = NULL;
     }
@@ -318,6 +322,7 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
         handle_upstream_eof(c, (int)nread);
         return;
     }
+    assert(!c->up_in); /* reading pauses while bytes wait (relay_update_reading) */
     c->x.up_seen = 1;
     c->up_in = ch;
     c->up_pos = 0;
@@ -860,8 +865,23 @@ void relay_parse_responses(struct conn *c)
             int st = x->up_eof;
             x->up_eof = 0;
             handle_upstream_eof(c, st);
+            return;
         }
     }
+    relay_update_reading(c);
+}
+
+/* Read from the upstream only while nothing read waits to be parsed and the
+ * client keeps up: what one exchange holds stays within one chunk plus what
+ * is in flight to the client (a delay or throttle holds the parser too). */
+void relay_update_reading(struct conn *c)
+{
+    if (!c->x.up)
+        return;
+    if (!c->up_in && !c->hold_upstream)
+        upstream_resume(c->x.up);
+    else
+        upstream_pause(c->x.up);
 }
 
 /* The upstream closed or failed while we were reading from it. */

@@ -74,9 +74,9 @@ static void flush_records(struct worker *w)
     w->nbatch = 0;
 }
 
-void worker_record(struct worker *w, const struct audit_record *r)
+void worker_record(struct worker *w, const struct audit_record *r, const char *also_rule)
 {
-    metrics_record(w->stats, r);
+    metrics_record(w->stats, r, also_rule);
     if (w->srv->audit) {
         w->batch[w->nbatch++] = *r;
         if (w->nbatch == RECORD_BATCH)

@@ -43,8 +43,9 @@ struct worker {
     struct metrics_local *stats; /* counters published to the main thread */
 };
 
-/* Record one finished exchange (called by conn.c on the worker's thread). */
-void worker_record(struct worker *w, const struct audit_record *r);
+/* Record one finished exchange (called by conn.c on the worker's thread).
+ * ALSO_RULE: a request rule that acted besides the recorded response rule. */
+void worker_record(struct worker *w, const struct audit_record *r, const char *also_rule);
 /* Is the client address allowed by --allow? */
 int worker_client_allowed(const struct worker *w, const struct sockaddr *sa);
 /* A connection closed; lets a stopping worker finish. */
