@@ -43,6 +43,22 @@ CONFIGS = [
     ("all", "statusproxy all"),
     ("haproxy", "haproxy"),
 ]
+# With --candidate BIN: a second statusproxy build measured in the same run.
+CANDIDATE_CONFIGS = [
+    ("cand-none", "candidate none"),
+    ("cand-all", "candidate all"),
+]
+RATIOS = [
+    ("none", "direct", ""),
+    ("all", "direct", ""),
+    ("none", "haproxy", "   (target >= 1)"),
+    ("all", "haproxy", ""),
+    ("all", "none", "   (target >= 0.95)"),
+    ("cand-none", "none", "   (candidate / baseline)"),
+    ("cand-all", "all", "   (candidate / baseline)"),
+    ("cand-none", "haproxy", ""),
+    ("cand-all", "cand-none", ""),
+]
 
 
 def parse_size(text):
@@ -108,6 +124,7 @@ class Server:
         self.proc = None
         self.returncode = None
         self.stop_seconds = None
+        self.term_sent = None
         self.killed = False
 
     def start(self):
@@ -141,20 +158,25 @@ class Server:
     def alive(self):
         return self.proc.poll() is None
 
+    def signal_stop(self):
+        """Send SIGTERM once (servers may read a second one as "stop now")."""
+        if self.proc is not None and self.term_sent is None and self.proc.poll() is None:
+            self.term_sent = time.monotonic()
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self):
+        """SIGTERM, then wait up to STOP_WAIT seconds, then SIGKILL."""
         if self.proc is None or self.returncode is not None:
             return self.returncode
-        self.stop_seconds = 0.0
-        if self.proc.poll() is None:
-            t0 = time.monotonic()
-            self.proc.send_signal(signal.SIGTERM)
+        self.signal_stop()
+        if self.term_sent is not None:
             try:
-                self.proc.wait(timeout=STOP_WAIT)
+                self.proc.wait(timeout=max(0.0, self.term_sent + STOP_WAIT - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.killed = True
                 self.proc.kill()
                 self.proc.wait()
-            self.stop_seconds = time.monotonic() - t0
+        self.stop_seconds = time.monotonic() - self.term_sent if self.term_sent else 0.0
         self.returncode = self.proc.returncode
         return self.returncode
 
@@ -207,6 +229,25 @@ def run_wrk(wrk, url, args, cpu=None):
     r["wrk_exit"] = out.returncode
     r["wrk_output"] = text
     return r
+
+
+def stop_all(servers):
+    """SIGTERM to every server at once; each gets STOP_WAIT seconds to exit,
+    and its own time to exit is kept (stop_seconds)."""
+    for s in servers:
+        s.signal_stop()
+    deadline = time.monotonic() + STOP_WAIT
+    waiting = [s for s in servers if s.term_sent is not None]
+    while waiting and time.monotonic() < deadline:
+        for s in list(waiting):
+            if s.proc.poll() is not None:
+                s.stop_seconds = time.monotonic() - s.term_sent
+                s.returncode = s.proc.returncode
+                waiting.remove(s)
+        time.sleep(0.02)
+    for s in servers:
+        if s.returncode is None:
+            s.stop()
 
 
 def died(server):
@@ -300,10 +341,7 @@ def print_table(size, summary, configs, args):
               % (label, s["rps"], fmt_ms(s["p50"]), fmt_ms(s["p99"]), cpu, s["eff"],
                  100 * s["backend_cpu"], ", ".join(problems) or "0"))
     print("  ratios (throughput; efficiency = req/CPU-s of the proxy process):")
-    for a, b, note in (("none", "direct", ""), ("all", "direct", ""),
-                       ("none", "haproxy", "   (target >= 1)"),
-                       ("all", "haproxy", ""),
-                       ("all", "none", "   (target >= 0.95)")):
+    for a, b, note in RATIOS:
         sa, sb = summary.get(a), summary.get(b)
         if not sa or not sb:
             continue
@@ -335,7 +373,11 @@ def main():
     ap.add_argument("--sizes", default="64,64k",
                     help="response body sizes, comma-separated, e.g. 64,1k,64k,1m [64,64k]")
     ap.add_argument("--only", default="",
-                    help="configurations to run, comma-separated among direct,none,all,haproxy")
+                    help="configurations to run, comma-separated among direct,none,all,haproxy"
+                         " (and cand-none,cand-all with --candidate)")
+    ap.add_argument("--candidate", metavar="BIN",
+                    help="a second statusproxy binary to compare with STATUSPROXY_BIN in the "
+                         "same run (configurations cand-none and cand-all)")
     ap.add_argument("--warmup", type=float, default=1.0,
                     help="seconds of wrk against each target before measuring [1]")
     ap.add_argument("--pin", action="store_true",
@@ -357,7 +399,11 @@ def main():
 
     sp_bin = os.environ.get("STATUSPROXY_BIN") or os.path.join(REPO, "build", "statusproxy")
     backend_bin = os.environ.get("BENCH_BACKEND") or os.path.join(REPO, "build", "bench", "backend")
-    for path, what in ((sp_bin, "statusproxy (make)"), (backend_bin, "the backend (make build/bench/backend)")):
+    checks = [(sp_bin, "statusproxy (make)"), (backend_bin, "the backend (make build/bench/backend)")]
+    if args.candidate:
+        args.candidate = os.path.abspath(args.candidate)
+        checks.append((args.candidate, "the --candidate binary"))
+    for path, what in checks:
         if not os.access(path, os.X_OK):
             print("bench: %s not found at %s" % (what, path), file=sys.stderr)
             return 1
@@ -367,16 +413,21 @@ def main():
         return 1
     haproxy = find_tool("haproxy")
 
-    wanted = [k for k, _ in CONFIGS]
+    all_configs = CONFIGS + (CANDIDATE_CONFIGS if args.candidate else [])
+    wanted = [k for k, _ in all_configs]
     if args.only:
         wanted = [k.strip() for k in args.only.split(",")]
-        unknown = set(wanted) - {k for k, _ in CONFIGS}
+        unknown = set(wanted) - {k for k, _ in all_configs}
         if unknown:
             ap.error("--only: unknown configuration(s) %s" % ", ".join(sorted(unknown)))
     if "haproxy" in wanted and not haproxy:
         print("bench: haproxy is not installed: skipping its column (make bench-deps)")
         wanted.remove("haproxy")
-    configs = [(k, label) for k, label in CONFIGS if k in wanted]
+    configs = [(k, label) for k, label in all_configs if k in wanted]
+    # statusproxy configurations: key -> (binary, --log-exchanges mode)
+    sp_configs = {"none": (sp_bin, "none"), "all": (sp_bin, "all"),
+                  "cand-none": (args.candidate, "none"), "cand-all": (args.candidate, "all")}
+    sp_configs = {k: v for k, v in sp_configs.items() if k in wanted}
 
     proxy_cpu = 0 if args.pin else None
     load_cpu = 1 if args.pin and os.cpu_count() > 1 else None
@@ -387,17 +438,15 @@ def main():
     try:
         backend.start()
         upstream = "http://127.0.0.1:%d" % backend.port
-        for mode in ("none", "all"):
-            if mode not in wanted:
-                continue
+        for key, (binary, mode) in sp_configs.items():
             port = free_port()
-            servers[mode] = Server(
-                "statusproxy-" + mode,
-                [sp_bin, "run", "--listen", "127.0.0.1:%d" % port, "--admin", "off",
-                 "--upstream", upstream, "--db", os.path.join(tmp, "bench-%s.db" % mode),
+            servers[key] = Server(
+                "statusproxy-" + key,
+                [binary, "run", "--listen", "127.0.0.1:%d" % port, "--admin", "off",
+                 "--upstream", upstream, "--db", os.path.join(tmp, "bench-%s.db" % key),
                  "--log-exchanges", mode, "--workers", "1"],
                 tmp, port=port, cpu=proxy_cpu, ignore_sigpipe=args.ignore_sigpipe)
-            servers[mode].start()
+            servers[key].start()
         if "haproxy" in wanted:
             port = free_port()
             cfg = haproxy_config(tmp, port, backend.port)
@@ -408,6 +457,8 @@ def main():
         targets.update({k: s.port for k, s in servers.items()})
 
         print("statusproxy bench: %s" % sp_bin)
+        if args.candidate:
+            print("  candidate: %s" % args.candidate)
         print("  backend %s on :%d; wrk %s; haproxy %s" % (
             backend_bin, backend.port, wrk, haproxy or "not installed"))
         print("  %d CPUs, load average %s at start%s" % (
@@ -457,34 +508,36 @@ def main():
 
         print()
         print("  load average %s at the end" % " ".join(f"{x:.2f}" for x in os.getloadavg()))
-        for mode in ("none", "all"):
-            s = servers.get(mode)
-            if s is None:
-                continue
-            code = s.stop()
+        labels = dict(configs)
+        stop_all([servers[k] for k in sp_configs])
+        for key in sp_configs:
+            s = servers[key]
+            code = s.returncode
             tail = s.stderr().strip().splitlines()
             if s.killed:
-                print("  statusproxy %-4s !! still running %d s after SIGTERM: killed"
-                      % (mode, STOP_WAIT))
+                print("  %-17s !! still running %d s after SIGTERM: killed"
+                      % (labels[key], STOP_WAIT))
             else:
                 lost = next((ln for ln in reversed(tail) if "records lost" in ln), None)
-                print("  statusproxy %-4s exit %s %.1f s after SIGTERM%s"
-                      % (mode, code if code >= 0 else signal.Signals(-code).name,
+                print("  %-17s exit %s %.1f s after SIGTERM%s"
+                      % (labels[key], code if code >= 0 else signal.Signals(-code).name,
                          s.stop_seconds, "; " + lost.split("  ", 1)[-1] if lost else ""))
             problems = [ln for ln in tail if " warn " in ln or " error " in ln]
             for ln in problems[:5]:
                 print("    " + ln)
             if len(problems) > 5:
                 print("    ... %d more warnings/errors in %s" % (len(problems) - 5, s.err_path))
-        counts = db_counts(os.path.join(tmp, "bench-all.db"))
-        wrk_total = sum(s["requests"] for (k, _), v in samples.items() if k == "all" for s in v)
-        if "all" not in servers:
-            pass
-        elif isinstance(counts, tuple):
-            print("  statusproxy all recorded %d raw rows, %d counted, %d dropped "
-                  "(wrk completed %d measured requests, plus warm-up)" % (counts + (wrk_total,)))
-        else:
-            print("  statusproxy all database: %s" % counts)
+        for key in sp_configs:
+            if sp_configs[key][1] != "all":
+                continue
+            counts = db_counts(os.path.join(tmp, "bench-%s.db" % key))
+            wrk_total = sum(r["requests"] for (k, _), v in samples.items() if k == key for r in v)
+            if isinstance(counts, tuple):
+                print("  %s recorded %d raw rows, %d counted, %d dropped "
+                      "(wrk completed %d measured requests, plus warm-up)"
+                      % ((labels[key],) + counts + (wrk_total,)))
+            else:
+                print("  %s database: %s" % (labels[key], counts))
 
         if args.json:
             with open(args.json, "w") as f:
