@@ -106,6 +106,16 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def memory_kib(pid):
+    """VmRSS and VmHWM (peak) of a process, in KiB."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out.get("VmRSS", 0), out.get("VmHWM", 0)
+
+
 def find_tool(name):
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
 
@@ -509,6 +519,11 @@ def main():
         print()
         print("  load average %s at the end" % " ".join(f"{x:.2f}" for x in os.getloadavg()))
         labels = dict(configs)
+        for key, s in servers.items():
+            if s.alive():
+                rss, hwm = memory_kib(s.proc.pid)
+                print("  %-17s memory after the runs: RSS %.1f MiB, peak %.1f MiB"
+                      % (labels[key], rss / 1024, hwm / 1024))
         stop_all([servers[k] for k in sp_configs])
         for key in sp_configs:
             s = servers[key]
