@@ -19,6 +19,7 @@
  * Prints "listening on HOST:PORT" on stdout once it accepts (port 0 picks a
  * free port), then serves until SIGINT or SIGTERM.
  */
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -374,6 +375,8 @@ int main(int argc, char **argv)
     if (uv_ip4_addr(host, atoi(colon + 1), &addr) != 0)
         return usage();
 
+    /* A client that goes away mid-answer must cost an EPIPE, not the process. */
+    signal(SIGPIPE, SIG_IGN);
     bad_request = build(400, "Bad Request", 0, 1);
     response_for(default_size);
 
