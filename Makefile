@@ -51,6 +51,8 @@ UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 # Test-only tools the end-to-end tests run (tests/tools/*.c).
 TEST_TOOLS := $(BUILD)/tests/audit_feed
+# The benchmark's own origin server (tests/bench/backend.c).
+BENCH_BACKEND := $(BUILD)/bench/backend
 
 # Debian packages: what building and running need, and what the tests add.
 DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev
@@ -94,6 +96,10 @@ $(BUILD)/tests/audit_feed: tests/tools/audit_feed.c $(LIB_OBJS) $(LLHTTP_OBJS) $
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS) $(LDLIBS_ALL)
 
+$(BENCH_BACKEND): tests/bench/backend.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LDLIBS_ALL)
+
 deps:
 	@sh tools/deps.sh $(DEPS)
 
@@ -119,8 +125,9 @@ test: test-deps
 	$(MAKE) e2e
 
 bench: bench-deps
-	$(MAKE) $(BIN)
-	STATUSPROXY_BIN=$(abspath $(BIN)) $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
+	$(MAKE) $(BIN) $(BENCH_BACKEND)
+	STATUSPROXY_BIN=$(abspath $(BIN)) BENCH_BACKEND=$(abspath $(BENCH_BACKEND)) \
+	  $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 
 # libFuzzer targets for the parsers of outside input (tests/fuzz/fuzz_*.c),
 # built with clang against every module but main.c; each runs FUZZ_SECONDS.
@@ -148,4 +155,4 @@ fuzz: fuzz-deps
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(TEST_TOOLS:=.d)
+-include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(TEST_TOOLS:=.d) $(BENCH_BACKEND:=.d)

@@ -1,0 +1,581 @@
+#!/usr/bin/env python3
+"""statusproxy's throughput benchmark: ratios measured in one run.
+
+Starts tests/bench/backend (a fast C origin), two statusproxy processes in
+front of it (--log-exchanges none and all, one worker each) and HAProxy
+(nbthread 1, http-reuse always, no logging) when it is installed, then runs
+wrk against each of them and against the backend directly, for each body
+size. Configurations are interleaved round by round (the order rotates) and
+each figure is the median over the rounds, so that load from other work on
+the machine hits every configuration alike. Read the RATIOS, not the
+absolute numbers.
+
+For every run it also reads the CPU time each server process used
+(/proc/PID/stat), so requests per CPU-second shows efficiency even when the
+cores are shared with wrk, the backend and other people's tests.
+
+Environment: STATUSPROXY_BIN (default build/statusproxy), BENCH_BACKEND
+(default build/bench/backend); wrk and haproxy are looked up on PATH (and
+/usr/sbin). See tests/bench/README.md. Standard library only.
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+STOP_WAIT = 15  # seconds a server has to exit after SIGTERM before it is killed
+
+CONFIGS = [
+    ("direct", "backend, direct"),
+    ("none", "statusproxy none"),
+    ("all", "statusproxy all"),
+    ("haproxy", "haproxy"),
+]
+# With --candidate BIN: a second statusproxy build measured in the same run.
+CANDIDATE_CONFIGS = [
+    ("cand-none", "candidate none"),
+    ("cand-all", "candidate all"),
+]
+RATIOS = [
+    ("none", "direct", ""),
+    ("all", "direct", ""),
+    ("none", "haproxy", "   (target >= 1)"),
+    ("all", "haproxy", ""),
+    ("all", "none", "   (target >= 0.95)"),
+    ("cand-none", "none", "   (candidate / baseline)"),
+    ("cand-all", "all", "   (candidate / baseline)"),
+    ("cand-none", "haproxy", ""),
+    ("cand-all", "cand-none", ""),
+]
+
+
+def parse_size(text):
+    m = re.fullmatch(r"(\d+)([kKmM]?)", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError("bad size %r (e.g. 64, 1k, 64k, 1m)" % text)
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
+
+
+def size_name(n):
+    if n >= 1024 * 1024 and n % (1024 * 1024) == 0:
+        return "%d MiB" % (n // (1024 * 1024))
+    if n >= 1024 and n % 1024 == 0:
+        return "%d KiB" % (n // 1024)
+    return "%d B" % n
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_accepting(port, proc, name, wait=10.0):
+    deadline = time.monotonic() + wait
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited with %s before accepting" % (name, proc.returncode))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("%s did not accept on port %d within %.0fs" % (name, port, wait))
+        time.sleep(0.02)
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process (all its threads) so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def memory_kib(pid):
+    """VmRSS and VmHWM (peak) of a process, in KiB."""
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out.get("VmRSS", 0), out.get("VmHWM", 0)
+
+
+def find_tool(name):
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
+
+
+class Server:
+    """One long-lived server process with its log files in the run's tmp dir."""
+
+    def __init__(self, name, argv, tmp, port=None, cpu=None, ignore_sigpipe=False):
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.err_path = os.path.join(tmp, name + ".stderr")
+        self.out_path = os.path.join(tmp, name + ".stdout")
+        self.cpu = cpu
+        self.ignore_sigpipe = ignore_sigpipe
+        self.proc = None
+        self.returncode = None
+        self.stop_seconds = None
+        self.term_sent = None
+        self.killed = False
+
+    def start(self):
+        cpu, ignore = self.cpu, self.ignore_sigpipe
+
+        def setup():
+            if cpu is not None:
+                os.sched_setaffinity(0, {cpu})
+            if ignore:  # inherited across exec
+                signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=err, preexec_fn=setup)
+        if self.port is None:  # the backend says which port it took
+            deadline = time.monotonic() + 10
+            while self.port is None:
+                with open(self.out_path) as f:
+                    m = re.search(r"listening on [\d.]+:(\d+)", f.read())
+                if m:
+                    self.port = int(m.group(1))
+                elif self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("%s did not start: %s" % (self.name, self.stderr()))
+                else:
+                    time.sleep(0.02)
+        wait_accepting(self.port, self.proc, self.name)
+        return self
+
+    def cpu_seconds(self):
+        return cpu_seconds(self.proc.pid)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def signal_stop(self):
+        """Send SIGTERM once (servers may read a second one as "stop now")."""
+        if self.proc is not None and self.term_sent is None and self.proc.poll() is None:
+            self.term_sent = time.monotonic()
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self):
+        """SIGTERM, then wait up to STOP_WAIT seconds, then SIGKILL."""
+        if self.proc is None or self.returncode is not None:
+            return self.returncode
+        self.signal_stop()
+        if self.term_sent is not None:
+            try:
+                self.proc.wait(timeout=max(0.0, self.term_sent + STOP_WAIT - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.killed = True
+                self.proc.kill()
+                self.proc.wait()
+        self.stop_seconds = time.monotonic() - self.term_sent if self.term_sent else 0.0
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def stderr(self):
+        try:
+            with open(self.err_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(text):
+    """Requests/s, latency percentiles (ms), counts and errors from wrk's output."""
+    r = {"rps": 0.0, "requests": 0, "p50": None, "p99": None, "socket_errors": 0,
+         "non2xx": 0}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"(\d+) requests in", text)
+    if m:
+        r["requests"] = int(m.group(1))
+    for pct in ("50", "99"):
+        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)\s*$" % pct, text, re.M)
+        if m:
+            r["p" + pct] = float(m.group(1)) * _UNITS[m.group(2)]
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if m:
+        r["socket_errors"] = sum(int(g) for g in m.groups())
+        r["socket_detail"] = m.group(0)
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    return r
+
+
+def run_wrk(wrk, url, args, cpu=None):
+    argv = [wrk, "-t%d" % args.threads, "-c%d" % args.connections,
+            "-d%gs" % args.duration, "--latency", url]
+    pin = None
+    if cpu is not None:
+        def pin():
+            os.sched_setaffinity(0, {cpu})
+    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         timeout=args.duration + 60, preexec_fn=pin)
+    text = out.stdout.decode("utf-8", "replace")
+    r = parse_wrk(text)
+    r["wrk_exit"] = out.returncode
+    r["wrk_output"] = text
+    return r
+
+
+def stop_all(servers):
+    """SIGTERM to every server at once; each gets STOP_WAIT seconds to exit,
+    and its own time to exit is kept (stop_seconds)."""
+    for s in servers:
+        s.signal_stop()
+    deadline = time.monotonic() + STOP_WAIT
+    waiting = [s for s in servers if s.term_sent is not None]
+    while waiting and time.monotonic() < deadline:
+        for s in list(waiting):
+            if s.proc.poll() is not None:
+                s.stop_seconds = time.monotonic() - s.term_sent
+                s.returncode = s.proc.returncode
+                waiting.remove(s)
+        time.sleep(0.02)
+    for s in servers:
+        if s.returncode is None:
+            s.stop()
+
+
+def died(server):
+    code = server.proc.returncode
+    how = "exit status %d" % code
+    if code < 0:
+        how = "killed by %s" % signal.Signals(-code).name
+    hint = ""
+    if code == -signal.SIGPIPE:
+        hint = ("\n(a peer closed while it was writing and SIGPIPE is not ignored; "
+                "--ignore-sigpipe measures anyway)")
+    return "%s died during the run, %s%s\n--- its stderr (tail) ---\n%s" % (
+        server.name, how, hint, server.stderr()[-2000:])
+
+
+def haproxy_config(tmp, port, backend_port):
+    path = os.path.join(tmp, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write("""global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+
+frontend fe
+    bind 127.0.0.1:%d
+    default_backend be
+
+backend be
+    server origin 127.0.0.1:%d
+""" % (port, backend_port))
+    return path
+
+
+def fmt_ms(v):
+    if v is None:
+        return "-"
+    return "%.2fms" % v if v < 100 else "%.0fms" % v
+
+
+def fmt_ratio(a, b):
+    if not a or not b:
+        return "-"
+    return "%.2f" % (a / b)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(samples):
+    """Medians over the rounds of one configuration and body size."""
+    return {
+        "rps": median([s["rps"] for s in samples]),
+        "p50": median([s["p50"] for s in samples]),
+        "p99": median([s["p99"] for s in samples]),
+        "cpu": median([s["cpu"] for s in samples]),
+        "eff": median([s["eff"] for s in samples]),
+        "backend_cpu": median([s["backend_cpu"] for s in samples]),
+        "errors": sum(s["socket_errors"] for s in samples),
+        "non2xx": sum(s["non2xx"] for s in samples),
+        "requests": sum(s["requests"] for s in samples),
+        "rps_all": [round(s["rps"]) for s in samples],
+    }
+
+
+def print_table(size, summary, configs, args):
+    print()
+    print("body %s: %d connections, wrk -t%d, %gs x %d rounds (medians)"
+          % (size_name(size), args.connections, args.threads, args.duration, args.rounds))
+    print("  %-17s %10s %9s %9s %10s %12s %11s %s"
+          % ("", "req/s", "p50", "p99", "proxy CPU", "req/CPU-s", "backend CPU", "errors"))
+    for key, label in configs:
+        s = summary.get(key)
+        if s is None:
+            continue
+        problems = []
+        if s["errors"]:
+            problems.append("%d socket" % s["errors"])
+        if s["non2xx"]:
+            problems.append("%d non-2xx" % s["non2xx"])
+        cpu = "-" if key == "direct" else "%.0f%%" % (100 * s["cpu"])
+        print("  %-17s %10.0f %9s %9s %10s %12.0f %10.0f%% %s"
+              % (label, s["rps"], fmt_ms(s["p50"]), fmt_ms(s["p99"]), cpu, s["eff"],
+                 100 * s["backend_cpu"], ", ".join(problems) or "0"))
+    print("  ratios (throughput; efficiency = req/CPU-s of the proxy process):")
+    for a, b, note in RATIOS:
+        sa, sb = summary.get(a), summary.get(b)
+        if not sa or not sb:
+            continue
+        eff = "" if b == "direct" else "   efficiency %s" % fmt_ratio(sa["eff"], sb["eff"])
+        print("    %-20s %s%s%s" % ("%s / %s" % (a, b), fmt_ratio(sa["rps"], sb["rps"]), eff, note))
+
+
+def db_counts(path):
+    """What the `all` proxy recorded: raw rows, counted exchanges, dropped."""
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+        try:
+            rows = db.execute("SELECT count(*) FROM exchanges").fetchone()[0]
+            counted = db.execute("SELECT coalesce(sum(count), 0) FROM minute_stats").fetchone()[0]
+            dropped = db.execute("SELECT coalesce(sum(count), 0) FROM dropped").fetchone()[0]
+            return rows, counted, dropped
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        return "error: %s" % e
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run [5]")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds [3]")
+    ap.add_argument("--connections", type=int, default=50, help="wrk connections [50]")
+    ap.add_argument("--threads", type=int, default=1, help="wrk threads [1]")
+    ap.add_argument("--sizes", default="64,64k",
+                    help="response body sizes, comma-separated, e.g. 64,1k,64k,1m [64,64k]")
+    ap.add_argument("--only", default="",
+                    help="configurations to run, comma-separated among direct,none,all,haproxy"
+                         " (and cand-none,cand-all with --candidate)")
+    ap.add_argument("--candidate", metavar="BIN",
+                    help="a second statusproxy binary to compare with STATUSPROXY_BIN in the "
+                         "same run (configurations cand-none and cand-all)")
+    ap.add_argument("--warmup", type=float, default=1.0,
+                    help="seconds of wrk against each target before measuring [1]")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the proxies to CPU 0 and wrk and the backend to CPU 1")
+    ap.add_argument("--ignore-sigpipe", action="store_true",
+                    help="start statusproxy with SIGPIPE ignored (to measure a build that "
+                         "does not ignore it itself)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 1 round of 1 s, no warm-up")
+    ap.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
+    ap.add_argument("--keep", action="store_true", help="keep the tmp dir (logs, databases)")
+    args = ap.parse_args()
+    if args.quick:
+        args.duration, args.rounds, args.warmup = 1.0, 1, 0.0
+    try:
+        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    except argparse.ArgumentTypeError as e:
+        ap.error(str(e))
+
+    sp_bin = os.environ.get("STATUSPROXY_BIN") or os.path.join(REPO, "build", "statusproxy")
+    backend_bin = os.environ.get("BENCH_BACKEND") or os.path.join(REPO, "build", "bench", "backend")
+    checks = [(sp_bin, "statusproxy (make)"), (backend_bin, "the backend (make build/bench/backend)")]
+    if args.candidate:
+        args.candidate = os.path.abspath(args.candidate)
+        checks.append((args.candidate, "the --candidate binary"))
+    for path, what in checks:
+        if not os.access(path, os.X_OK):
+            print("bench: %s not found at %s" % (what, path), file=sys.stderr)
+            return 1
+    wrk = find_tool("wrk")
+    if not wrk:
+        print("bench: wrk is not installed (make bench-deps)", file=sys.stderr)
+        return 1
+    haproxy = find_tool("haproxy")
+
+    all_configs = CONFIGS + (CANDIDATE_CONFIGS if args.candidate else [])
+    wanted = [k for k, _ in all_configs]
+    if args.only:
+        wanted = [k.strip() for k in args.only.split(",")]
+        unknown = set(wanted) - {k for k, _ in all_configs}
+        if unknown:
+            ap.error("--only: unknown configuration(s) %s" % ", ".join(sorted(unknown)))
+    if "haproxy" in wanted and not haproxy:
+        print("bench: haproxy is not installed: skipping its column (make bench-deps)")
+        wanted.remove("haproxy")
+    configs = [(k, label) for k, label in all_configs if k in wanted]
+    # statusproxy configurations: key -> (binary, --log-exchanges mode)
+    sp_configs = {"none": (sp_bin, "none"), "all": (sp_bin, "all"),
+                  "cand-none": (args.candidate, "none"), "cand-all": (args.candidate, "all")}
+    sp_configs = {k: v for k, v in sp_configs.items() if k in wanted}
+
+    proxy_cpu = 0 if args.pin else None
+    load_cpu = 1 if args.pin and os.cpu_count() > 1 else None
+
+    tmp = tempfile.mkdtemp(prefix="statusproxy-bench-")
+    servers = {}
+    backend = Server("backend", [backend_bin, "--listen", "127.0.0.1:0"], tmp, cpu=load_cpu)
+    try:
+        backend.start()
+        upstream = "http://127.0.0.1:%d" % backend.port
+        for key, (binary, mode) in sp_configs.items():
+            port = free_port()
+            servers[key] = Server(
+                "statusproxy-" + key,
+                [binary, "run", "--listen", "127.0.0.1:%d" % port, "--admin", "off",
+                 "--upstream", upstream, "--db", os.path.join(tmp, "bench-%s.db" % key),
+                 "--log-exchanges", mode, "--workers", "1"],
+                tmp, port=port, cpu=proxy_cpu, ignore_sigpipe=args.ignore_sigpipe)
+            servers[key].start()
+        if "haproxy" in wanted:
+            port = free_port()
+            cfg = haproxy_config(tmp, port, backend.port)
+            servers["haproxy"] = Server("haproxy", [haproxy, "-f", cfg, "-db"], tmp,
+                                        port=port, cpu=proxy_cpu)
+            servers["haproxy"].start()
+        targets = {"direct": backend.port}
+        targets.update({k: s.port for k, s in servers.items()})
+
+        print("statusproxy bench: %s" % sp_bin)
+        if args.candidate:
+            print("  candidate: %s" % args.candidate)
+        print("  backend %s on :%d; wrk %s; haproxy %s" % (
+            backend_bin, backend.port, wrk, haproxy or "not installed"))
+        print("  %d CPUs, load average %s at start%s" % (
+            os.cpu_count(), " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "; proxies pinned to CPU 0, wrk and backend to CPU 1" if args.pin else ""))
+        sys.stdout.flush()
+
+        if args.warmup > 0:
+            warm = argparse.Namespace(**vars(args))
+            warm.duration = args.warmup
+            for key, _ in configs:
+                for size in sizes:
+                    run_wrk(wrk, "http://127.0.0.1:%d/bytes/%d" % (targets[key], size), warm,
+                            load_cpu)
+
+        samples = {(k, size): [] for k, _ in configs for size in sizes}
+        for rnd in range(args.rounds):
+            order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
+            for size in sizes:
+                for key, _ in order:
+                    url = "http://127.0.0.1:%d/bytes/%d" % (targets[key], size)
+                    proc = servers.get(key, backend)
+                    cpu0, bcpu0, t0 = proc.cpu_seconds(), backend.cpu_seconds(), time.monotonic()
+                    r = run_wrk(wrk, url, args, load_cpu)
+                    wall = time.monotonic() - t0
+                    r["cpu"] = (proc.cpu_seconds() - cpu0) / wall
+                    r["backend_cpu"] = (backend.cpu_seconds() - bcpu0) / wall
+                    r["eff"] = r["requests"] / (r["cpu"] * wall) if r["cpu"] else 0.0
+                    r["round"] = rnd
+                    samples[(key, size)].append(r)
+                    print("  round %d  %-7s %-17s %9.0f req/s  cpu %3.0f%%%s"
+                          % (rnd + 1, size_name(size), dict(configs)[key], r["rps"],
+                             100 * r["cpu"],
+                             "" if not (r["socket_errors"] or r["non2xx"] or r["wrk_exit"])
+                             else "  !! %s non-2xx %d exit %d" % (
+                                 r.get("socket_detail", ""), r["non2xx"], r["wrk_exit"])))
+                    sys.stdout.flush()
+                    for k, s in list(servers.items()) + [("direct", backend)]:
+                        if not s.alive():
+                            raise RuntimeError(died(s))
+
+        summaries = {}
+        for size in sizes:
+            summary = {k: summarize(samples[(k, size)]) for k, _ in configs}
+            summaries[size] = summary
+            print_table(size, summary, configs, args)
+
+        print()
+        print("  load average %s at the end" % " ".join(f"{x:.2f}" for x in os.getloadavg()))
+        labels = dict(configs)
+        for key, s in servers.items():
+            if s.alive():
+                rss, hwm = memory_kib(s.proc.pid)
+                print("  %-17s memory after the runs: RSS %.1f MiB, peak %.1f MiB"
+                      % (labels[key], rss / 1024, hwm / 1024))
+        stop_all([servers[k] for k in sp_configs])
+        for key in sp_configs:
+            s = servers[key]
+            code = s.returncode
+            tail = s.stderr().strip().splitlines()
+            if s.killed:
+                print("  %-17s !! still running %d s after SIGTERM: killed"
+                      % (labels[key], STOP_WAIT))
+            else:
+                lost = next((ln for ln in reversed(tail) if "records lost" in ln), None)
+                print("  %-17s exit %s %.1f s after SIGTERM%s"
+                      % (labels[key], code if code >= 0 else signal.Signals(-code).name,
+                         s.stop_seconds, "; " + lost.split("  ", 1)[-1] if lost else ""))
+            problems = [ln for ln in tail if " warn " in ln or " error " in ln]
+            for ln in problems[:5]:
+                print("    " + ln)
+            if len(problems) > 5:
+                print("    ... %d more warnings/errors in %s" % (len(problems) - 5, s.err_path))
+        for key in sp_configs:
+            if sp_configs[key][1] != "all":
+                continue
+            counts = db_counts(os.path.join(tmp, "bench-%s.db" % key))
+            wrk_total = sum(r["requests"] for (k, _), v in samples.items() if k == key for r in v)
+            if isinstance(counts, tuple):
+                print("  %s recorded %d raw rows, %d counted, %d dropped "
+                      "(wrk completed %d measured requests, plus warm-up)"
+                      % ((labels[key],) + counts + (wrk_total,)))
+            else:
+                print("  %s database: %s" % (labels[key], counts))
+
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({
+                    "args": vars(args),
+                    "samples": [dict(config=k, size=size, **{x: y for x, y in r.items()
+                                                             if x != "wrk_output"})
+                                for (k, size), v in samples.items() for r in v],
+                    "medians": {str(size): s for size, s in summaries.items()},
+                }, f, indent=1)
+        return 0
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        print("bench: %s" % e, file=sys.stderr)
+        return 1
+    finally:
+        for s in servers.values():
+            s.stop()
+        backend.stop()
+        if args.keep:
+            print("  kept %s" % tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
