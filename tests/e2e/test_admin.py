@@ -3,8 +3,6 @@
 PUT (good and bad), enable/disable, the bearer token, and the live page in
 headless Chromium."""
 
-import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import HttpConn, free_port
+from helpers import HttpConn
 from rules_support import (Admin, get, metric, metric_samples, parse_prometheus, rules_proxy,
                            status_of, wait_until)
 

@@ -552,9 +552,11 @@ def test_fixed_delay_request_and_response_phase(proxy_factory, backend, tmp_path
     assert backend.requests == 3   # the abort never reached it
 
 
-def test_delay_holds_head_after_upstream_head(proxy_factory, backend, tmp_path):
+@pytest.mark.parametrize("rule", ["rule rq path /slow => delay 500ms\n",
+                                  "rule rs path /slow status 200 => delay 500ms\n"])
+def test_delay_holds_head_after_upstream_head(proxy_factory, backend, tmp_path, rule):
     # upstream head after 400 ms, then a 500 ms delay: about 900 ms in all
-    p = start(proxy_factory, backend, tmp_path, "rule rs path /slow => delay 500ms\n")
+    p = start(proxy_factory, backend, tmp_path, rule)
     r, t = timed(p.port, "/slow?head_delay_ms=400")
     assert r.status == 200
     assert 0.9 - TICK <= t <= 0.9 + 0.5 * slowdown(p), t
@@ -724,3 +726,39 @@ def test_truncate_zero_and_larger_than_body(proxy_factory, backend, tmp_path):
     with p.conn() as c:
         r = c.exchange("GET", "/status/201?body=hello", allow_incomplete=True)
         assert r.status == 201 and r.body == b"hello"
+
+
+# ---------------------------------------------------------------------------
+# counts shared by worker threads, pipelining
+
+
+def test_limit_and_every_exact_with_two_workers(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path,
+              "rule l path /status/200 limit 2 => abort 503\n"
+              "rule e path /status/201 every 3 => abort 502\n",
+              args=["--workers", "2"])
+    # new connections land on either worker; the counts are the set's
+    got = [status_of(p.port, "/status/200") for _ in range(12)]
+    assert sorted(got) == [200] * 10 + [503] * 2 and got[:2] == [503, 503], got
+    got = [status_of(p.port, "/status/201") for _ in range(12)]
+    assert got == [201, 201, 502] * 4, got
+
+
+def test_pipelined_requests_with_aborts_answer_in_order(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path,
+              'rule ab path /ab => abort 503 body "aborted"\n'
+              'rule dl path /dl => abort 504 delay 300ms\n'
+              'rule rs status 404 => set-status 200 reason "Hidden"\n')
+    with p.conn() as c:
+        c.send(b"GET /ab HTTP/1.1\r\nHost: e2e.test\r\n\r\n"
+               b"GET /status/201?body=one HTTP/1.1\r\nHost: e2e.test\r\n\r\n"
+               b"GET /dl HTTP/1.1\r\nHost: e2e.test\r\n\r\n"
+               b"GET /status/404?body=two HTTP/1.1\r\nHost: e2e.test\r\n\r\n"
+               b"GET /ab HTTP/1.1\r\nHost: e2e.test\r\n\r\n"
+               b"GET /status/202?body=three HTTP/1.1\r\nHost: e2e.test\r\n\r\n")
+        got = [c.read_response() for _ in range(6)]
+    assert [(r.status, r.body) for r in got] == [
+        (503, b"aborted"), (201, b"one"), (504, b"504 Gateway Timeout\n"), (200, b"two"),
+        (503, b"aborted"), (202, b"three")]
+    assert [e["target"] for e in backend.log] == ["/status/201?body=one", "/status/404?body=two",
+                                                  "/status/202?body=three"]

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from helpers import HttpConn, check_synthesized, free_port
-from rules_support import (Admin, db_rows, replace_file, rules_proxy, slowdown, status_of,
-                           timed, wait_until)
+from rules_support import (Admin, db_rows, get, replace_file, rules_proxy, slowdown, status_of,
+                           wait_until)
 
 DIAG = re.compile(r"(?P<file>/\S+\.rules):(?P<line>\d+):(?P<col>\d+): error: ")
 
@@ -291,3 +291,37 @@ def test_db_records_rule_driven_exchanges(proxy_factory, backend, tmp_path):
                for r in rows)
     # the 504 fault answer never reached the backend
     assert backend.requests == 5
+
+
+# ---------------------------------------------------------------------------
+# exchanges in flight across a reload, a client gone during a delay
+
+
+def test_reload_while_exchange_in_flight(proxy_factory, backend, tmp_path):
+    p = rules_proxy(proxy_factory, backend, tmp_path,
+                    'rule old path /status/* => delay 800ms set-header X-Set "old"\n')
+    adm = Admin(p)
+    with p.conn() as c:
+        c.request("GET", "/status/200?body=x")
+        time.sleep(0.2)
+        r = adm.put_rules('rule new path /status/* => set-header X-Set "new"\n')
+        assert r.status == 200
+        os.kill(p.pid, signal.SIGHUP)   # and the file's old set, swapped in again
+        r = c.read_response()
+        # the exchange keeps the rule it was decided with
+        assert (r.status, r.get("X-Set"), r.body) == (200, "old", b"x")
+    assert wait_until(lambda: get(p.port, "/status/200").get("X-Set") == "old")
+
+
+def test_client_gone_during_delay(proxy_factory, backend, tmp_path):
+    p = rules_proxy(proxy_factory, backend, tmp_path,
+                    "rule d path /status/* => delay 1s\n"
+                    "rule a path /ab => abort 503 delay 1s\n")
+    for target in ["/status/200", "/ab"]:
+        c = p.conn()
+        c.request("GET", target)
+        time.sleep(0.1)
+        c.close()
+    time.sleep(1.3)
+    assert p.proc.poll() is None
+    assert status_of(p.port, "/echo") == 200
