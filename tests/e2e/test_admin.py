@@ -141,6 +141,22 @@ def test_hits_count_both_rules_of_one_exchange(proxy_factory, backend, tmp_path)
             for l, _ in metric_samples(m, "statusproxy_responses_total")] == [("404", "rs")]
 
 
+def test_metrics_for_a_reset_use_empty_labels(proxy_factory, backend, tmp_path):
+    p = rules_proxy(proxy_factory, backend, tmp_path, "rule rst status 202 => reset\n")
+    with p.conn() as c:
+        c.request("GET", "/status/202")
+        with pytest.raises(ConnectionResetError):
+            while c.sock.recv(65536):
+                pass
+    adm = Admin(p)
+    m = wait_metrics(adm, lambda m: metric(m, "statusproxy_request_duration_seconds_count") == 1)
+    got = {(l["code"], l["class"], l["upstream_code"], l["rule"]): v
+           for l, v in metric_samples(m, "statusproxy_responses_total")}
+    assert got == {("", "", "202", "rst"): 1}, got
+    assert {l["rule"]: v for l, v in metric_samples(m, "statusproxy_rule_hits_total")} == \
+        {"rst": 1}
+
+
 def test_active_connections_gauge(rp):
     adm = Admin(rp)
     conns = [rp.conn() for _ in range(3)]

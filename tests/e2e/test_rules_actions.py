@@ -106,6 +106,21 @@ def test_client_cidr_matcher(proxy_factory, backend, tmp_path):
     assert backend.requests == 0
 
 
+def test_host_and_path_in_forward_mode(proxy_factory, backend, tmp_path):
+    # absolute-form: host and path come from the URI, not from Host
+    p = start(proxy_factory, backend, tmp_path,
+              "rule h host 127.0.0.1 path /status/20* => abort 503\n")
+    base = "http://127.0.0.1:%d" % backend.port
+    with p.conn() as c:
+        assert c.exchange("GET", base + "/status/200", host="other.test").status == 503
+        assert c.exchange("GET", base + "/status/404", host="other.test").status == 404
+        assert c.exchange("GET", "http://localhost:%d/status/200" % backend.port,
+                          host="127.0.0.1").status == 200
+    # gateway mode: Host decides
+    assert get(p.port, "/status/200", host="127.0.0.1:1234").status == 503
+    assert get(p.port, "/status/200", host="e2e.test").status == 200
+
+
 def test_client_cidr_nonmatching_passes(proxy_factory, backend, tmp_path):
     p = start(proxy_factory, backend, tmp_path,
               "rule ten client 10.0.0.0/8 => abort 500\n"
@@ -449,7 +464,8 @@ def test_set_status_keeps_body_and_framing(proxy_factory, backend, tmp_path):
         assert r.reason == "Internal Server Error"
 
 
-@pytest.mark.parametrize("query", ["body=hello", "size=100000", "size=100000&chunked=1"])
+@pytest.mark.parametrize("query", ["body=hello", "size=100000", "size=100000&chunked=1",
+                                   "size=100000&close=1"])
 def test_set_status_204_drops_body(proxy_factory, backend, tmp_path, query):
     p = start(proxy_factory, backend, tmp_path, "rule r path /status/200 => set-status 204\n")
     with p.conn() as c:
@@ -713,6 +729,30 @@ def test_truncate_chunked_body_response_rule(proxy_factory, backend, tmp_path):
         assert not r.complete
         assert r.body == det_bytes(4096)
         assert c.closed_by_peer(2.0)
+
+
+def test_truncate_close_delimited_body(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path, "rule t path /stream => truncate 3000\n")
+    with p.conn() as c:
+        r = c.exchange("GET", "/stream?size=100000&close=1", allow_incomplete=True)
+        assert r.status == 200
+        assert r.body == det_bytes(3000)
+        # whatever framing the proxy chose, the client must not mistake the
+        # cut answer for a whole one: a length says more, or chunked is unfinished
+        assert not r.complete or r.framing == "close", r
+        assert c.closed_by_peer(2.0)
+
+
+def test_throttle_with_truncate(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path,
+              "rule t path /stream => throttle 32KB/s truncate 16KB\n")
+    with p.conn() as c:
+        t0 = time.monotonic()
+        r = c.exchange("GET", "/stream?size=40000", allow_incomplete=True)
+        t = time.monotonic() - t0
+        assert not r.complete and r.body == det_bytes(16384)
+        assert c.closed_by_peer(2.0)
+    assert 0.4 <= t <= 0.5 + 1.0 * slowdown(p), "16 KiB at 32KB/s took %.2fs" % t
 
 
 def test_truncate_zero_and_larger_than_body(proxy_factory, backend, tmp_path):
