@@ -263,6 +263,14 @@ def test_put_rules_empty_and_without_rules_file(proxy_factory, backend):
     assert status_of(p.port, "/status/200") == 200
 
 
+def test_put_rules_with_warnings_only_is_taken(rp):
+    # a 301 without Location is a warning, not an error
+    r = Admin(rp).put_rules("rule moved path /old => abort 301\n")
+    assert r.status == 200, r
+    assert [x["name"] for x in r.json()] == ["moved"]
+    assert status_of(rp.port, "/old") == 301
+
+
 def test_put_rules_restarts_counters(rp):
     adm = Admin(rp)
     text = "rule l path /status/* limit 1 => abort 503\n"
