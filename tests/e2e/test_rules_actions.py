@@ -802,3 +802,43 @@ def test_pipelined_requests_with_aborts_answer_in_order(proxy_factory, backend, 
         (503, b"aborted"), (202, b"three")]
     assert [e["target"] for e in backend.log] == ["/status/201?body=one", "/status/404?body=two",
                                                   "/status/202?body=three"]
+
+
+# ---------------------------------------------------------------------------
+# actions meeting clients that behave unusually
+
+
+def test_abort_answers_expect_100_continue_without_interim(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path, "rule a path /sink => abort 503\n")
+    with p.conn() as c:
+        c.send(b"POST /sink HTTP/1.1\r\nHost: e2e.test\r\nExpect: 100-continue\r\n"
+               b"Content-Length: 100000\r\n\r\n")
+        r = c.read_response(timeout=5)
+        # the final answer comes at once: no 100 Continue asks for a body
+        # that will be thrown away
+        assert r.status == 503 and r.interim == []
+    assert backend.requests == 0
+
+
+def test_delay_and_throttle_together(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path,
+              "rule dt status 200 => delay 500ms throttle 64KB/s\n")
+    n = 64 * 1024
+    r, t = timed(p.port, "/stream?size=%d" % n, timeout=15)
+    assert r.body_sha256 == det_sha256(n)
+    # 0.5 s before the head, then ~1 s of body
+    assert 1.3 <= t <= 1.5 + 1.0 * slowdown(p), "took %.2fs" % t
+
+
+def test_client_leaves_during_throttled_body(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path, "rule t path /stream => throttle 64KB/s\n")
+    c = p.conn()
+    c.request("GET", "/stream?size=%d" % (4 << 20))
+    c.sock.recv(20000)
+    time.sleep(0.3)
+    c.close()
+    time.sleep(0.5)
+    # the proxy lives on and serves the next client at full speed
+    r, t = timed(p.port, "/status/200?size=300000")
+    assert r.status == 200 and r.body_len == 300000
+    assert t < 1.0

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import HttpConn, check_synthesized, free_port
 from rules_support import (Admin, db_rows, get, replace_file, rules_proxy, slowdown, status_of,
-                           wait_until)
+                           timed, wait_until)
 
 DIAG = re.compile(r"(?P<file>/\S+\.rules):(?P<line>\d+):(?P<col>\d+): error: ")
 
@@ -325,3 +325,21 @@ def test_client_gone_during_delay(proxy_factory, backend, tmp_path):
     time.sleep(1.3)
     assert p.proc.poll() is None
     assert status_of(p.port, "/echo") == 200
+
+
+def test_reload_during_throttled_body(proxy_factory, backend, tmp_path):
+    from backend import det_sha256
+    p = rules_proxy(proxy_factory, backend, tmp_path,
+                    "rule t path /stream => throttle 128KB/s\n")
+    n = 256 * 1024
+    with p.conn(timeout=20) as c:
+        c.request("GET", "/stream?size=%d" % n)
+        time.sleep(0.5)
+        assert Admin(p).put_rules("rule other path /nothing => abort 500\n").status == 200
+        t0 = time.monotonic()
+        r = c.read_response(timeout=20)
+        # the body keeps the pace it was decided with and arrives whole
+        assert r.body_sha256 == det_sha256(n)
+        assert time.monotonic() - t0 >= 1.0
+    r, t = timed(p.port, "/stream?size=%d" % n)
+    assert r.body_len == n and t < 1.0      # the new set does not throttle
