@@ -29,6 +29,7 @@ static void on_response_done(struct conn *c);
 static void send_body_to_client(struct conn *c, struct chunk *ch, const char *at, size_t len);
 static void on_pace_tick(uv_timer_t *t);
 static void on_ptimer_release(uv_timer_t *t);
+static int retry_on_fresh_connection(struct conn *c);
 
 /* The record's error word for a failed connect. */
 static const char *uv_error_name(int status)
@@ -143,7 +144,8 @@ void relay_flush_upstream(struct conn *c)
         return;
     struct sender *s = upstream_sender(x->up);
     if (sender_flush(s) != 0) {
-        conn_fail(c, 502, "upstream_closed");
+        if (!retry_on_fresh_connection(c))
+            conn_fail(c, 502, "upstream_closed");
         return;
     }
     if (s->inflight > WRITE_HIGH)

@@ -163,13 +163,43 @@ int sender_flush(struct sender *s)
     for (unsigned i = 0; i < b->nbufs; i++)
         if (b->scratch_off[i] != NOT_SCRATCH)
             b->bufs[i].base = b->scratch + b->scratch_off[i];
-    int rc = uv_write(&b->req, s->stream, b->bufs, b->nbufs, on_batch_written);
+    s->total += b->bytes;
+    uv_buf_t *bufs = b->bufs;
+    unsigned nbufs = b->nbufs;
+    size_t left = b->bytes;
+    if (s->writes == 0) {
+        /* Nothing queued in libuv: write now. Most batches go out whole,
+         * which spares the write request and the poll registration a
+         * queued write costs. */
+        int n = uv_try_write(s->stream, bufs, nbufs);
+        if (n < 0 && n != UV_EAGAIN) {
+            batch_free(b);
+            return n;
+        }
+        if (n > 0) {
+            left -= (size_t)n;
+            while ((size_t)n >= bufs->len && nbufs > 0) {
+                n -= (int)bufs->len;
+                bufs++;
+                nbufs--;
+            }
+            if (nbufs > 0) {
+                bufs->base += n;
+                bufs->len -= (size_t)n;
+            }
+        }
+        if (left == 0) {
+            batch_free(b);
+            return 0;
+        }
+    }
+    int rc = uv_write(&b->req, s->stream, bufs, nbufs, on_batch_written);
     if (rc != 0) {
         batch_free(b);
         return rc;
     }
-    s->inflight += b->bytes;
-    s->total += b->bytes;
+    b->bytes = left;
+    s->inflight += left;
     s->writes++;
     return 0;
 }

@@ -42,9 +42,10 @@ void sender_static(struct sender *s, const char *p, size_t n);
 /* Bytes queued but not yet submitted. */
 size_t sender_queued(const struct sender *s);
 
-/* Submit what was queued as one write. Returns 0 (also when nothing was
- * queued) or a libuv error; on error the batch is dropped and the callback
- * does not run. */
+/* Submit what was queued as one write. What the socket takes at once is
+ * written directly (no callback follows for it); the rest goes to libuv and
+ * its completion calls on_written. Returns 0 (also when nothing was queued)
+ * or a libuv error; on error the batch is dropped and no callback runs. */
 int sender_flush(struct sender *s);
 
 /* Drop what was queued and not submitted (the stream is being closed). */
