@@ -32,7 +32,7 @@
 #include "units.h"
 
 static const llhttp_settings_t request_settings;
-static void on_timer(uv_timer_t *t);
+static void on_timer(struct deadline *d);
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 /* ---------- small helpers ---------- */
@@ -50,7 +50,7 @@ static const char *http_method_str(int method)
 void conn_set_error(struct conn *c, const char *error)
 {
     if (!c->x.error[0])
-        snprintf(c->x.error, sizeof c->x.error, "%s", error);
+        str_copy(c->x.error, sizeof c->x.error, error);
 }
 
 /* ---------- reading from the client ---------- */
@@ -88,7 +88,7 @@ void conn_release_input(struct conn *c)
 
 static void arm_timer(struct conn *c, uint64_t ms)
 {
-    uv_timer_start(&c->timer, on_timer, ms, 0);
+    deadline_set(&c->timer, ms);
 }
 
 /* The client went away (EOF or error) or a write to it failed. */
@@ -324,9 +324,21 @@ void conn_answer(struct conn *c, int code, const struct rule_actions *a, const c
 
 /* ---------- closing ---------- */
 
+static void closed_one(struct conn *c);
+
 static void on_closed(uv_handle_t *h)
 {
-    struct conn *c = h->data;
+    closed_one(h->data);
+}
+
+static void on_deadline_closed(uv_handle_t *h)
+{
+    struct deadline *d = h->data;
+    closed_one(d->data);
+}
+
+static void closed_one(struct conn *c)
+{
     if (--c->pending_closes > 0)
         return;
     struct worker *w = c->w;
@@ -376,8 +388,8 @@ void conn_close(struct conn *c, enum close_how how)
     } else {
         c->pending_closes--;
     }
-    uv_close((uv_handle_t *)&c->timer, on_closed);
-    uv_close((uv_handle_t *)&c->xtimer, on_closed);
+    deadline_close(&c->timer, on_deadline_closed);
+    deadline_close(&c->xtimer, on_deadline_closed);
     uv_close((uv_handle_t *)&c->ptimer, on_closed);
 }
 
@@ -485,31 +497,25 @@ void conn_record(struct conn *c)
     if (!x->active)
         return;
     x->active = 0;
-    struct audit_record r;
-    memset(&r, 0, sizeof r);
-    r.start_ms = x->start_ms;
-    r.duration_us = (int64_t)(time_mono_us() - x->start_us);
-    r.upstream_code = x->upstream_code;
-    r.final_code = x->final_code;
-    r.bytes_in = x->bytes_in;
-    r.bytes_out = c->out.total + sender_queued(&c->out) - x->out_start;
-    if (c->tunnel)
-        r.bytes_in += tunnel_client_bytes(c->tunnel);
-    snprintf(r.client, sizeof r.client, "%s", c->peer_ip);
-    snprintf(r.method, sizeof r.method, "%s", x->method_name);
-    snprintf(r.host, sizeof r.host, "%s", x->rec_host);
-    if (x->path)
-        copy_str(r.path, sizeof r.path, x->path, x->path_len);
+    /* Filled in place in the worker's batch: every field is written. */
+    struct audit_record *r = worker_record_slot(c->w);
+    r->start_ms = x->start_ms;
+    r->duration_us = (int64_t)(time_mono_us() - x->start_us);
+    r->upstream_code = x->upstream_code;
+    r->final_code = x->final_code;
+    r->bytes_in = x->bytes_in + (c->tunnel ? tunnel_client_bytes(c->tunnel) : 0);
+    r->bytes_out = c->out.total + sender_queued(&c->out) - x->out_start;
+    str_copy(r->client, sizeof r->client, c->peer_ip);
+    str_copy(r->method, sizeof r->method, x->method_name);
+    str_copy(r->host, sizeof r->host, x->rec_host);
+    copy_str(r->path, sizeof r->path, x->path ? x->path : "", x->path ? x->path_len : 0);
     const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
-    if (rule) {
-        snprintf(r.rule, sizeof r.rule, "%s", rule_name(rule));
-        snprintf(r.action, sizeof r.action, "%s", rule_actions_text(rule));
-    } else if (x->fault_rule) {
-        snprintf(r.rule, sizeof r.rule, "%s", x->fault_rule);
-        snprintf(r.action, sizeof r.action, "%s", x->fault_action);
-    }
-    snprintf(r.error, sizeof r.error, "%s", x->error);
-    worker_record(c->w, &r, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
+    const char *rname = rule ? rule_name(rule) : x->fault_rule ? x->fault_rule : "";
+    const char *action = rule ? rule_actions_text(rule) : x->fault_rule ? x->fault_action : "";
+    str_copy(r->rule, sizeof r->rule, rname);
+    str_copy(r->action, sizeof r->action, action);
+    str_copy(r->error, sizeof r->error, x->error);
+    worker_record_commit(c->w, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
 }
 
 /* ---------- exchange lifecycle ---------- */
@@ -554,7 +560,7 @@ void conn_maybe_finish(struct conn *c)
         return;
     if (x->resp != RESP_DONE || x->pace.n || (x->req != REQ_DONE && !c->close_after))
         return;
-    uv_timer_stop(&c->xtimer);
+    deadline_clear(&c->xtimer);
     uv_timer_stop(&c->ptimer);
     int reusable = x->resp_keepalive && x->req == REQ_DONE && x->sink == SINK_UPSTREAM &&
                    !x->error[0] && x->resp_complete;
@@ -585,7 +591,7 @@ void conn_fail(struct conn *c, int code, const char *error)
 {
     struct exchange *x = &c->x;
     conn_set_error(c, error);
-    uv_timer_stop(&c->xtimer);
+    deadline_clear(&c->xtimer);
     relay_detach(c, 0);
     if (x->resp_head_sent) {
         conn_close(c, CLOSE_NOW);
@@ -703,9 +709,9 @@ static int route_request(struct conn *c, const char **why)
     case TARGET_AUTHORITY:
     case TARGET_ABSOLUTE:
         x->forward_mode = 1;
-        snprintf(x->up_host, sizeof x->up_host, "%s", x->target.host);
+        str_copy(x->up_host, sizeof x->up_host, x->target.host);
         x->up_port = x->target.port;
-        snprintf(x->rec_host, sizeof x->rec_host, "%s", x->target.host);
+        str_copy(x->rec_host, sizeof x->rec_host, x->target.host);
         x->path = x->target.path ? x->target.path : "";
         x->path_len = x->target.path_only_len;
         if (x->target.form == TARGET_ABSOLUTE && x->path_len == 0) {
@@ -719,9 +725,9 @@ static int route_request(struct conn *c, const char **why)
             *why = no_upstream_help;
             return 400;
         }
-        snprintf(x->up_host, sizeof x->up_host, "%s", o->upstream_host);
+        str_copy(x->up_host, sizeof x->up_host, o->upstream_host);
         x->up_port = o->upstream_port;
-        snprintf(x->rec_host, sizeof x->rec_host, "%s", host_hdr[0] ? host_hdr : o->upstream_host);
+        str_copy(x->rec_host, sizeof x->rec_host, host_hdr[0] ? host_hdr : o->upstream_host);
         x->path = x->target.path;
         x->path_len = x->target.path_only_len;
         return 0;
@@ -930,14 +936,14 @@ static void on_request_head(struct conn *c)
 {
     struct exchange *x = &c->x;
     struct http_head *h = &c->req;
-    uv_timer_stop(&c->timer);
+    deadline_clear(&c->timer);
     exchange_begin(c);
     c->phase = PH_EXCHANGE;
     h->method = llhttp_get_method(&c->parser);
     h->major = llhttp_get_http_major(&c->parser);
     h->minor = llhttp_get_http_minor(&c->parser);
     x->method = h->method;
-    snprintf(x->method_name, sizeof x->method_name, "%s", http_method_str(h->method));
+    str_copy(x->method_name, sizeof x->method_name, http_method_str(h->method));
     x->is_head = h->method == HTTP_HEAD;
     x->is_connect = h->method == HTTP_CONNECT;
     x->req_chunked = (c->parser.flags & F_CHUNKED) != 0;
@@ -1115,9 +1121,9 @@ void conn_parse_requests(struct conn *c)
 
 /* ---------- timers and accepting ---------- */
 
-static void on_timer(uv_timer_t *t)
+static void on_timer(struct deadline *d)
 {
-    struct conn *c = t->data;
+    struct conn *c = d->data;
     switch (c->phase) {
     case PH_IDLE:
         if (c->nrequests > 0) {
@@ -1151,10 +1157,10 @@ int conn_accept(struct worker *w, uv_stream_t *server)
     c->w = w;
     c->id = ++w->next_conn_id;
     uv_tcp_init(&w->loop, &c->tcp);
-    uv_timer_init(&w->loop, &c->timer);
-    uv_timer_init(&w->loop, &c->xtimer);
+    deadline_init(&w->loop, &c->timer, on_timer, c);
+    deadline_init(&w->loop, &c->xtimer, relay_on_timeout, c);
     uv_timer_init(&w->loop, &c->ptimer);
-    c->tcp.data = c->timer.data = c->xtimer.data = c->ptimer.data = c;
+    c->tcp.data = c->ptimer.data = c;
     int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
     /* From here on the connection is on the worker's list and closes
      * through conn_close, even when accepting failed. */

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "chunk.h"
+#include "deadline.h"
 #include "conn.h"
 #include "http.h"
 #include "rules.h"
@@ -118,8 +119,8 @@ struct exchange {
 
 struct conn {
     uv_tcp_t tcp;
-    uv_timer_t timer;            /* idle / header timeout, linger */
-    uv_timer_t xtimer;           /* response timeout */
+    struct deadline timer;       /* idle / header timeout, linger */
+    struct deadline xtimer;      /* upstream connect and response timeout */
     uv_timer_t ptimer;           /* delay and throttle pacing */
     uv_shutdown_t shutdown_req;
     struct worker *w;
@@ -198,6 +199,8 @@ void relay_flush_upstream(struct conn *c);
 void relay_parse_responses(struct conn *c);
 /* Pause or resume reading from the upstream as the state asks. */
 void relay_update_reading(struct conn *c);
+/* The connect or response timeout expired (c->xtimer). */
+void relay_on_timeout(struct deadline *d);
 /* Let go of the upstream connection: to the pool when REUSABLE. */
 void relay_detach(struct conn *c, int reusable);
 /* Drop body bytes held by throttle. */

@@ -207,12 +207,14 @@ int metrics_is_upstream_error(const char *error)
 void metrics_record(struct metrics_local *l, const struct audit_record *r, const char *also_rule)
 {
     char key[160];
-    char fin[12] = "", up[12] = "";
+    size_t k = 0;
     if (r->final_code >= 0)
-        snprintf(fin, sizeof fin, "%d", r->final_code);
+        k += str_dec(key + k, (uint64_t)r->final_code);
+    key[k++] = '\t';
     if (r->upstream_code >= 0)
-        snprintf(up, sizeof up, "%d", r->upstream_code);
-    snprintf(key, sizeof key, "%s\t%s\t%s", fin, up, r->rule);
+        k += str_dec(key + k, (uint64_t)r->upstream_code);
+    key[k++] = '\t';
+    str_copy(key + k, sizeof key - k, r->rule);
     countmap_add(&l->c.responses, key, 1);
     if (r->rule[0])
         countmap_add(&l->c.rules, r->rule, 1);

@@ -71,19 +71,51 @@ void relay_detach(struct conn *c, int reusable)
     }
 }
 
-/* ---------- talking to the upstream ---------- */
+/* ---------- writing heads (no printf on the request path) ---------- */
 
-static void on_xtimer(uv_timer_t *t)
+static void put_field(struct sbuf *out, const char *name, const char *value)
 {
-    struct conn *c = t->data;
-    if (c->phase != PH_EXCHANGE)
-        return;
-    conn_fail(c, 504, "timeout");
+    sbuf_puts(out, name);
+    sbuf_append(out, ": ", 2);
+    sbuf_puts(out, value);
+    sbuf_append(out, "\r\n", 2);
 }
 
+static void put_via(struct sbuf *out, const char *via)
+{
+    put_field(out, "Via", via);
+}
+
+static void put_length(struct sbuf *out, uint64_t n)
+{
+    sbuf_puts(out, "Content-Length: ");
+    sbuf_putu(out, n);
+    sbuf_append(out, "\r\n", 2);
+}
+
+static void put_status_line(struct sbuf *out, int status, const char *reason, size_t len)
+{
+    sbuf_puts(out, "HTTP/1.1 ");
+    sbuf_putu(out, (uint64_t)status);
+    sbuf_putc(out, ' ');
+    sbuf_append(out, reason, len);
+    sbuf_append(out, "\r\n", 2);
+}
+
+/* ---------- talking to the upstream ---------- */
+
+void relay_on_timeout(struct deadline *d)
+{
+    struct conn *c = d->data;
+    if (c->phase != PH_EXCHANGE)
+        return;
+    conn_fail(c, 504, c->x.up_ready ? "timeout" : "connect_timeout");
+}
+
+/* The upstream must show progress within --response-timeout. */
 static void arm_response_timeout(struct conn *c)
 {
-    uv_timer_start(&c->xtimer, on_xtimer, c->w->opts->response_timeout_ms, 0);
+    deadline_set(&c->xtimer, c->w->opts->response_timeout_ms);
 }
 
 static void build_request_head(struct conn *c)
@@ -92,7 +124,8 @@ static void build_request_head(struct conn *c)
     struct http_head *h = &c->req;
     struct sbuf *out = &x->req_head;
     sbuf_reset(out);
-    sbuf_printf(out, "%s ", x->method_name);
+    sbuf_puts(out, x->method_name);
+    sbuf_putc(out, ' ');
     if (x->target.form == TARGET_ABSOLUTE) {
         if (x->target.path_only_len == 0)
             sbuf_putc(out, '/');
@@ -106,18 +139,23 @@ static void build_request_head(struct conn *c)
          * Host gets the upstream's, since HTTP/1.1 requires one. */
         char auth[300];
         target_format_authority(x->up_host, x->up_port, 1, auth, sizeof auth);
-        sbuf_printf(out, "Host: %s\r\n", auth);
+        sbuf_puts(out, "Host: ");
+        sbuf_puts(out, auth);
+        sbuf_puts(out, "\r\n");
         http_head_remove(h, "Host");
     }
     http_head_drop_hop_by_hop(h, x->is_upgrade);
     http_head_write(h, out);
-    sbuf_printf(out, "Via: %s\r\n", c->w->via_value);
-    if (x->max_forwards > 0)
-        sbuf_printf(out, "Max-Forwards: %d\r\n", x->max_forwards - 1);
+    put_via(out, c->w->via_value);
+    if (x->max_forwards > 0) {
+        sbuf_puts(out, "Max-Forwards: ");
+        sbuf_putu(out, (uint64_t)(x->max_forwards - 1));
+        sbuf_puts(out, "\r\n");
+    }
     if (x->req_chunked)
         sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
     else if (c->parser.flags & F_CONTENT_LENGTH)
-        sbuf_printf(out, "Content-Length: %llu\r\n", (unsigned long long)x->req_length);
+        put_length(out, x->req_length);
     if (x->is_upgrade)
         sbuf_puts(out, "Connection: Upgrade\r\n");
     sbuf_puts(out, "\r\n");
@@ -128,8 +166,10 @@ void relay_forward_body(struct conn *c, const char *at, size_t len)
     struct sender *s = upstream_sender(c->x.up);
     if (c->x.req_chunked) {
         char line[24];
-        int n = snprintf(line, sizeof line, "%zx\r\n", len);
-        sender_copy(s, line, (size_t)n);
+        size_t n = str_hex(line, len);
+        line[n++] = '\r';
+        line[n++] = '\n';
+        sender_copy(s, line, n);
         sender_ref(s, c->in, at, len);
         sender_static(s, "\r\n", 2);
     } else {
@@ -198,7 +238,7 @@ static const struct tunnel_ops tunnel_ops = {
 static void start_tunnel(struct conn *c)
 {
     struct exchange *x = &c->x;
-    uv_timer_stop(&c->xtimer);
+    deadline_clear(&c->xtimer);
     x->resp_head_sent = 1;
     x->resp = RESP_DONE;
     c->phase = PH_TUNNEL;
@@ -249,8 +289,7 @@ void relay_start(struct conn *c)
         build_request_head(c);
     x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, x->is_connect || x->is_upgrade,
                              &up_ops, c, &x->up_reused);
-    uv_timer_start(&c->xtimer, on_xtimer,
-                   c->w->opts->connect_timeout_ms + c->w->opts->response_timeout_ms, 0);
+    deadline_set(&c->xtimer, c->w->opts->connect_timeout_ms + c->w->opts->response_timeout_ms);
     if (x->up_reused)
         send_request(c);
 }
@@ -430,8 +469,10 @@ static void emit_body(struct conn *c, struct chunk *ch, const char *at, size_t l
 {
     if (c->x.out_mode == OUT_CHUNKED) {
         char line[24];
-        int n = snprintf(line, sizeof line, "%zx\r\n", len);
-        sender_copy(&c->out, line, (size_t)n);
+        size_t n = str_hex(line, len);
+        line[n++] = '\r';
+        line[n++] = '\n';
+        sender_copy(&c->out, line, n);
         sender_ref(&c->out, ch, at, len);
         sender_static(&c->out, "\r\n", 2);
     } else {
@@ -463,7 +504,7 @@ static void truncate_reached(struct conn *c)
     x->resp = RESP_DONE;
     x->resp_complete = 0;
     relay_pace_clear(&x->pace);
-    uv_timer_stop(&c->xtimer);
+    deadline_clear(&c->xtimer);
     relay_detach(c, 0);
     conn_record(c);
     conn_close_gracefully(c);
@@ -606,12 +647,11 @@ static void on_response_head(struct conn *c)
          * to HTTP/1.0 clients (RFC 9110 §15.2). */
         if (c->req.minor == 1) {
             struct sbuf out = {0};
-            sbuf_printf(&out, "HTTP/1.1 %d ", status);
-            sbuf_append(&out, h->buf + h->reason, h->reason_len);
-            sbuf_puts(&out, "\r\n");
+            put_status_line(&out, status, h->buf + h->reason, h->reason_len);
             http_head_drop_hop_by_hop(h, 0);
             http_head_write(h, &out);
-            sbuf_printf(&out, "Via: %s\r\n\r\n", c->w->via_value);
+            put_via(&out, c->w->via_value);
+            sbuf_puts(&out, "\r\n");
             sender_copy(&c->out, out.data, out.len);
             sbuf_free(&out);
             conn_flush(c);
@@ -630,7 +670,7 @@ static void on_response_head(struct conn *c)
         /* The upstream's answer is replaced; its connection is not reusable. */
         const struct rule_actions *a = x->resp_v.actions;
         relay_detach(c, 0);
-        uv_timer_stop(&c->xtimer);
+        deadline_clear(&c->xtimer);
         x->abort_code = a->abort_code;
         x->abort_actions = a;
         x->delay_ms = x->resp_v.delay_ms;
@@ -657,7 +697,10 @@ static void send_response_head(struct conn *c)
     const char *cl = http_head_get(h, "Content-Length", &cl_len);
     char clbuf[24];
     if (cl) {
-        snprintf(clbuf, sizeof clbuf, "%.*s", (int)(cl_len < 23 ? cl_len : 23), cl);
+        /* Kept as the upstream wrote it (llhttp checked it is a number). */
+        size_t n = cl_len < sizeof clbuf - 1 ? cl_len : sizeof clbuf - 1;
+        memcpy(clbuf, cl, n);
+        clbuf[n] = '\0';
         cl = clbuf;
     }
     int up_chunked = (c->rparser.flags & F_CHUNKED) != 0;
@@ -673,17 +716,16 @@ static void send_response_head(struct conn *c)
     enum catalog_body kind = catalog_body(status);
     struct sbuf out = {0};
     if (status == h->status && !reason) {
-        sbuf_printf(&out, "HTTP/1.1 %d ", status);
-        sbuf_append(&out, h->buf + h->reason, h->reason_len);
-        sbuf_puts(&out, "\r\n");
+        put_status_line(&out, status, h->buf + h->reason, h->reason_len);
     } else {
-        sbuf_printf(&out, "HTTP/1.1 %d %s\r\n", status, reason ? reason : catalog_reason(status));
+        const char *r = reason ? reason : catalog_reason(status);
+        put_status_line(&out, status, r, strlen(r));
     }
     http_head_write(h, &out);
-    sbuf_printf(&out, "Via: %s\r\n", c->w->via_value);
+    put_via(&out, c->w->via_value);
     const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
     if (c->w->opts->mark_faults && (rule || x->fault_rule))
-        sbuf_printf(&out, "X-Statusproxy-Rule: %s\r\n", rule ? rule_name(rule) : x->fault_rule);
+        put_field(&out, "X-Statusproxy-Rule", rule ? rule_name(rule) : x->fault_rule);
     if (upgrade) {
         sbuf_puts(&out, "Connection: Upgrade\r\n\r\n");
         x->out_mode = OUT_NONE;
@@ -694,7 +736,7 @@ static void send_response_head(struct conn *c)
             x->out_mode = OUT_NONE;
             x->resp_discard = 1;
             if (cl && (x->is_head || status == 304) && status == h->status)
-                sbuf_printf(&out, "Content-Length: %s\r\n", cl);
+                put_field(&out, "Content-Length", cl);
             else if (x->is_head && up_chunked && c->req.minor == 1 && status == h->status)
                 sbuf_puts(&out, "Transfer-Encoding: chunked\r\n");
         } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
@@ -705,7 +747,7 @@ static void send_response_head(struct conn *c)
             sbuf_puts(&out, "Content-Length: 0\r\n");
         } else if (cl && !up_chunked) {
             x->out_mode = OUT_LENGTH;
-            sbuf_printf(&out, "Content-Length: %s\r\n", cl);
+            put_field(&out, "Content-Length", cl);
         } else if (c->req.minor == 1) {
             x->out_mode = OUT_CHUNKED;
             sbuf_puts(&out, "Transfer-Encoding: chunked\r\n");
@@ -730,7 +772,7 @@ static void send_response_head(struct conn *c)
     /* Held for a delay, or until the reset: the parser stays paused and the
      * upstream is not read meanwhile. */
     x->resp = RESP_HOLD;
-    uv_timer_stop(&c->xtimer);
+    deadline_clear(&c->xtimer);
     uv_timer_start(&c->ptimer, on_ptimer_release, delay, 0);
 }
 
@@ -774,7 +816,7 @@ static void on_ptimer_release(uv_timer_t *t)
 static void on_response_done(struct conn *c)
 {
     struct exchange *x = &c->x;
-    uv_timer_stop(&c->xtimer);
+    deadline_clear(&c->xtimer);
     x->resp_complete = 1;
     if (x->pace.n) {
         x->resp = RESP_DONE;

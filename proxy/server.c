@@ -74,14 +74,16 @@ static void flush_records(struct worker *w)
     w->nbatch = 0;
 }
 
-void worker_record(struct worker *w, const struct audit_record *r, const char *also_rule)
+struct audit_record *worker_record_slot(struct worker *w)
 {
-    metrics_record(w->stats, r, also_rule);
-    if (w->srv->audit) {
-        w->batch[w->nbatch++] = *r;
-        if (w->nbatch == RECORD_BATCH)
-            flush_records(w);
-    }
+    return &w->batch[w->nbatch];
+}
+
+void worker_record_commit(struct worker *w, const char *also_rule)
+{
+    metrics_record(w->stats, &w->batch[w->nbatch], also_rule);
+    if (++w->nbatch == RECORD_BATCH)
+        flush_records(w);
 }
 
 int worker_client_allowed(const struct worker *w, const struct sockaddr *sa)

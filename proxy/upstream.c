@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "deadline.h"
 #include "log.h"
 #include "util.h"
 
@@ -21,7 +22,7 @@ enum upstream_state { UP_RESOLVING, UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING 
 
 struct upstream {
     uv_tcp_t tcp;
-    uv_timer_t timer;            /* connect timeout, then idle timeout in the pool */
+    struct deadline timer;       /* connect timeout, deferred failure, idle timeout in the pool */
     uv_connect_t connect_req;
     uv_getaddrinfo_t gai_req;
     struct sender sender;
@@ -47,12 +48,14 @@ struct upstream_pool {
     uv_loop_t *loop;
     uint64_t connect_timeout_ms, idle_timeout_ms;
     struct upstream *buckets[POOL_BUCKETS];
+    unsigned bucket_idle[POOL_BUCKETS]; /* idle connections per bucket */
     unsigned live;
     int closing;
 };
 
 static void start_connect(struct upstream *u);
-static void on_timer(uv_timer_t *t);
+static void on_timer(struct deadline *d);
+static void on_timer_closed(uv_handle_t *h);
 static void on_handle_closed(uv_handle_t *h);
 static void upstream_close(struct upstream *u);
 
@@ -77,10 +80,12 @@ static unsigned bucket_of(const char *key)
 static void pool_unlink(struct upstream *u)
 {
     struct upstream_pool *p = u->pool;
+    unsigned b = bucket_of(u->key);
+    p->bucket_idle[b]--;
     if (u->prev)
         u->prev->next = u->next;
     else
-        p->buckets[bucket_of(u->key)] = u->next;
+        p->buckets[b] = u->next;
     if (u->next)
         u->next->prev = u->prev;
     u->prev = u->next = NULL;
@@ -107,6 +112,13 @@ void upstream_pool_close(struct upstream_pool *p)
 unsigned upstream_pool_live(const struct upstream_pool *p)
 {
     return p->live;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct deadline *d = h->data;
+    struct upstream *u = d->data;
+    on_handle_closed((uv_handle_t *)&u->tcp);
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -139,7 +151,7 @@ static void upstream_close(struct upstream *u)
      * close callback then counts for it (on_retry_closed). */
     if (!uv_is_closing((uv_handle_t *)&u->tcp))
         uv_close((uv_handle_t *)&u->tcp, on_handle_closed);
-    uv_close((uv_handle_t *)&u->timer, on_handle_closed);
+    deadline_close(&u->timer, on_timer_closed);
 }
 
 static void on_written(struct sender *s, int status)
@@ -189,7 +201,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 static void fail_connect(struct upstream *u, int status)
 {
     u->fail_status = status;
-    uv_timer_start(&u->timer, on_timer, 0, 0);
+    deadline_set(&u->timer, 0);
 }
 
 static void report_failure(struct upstream *u)
@@ -227,7 +239,7 @@ static void on_connected(uv_connect_t *req, int status)
         fail_connect(u, status);
         return;
     }
-    uv_timer_stop(&u->timer);
+    deadline_clear(&u->timer);
     uv_tcp_nodelay(&u->tcp, 1);
     struct sockaddr_storage ss;
     int len = sizeof ss;
@@ -249,9 +261,9 @@ static void on_connected(uv_connect_t *req, int status)
 }
 
 /* One timer per connection: connect timeout, deferred failure, pool idle timeout. */
-static void on_timer(uv_timer_t *t)
+static void on_timer(struct deadline *d)
 {
-    struct upstream *u = t->data;
+    struct upstream *u = d->data;
     if (u->state == UP_RESOLVING || u->state == UP_CONNECTING) {
         if (!u->fail_status)
             u->fail_status = UPSTREAM_ETIMEDOUT;
@@ -286,7 +298,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         if (u->pending_closes == 0) {
             /* Both handles closed while we were resolving: finish the free. */
             u->pending_closes = 1;
-            on_handle_closed((uv_handle_t *)&u->timer);
+            on_handle_closed((uv_handle_t *)&u->tcp);
         }
         return;
     }
@@ -305,13 +317,15 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const char *host, int
                                   const struct upstream_ops *ops, void *owner, int *reused)
 {
     char key[300];
-    snprintf(key, sizeof key, "%s:%d", host, port);
+    size_t klen = str_copy(key, sizeof key - 8, host);
+    key[klen++] = ':';
+    str_dec(key + klen, (uint64_t)port);
     if (!fresh) {
         for (struct upstream *u = p->buckets[bucket_of(key)]; u; u = u->next) {
             if (strcmp(u->key, key) != 0)
                 continue;
             pool_unlink(u);
-            uv_timer_stop(&u->timer);
+            deadline_clear(&u->timer);
             u->state = UP_BUSY;
             u->ops = ops;
             u->owner = owner;
@@ -325,15 +339,14 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const char *host, int
     u->ops = ops;
     u->owner = owner;
     u->key = xstrdup(key);
-    snprintf(u->host, sizeof u->host, "%s", host);
+    str_copy(u->host, sizeof u->host, host);
     u->port = port;
     uv_tcp_init(p->loop, &u->tcp);
-    uv_timer_init(p->loop, &u->timer);
+    deadline_init(p->loop, &u->timer, on_timer, u);
     u->tcp.data = u;
-    u->timer.data = u;
     sender_init(&u->sender, (uv_stream_t *)&u->tcp, on_written);
     p->live++;
-    uv_timer_start(&u->timer, on_timer, p->connect_timeout_ms, 0);
+    deadline_set(&u->timer, p->connect_timeout_ms);
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&u->numeric) == 0 ||
         uv_ip6_addr(host, port, (struct sockaddr_in6 *)&u->numeric) == 0) {
         start_connect(u);
@@ -363,11 +376,14 @@ void upstream_release(struct upstream *u, int reusable)
         return;
     struct upstream_pool *p = u->pool;
     u->owner = NULL;
-    unsigned same = 0;
+    unsigned same = 0, b = bucket_of(u->key);
     if (reusable && u->state == UP_BUSY && !p->closing && u->sender.writes == 0 &&
         !u->sender.cur) {
-        for (struct upstream *o = p->buckets[bucket_of(u->key)]; o; o = o->next)
-            same += strcmp(o->key, u->key) == 0;
+        /* Count this key's idle connections only when the bucket is full
+         * enough for the limit to matter. */
+        if (p->bucket_idle[b] >= POOL_MAX_IDLE_PER_KEY)
+            for (struct upstream *o = p->buckets[b]; o; o = o->next)
+                same += strcmp(o->key, u->key) == 0;
     } else {
         reusable = 0;
     }
@@ -380,13 +396,13 @@ void upstream_release(struct upstream *u, int reusable)
         uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
         u->reading = 1;
     }
-    unsigned b = bucket_of(u->key);
+    p->bucket_idle[b]++;
     u->prev = NULL;
     u->next = p->buckets[b];
     if (u->next)
         u->next->prev = u;
     p->buckets[b] = u;
-    uv_timer_start(&u->timer, on_timer, p->idle_timeout_ms, 0);
+    deadline_set(&u->timer, p->idle_timeout_ms);
 }
 
 struct sender *upstream_sender(struct upstream *u)

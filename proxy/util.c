@@ -87,6 +87,12 @@ void sbuf_puts(struct sbuf *b, const char *s)
     sbuf_append(b, s, strlen(s));
 }
 
+void sbuf_putu(struct sbuf *b, uint64_t v)
+{
+    char tmp[24];
+    sbuf_append(b, tmp, str_dec(tmp, v));
+}
+
 void sbuf_putc(struct sbuf *b, char c)
 {
     sbuf_append(b, &c, 1);
@@ -94,14 +100,22 @@ void sbuf_putc(struct sbuf *b, char c)
 
 void sbuf_vprintf(struct sbuf *b, const char *fmt, va_list ap)
 {
+    /* Format into the spare room; only a text that does not fit is
+     * formatted a second time, after growing. */
+    sbuf_reserve(b, 64);
     va_list ap2;
     va_copy(ap2, ap);
-    int n = vsnprintf(NULL, 0, fmt, ap2);
+    size_t room = b->cap - b->len;
+    int n = vsnprintf(b->data + b->len, room, fmt, ap2);
     va_end(ap2);
-    if (n < 0)
+    if (n < 0) {
+        b->data[b->len] = '\0';
         return;
-    sbuf_reserve(b, (size_t)n);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    }
+    if ((size_t)n >= room) {
+        sbuf_reserve(b, (size_t)n);
+        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    }
     b->len += (size_t)n;
 }
 
@@ -152,6 +166,42 @@ void sbuf_free(struct sbuf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+}
+
+size_t str_copy(char *dst, size_t dstlen, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= dstlen)
+        n = dstlen - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return n;
+}
+
+size_t str_hex(char *buf, uint64_t v)
+{
+    char tmp[16];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = "0123456789abcdef"[v & 15];
+        v >>= 4;
+    } while (v);
+    memcpy(buf, tmp + i, sizeof tmp - i);
+    buf[sizeof tmp - i] = '\0';
+    return sizeof tmp - i;
+}
+
+size_t str_dec(char *buf, uint64_t v)
+{
+    char tmp[20];
+    size_t i = sizeof tmp;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    memcpy(buf, tmp + i, sizeof tmp - i);
+    buf[sizeof tmp - i] = '\0';
+    return sizeof tmp - i;
 }
 
 static int lower(int c)

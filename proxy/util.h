@@ -37,6 +37,8 @@ struct sbuf {
 void sbuf_append(struct sbuf *b, const char *s, size_t n);
 void sbuf_puts(struct sbuf *b, const char *s);
 void sbuf_putc(struct sbuf *b, char c);
+/* Append V in decimal (cheaper than sbuf_printf on hot paths). */
+void sbuf_putu(struct sbuf *b, uint64_t v);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) PRINTF_LIKE(2, 3);
 void sbuf_vprintf(struct sbuf *b, const char *fmt, va_list ap) PRINTF_LIKE(2, 0);
 /* Append S as the inside of a JSON string (quotes not included). */
@@ -45,6 +47,14 @@ void sbuf_json_escape(struct sbuf *b, const char *s, size_t n);
 char *sbuf_steal(struct sbuf *b);
 void sbuf_reset(struct sbuf *b);
 void sbuf_free(struct sbuf *b);
+
+/* Copy the C string SRC into DST[0..dstlen), truncating; always terminated.
+ * Returns the length written. (A plain copy: cheaper than snprintf "%s".) */
+size_t str_copy(char *dst, size_t dstlen, const char *src);
+/* Write V in lowercase hex into BUF (>= 17 bytes) and return its length. */
+size_t str_hex(char *buf, uint64_t v);
+/* Write V in decimal into BUF (>= 21 bytes) and return its length. */
+size_t str_dec(char *buf, uint64_t v);
 
 /* ASCII case-insensitive equality of A[0..alen) and the C string B. */
 int str_ieq(const char *a, size_t alen, const char *b);
