@@ -44,7 +44,8 @@ struct audit {
     size_t wake_at;
     sqlite3 *db;                    /* used by the writer thread alone once it runs */
     sqlite3_stmt *begin, *commit, *rollback;
-    sqlite3_stmt *insert_raw, *add_minute, *add_dropped, *prune;
+    sqlite3_stmt *insert_raw, *add_minute, *add_dropped;
+    sqlite3_stmt *id_bounds, *id_probe, *prune;
     pthread_t thread;
 
     pthread_mutex_t mu;             /* guards everything below but `dropped` */
@@ -78,10 +79,12 @@ static const char sql_add_dropped[] =
     "INSERT INTO dropped (minute, count) VALUES (?1, ?2)"
     " ON CONFLICT (minute) DO UPDATE SET count = count + excluded.count";
 
-/* Oldest first, in chunks: one huge DELETE would hold the write lock for long. */
-static const char sql_prune[] =
-    "DELETE FROM exchanges WHERE id IN"
-    " (SELECT id FROM exchanges WHERE start_ms < ?1 ORDER BY start_ms LIMIT ?2)";
+/* Pruning (see prune()): the id range, the first row at or after an id, and
+ * a range delete. */
+static const char sql_id_bounds[] = "SELECT min(id), max(id) FROM exchanges";
+static const char sql_id_probe[] =
+    "SELECT id, start_ms FROM exchanges WHERE id >= ?1 ORDER BY id LIMIT 1";
+static const char sql_prune[] = "DELETE FROM exchanges WHERE id >= ?1 AND id < ?2";
 
 static int64_t minute_of(int64_t unix_ms)
 {
@@ -152,58 +155,85 @@ static int key_code(int code)
     return code >= 0 ? code : -1;
 }
 
-static int cmp_key(const void *x, const void *y)
+static int same_key(const struct audit_record *a, const struct audit_record *b)
 {
-    const struct audit_record *a = *(const struct audit_record *const *)x;
-    const struct audit_record *b = *(const struct audit_record *const *)y;
-    int64_t ma = minute_of(a->start_ms), mb = minute_of(b->start_ms);
-    if (ma != mb)
-        return ma < mb ? -1 : 1;
-    int c = strncmp(a->host, b->host, sizeof a->host);
-    if (c)
-        return c;
-    if (key_code(a->upstream_code) != key_code(b->upstream_code))
-        return key_code(a->upstream_code) < key_code(b->upstream_code) ? -1 : 1;
-    if (key_code(a->final_code) != key_code(b->final_code))
-        return key_code(a->final_code) < key_code(b->final_code) ? -1 : 1;
-    return strncmp(a->rule, b->rule, sizeof a->rule);
+    return minute_of(a->start_ms) == minute_of(b->start_ms) &&
+           key_code(a->upstream_code) == key_code(b->upstream_code) &&
+           key_code(a->final_code) == key_code(b->final_code) &&
+           strncmp(a->host, b->host, sizeof a->host) == 0 &&
+           strncmp(a->rule, b->rule, sizeof a->rule) == 0;
 }
 
-/* Add the records BY_KEY[0..n) (sorted by aggregate key) to minute_stats:
- * one upsert per distinct key, not per record, so a busy minute costs a
- * few hundred statements however many exchanges it saw. */
-static int write_minutes(struct audit *a, const struct audit_record *const *by_key, size_t n)
+static uint64_t hash_key(const struct audit_record *r)
 {
-    sqlite3_stmt *st = a->add_minute;
-    for (size_t i = 0; i < n;) {
-        const struct audit_record *r = by_key[i];
-        int64_t count = 0, duration = 0, in = 0, out = 0;
-        size_t j = i;
-        for (; j < n && (j == i || cmp_key(&by_key[i], &by_key[j]) == 0); j++) {
-            count++;
-            duration += by_key[j]->duration_us;
-            in += (int64_t)by_key[j]->bytes_in;
-            out += (int64_t)by_key[j]->bytes_out;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a over the key's parts */
+    uint64_t nums[3] = {(uint64_t)minute_of(r->start_ms), (uint64_t)key_code(r->upstream_code),
+                        (uint64_t)key_code(r->final_code)};
+    for (size_t i = 0; i < sizeof nums; i++)
+        h = (h ^ ((const unsigned char *)nums)[i]) * 1099511628211ull;
+    for (size_t i = 0; i < sizeof r->host && r->host[i]; i++)
+        h = (h ^ (unsigned char)r->host[i]) * 1099511628211ull;
+    h = (h ^ 0xff) * 1099511628211ull;
+    for (size_t i = 0; i < sizeof r->rule && r->rule[i]; i++)
+        h = (h ^ (unsigned char)r->rule[i]) * 1099511628211ull;
+    return h;
+}
+
+/* One aggregate row being summed: the first record with that key, and sums. */
+struct agg {
+    const struct audit_record *first;
+    int64_t count, duration, in, out;
+};
+
+/* Sum the batch per aggregate key (a hash table sized for the batch; a busy
+ * minute has a handful of distinct keys however many exchanges it saw), then
+ * upsert one minute_stats row per key. */
+static int write_minutes(struct audit *a, const struct audit_record *recs, size_t n)
+{
+    size_t cap = 16;
+    while (cap < n * 2)
+        cap *= 2;
+    struct agg *table = xcalloc(cap, sizeof *table);
+    struct agg **used = xmalloc((n ? n : 1) * sizeof *used);
+    size_t nused = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct audit_record *r = &recs[i];
+        size_t j = (size_t)hash_key(r) & (cap - 1);
+        while (table[j].first && !same_key(table[j].first, r))
+            j = (j + 1) & (cap - 1);
+        struct agg *g = &table[j];
+        if (!g->first) {
+            g->first = r;
+            used[nused++] = g;
         }
+        g->count++;
+        g->duration += r->duration_us;
+        g->in += (int64_t)r->bytes_in;
+        g->out += (int64_t)r->bytes_out;
+    }
+    sqlite3_stmt *st = a->add_minute;
+    int rc = 0;
+    for (size_t k = 0; k < nused && rc == 0; k++) {
+        const struct agg *g = used[k];
+        const struct audit_record *r = g->first;
         sqlite3_bind_int64(st, 1, minute_of(r->start_ms));
         BIND_FIELD(st, 2, r->host);
         sqlite3_bind_int(st, 3, key_code(r->upstream_code));
         sqlite3_bind_int(st, 4, key_code(r->final_code));
         BIND_FIELD(st, 5, r->rule);
-        sqlite3_bind_int64(st, 6, count);
-        sqlite3_bind_int64(st, 7, duration);
-        sqlite3_bind_int64(st, 8, in);
-        sqlite3_bind_int64(st, 9, out);
-        if (run(st) != 0)
-            return -1;
-        i = j;
+        sqlite3_bind_int64(st, 6, g->count);
+        sqlite3_bind_int64(st, 7, g->duration);
+        sqlite3_bind_int64(st, 8, g->in);
+        sqlite3_bind_int64(st, 9, g->out);
+        rc = run(st);
     }
-    return 0;
+    free(used);
+    free(table);
+    return rc;
 }
 
 /* One transaction for the whole batch: all of it or (rolled back) none. */
-static int try_write(struct audit *a, const struct audit_record *recs,
-                     const struct audit_record *const *by_key, size_t n, uint64_t drops,
+static int try_write(struct audit *a, const struct audit_record *recs, size_t n, uint64_t drops,
                      char *err, size_t errlen)
 {
     if (run(a->begin) != 0)
@@ -211,7 +241,7 @@ static int try_write(struct audit *a, const struct audit_record *recs,
     for (size_t i = 0; i < n; i++)
         if (wants_raw(a->mode, &recs[i]) && write_raw(a, &recs[i]) != 0)
             goto fail;
-    if (write_minutes(a, by_key, n) != 0)
+    if (write_minutes(a, recs, n) != 0)
         goto fail;
     if (drops) {
         sqlite3_bind_int64(a->add_dropped, 1, minute_of(time_now_ms()));
@@ -256,15 +286,11 @@ static void sleep_ms(unsigned ms)
 static void write_batch(struct audit *a, const struct audit_record *recs, size_t n,
                         uint64_t drops)
 {
-    const struct audit_record **by_key = xmalloc((n ? n : 1) * sizeof *by_key);
-    for (size_t i = 0; i < n; i++)
-        by_key[i] = &recs[i];
-    qsort(by_key, n, sizeof *by_key, cmp_key);
     unsigned wait_ms = RETRY_FIRST_MS;
     uint64_t stop_seen_us = 0;
     for (;;) {
         char err[256];
-        if (try_write(a, recs, by_key, n, drops, err, sizeof err) == 0) {
+        if (try_write(a, recs, n, drops, err, sizeof err) == 0) {
             set_error(a, "");
             break;
         }
@@ -281,18 +307,44 @@ static void write_batch(struct audit *a, const struct audit_record *recs, size_t
         sleep_ms(wait_ms);
         wait_ms = wait_ms * 2 < RETRY_MAX_MS ? wait_ms * 2 : RETRY_MAX_MS;
     }
-    free(by_key);
 }
 
-/* Delete raw rows older than the retention. A busy database just means trying
- * again at the next interval: pruning is never urgent. */
+/* Delete raw rows older than the retention. Rows are appended as exchanges
+ * finish, so id order is start order to within the longest exchange (an
+ * exchange still running when its neighbours finished is pruned at the next
+ * pass). Bisect the ids for the first row to keep, then delete below it in
+ * chunks, one transaction each, so that batches interleave. This needs no
+ * index on start_ms (schema 3). A busy database just means trying again at
+ * the next interval: pruning is never urgent. */
 static void prune(struct audit *a)
 {
     int64_t cutoff = time_now_ms() - a->retain_ms;
-    for (;;) {
-        sqlite3_bind_int64(a->prune, 1, cutoff);
-        sqlite3_bind_int(a->prune, 2, PRUNE_CHUNK);
-        if (run(a->prune) != 0 || sqlite3_changes(a->db) < PRUNE_CHUNK)
+    sqlite3_stmt *st = a->id_bounds;
+    if (sqlite3_step(st) != SQLITE_ROW || sqlite3_column_type(st, 0) == SQLITE_NULL) {
+        sqlite3_reset(st);
+        return;
+    }
+    int64_t lo = sqlite3_column_int64(st, 0), hi = sqlite3_column_int64(st, 1) + 1;
+    sqlite3_reset(st);
+    int64_t first = lo;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2, id = hi, start = cutoff;
+        sqlite3_bind_int64(a->id_probe, 1, mid);
+        if (sqlite3_step(a->id_probe) == SQLITE_ROW) {
+            id = sqlite3_column_int64(a->id_probe, 0);
+            start = sqlite3_column_int64(a->id_probe, 1);
+        }
+        sqlite3_reset(a->id_probe);
+        if (start < cutoff)
+            lo = id + 1;
+        else
+            hi = mid;
+    }
+    for (int64_t from = first; from < lo; from += PRUNE_CHUNK) {
+        int64_t to = from + PRUNE_CHUNK < lo ? from + PRUNE_CHUNK : lo;
+        sqlite3_bind_int64(a->prune, 1, from);
+        sqlite3_bind_int64(a->prune, 2, to);
+        if (run(a->prune) != 0)
             return;
     }
 }
@@ -362,7 +414,8 @@ static void *writer_main(void *arg)
 static void finalize_all(struct audit *a)
 {
     sqlite3_stmt *all[] = {a->begin,      a->commit,      a->rollback, a->insert_raw,
-                           a->add_minute, a->add_dropped, a->prune};
+                           a->add_minute, a->add_dropped, a->id_bounds, a->id_probe,
+                           a->prune};
     for (size_t i = 0; i < ARRAY_LEN(all); i++)
         sqlite3_finalize(all[i]);
 }
@@ -391,6 +444,7 @@ struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errle
         {&a->begin, "BEGIN IMMEDIATE"},     {&a->commit, "COMMIT"},
         {&a->rollback, "ROLLBACK"},         {&a->insert_raw, sql_insert_raw},
         {&a->add_minute, sql_add_minute},   {&a->add_dropped, sql_add_dropped},
+        {&a->id_bounds, sql_id_bounds},     {&a->id_probe, sql_id_probe},
         {&a->prune, sql_prune},
     };
     for (size_t i = 0; i < ARRAY_LEN(stmts); i++) {

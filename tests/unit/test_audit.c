@@ -418,6 +418,36 @@ static void test_retention_prunes_old_raw_rows(void)
     free(path);
 }
 
+/* Many rows, several prune chunks, and ids with holes: the bisection finds
+ * the first row to keep, and every older one goes. */
+static void test_retention_across_chunks_and_gaps(void)
+{
+    char *path = new_db_path();
+    struct audit *a = open_audit(path, AUDIT_LOG_ALL, 0, 0);
+    int64_t now = time_now_ms();
+    enum { OLD = 23456, NEW = 3210 };
+    struct audit_record *r = xmalloc((OLD + NEW) * sizeof *r);
+    for (int i = 0; i < OLD; i++)
+        r[i] = rec(now - 5 * 3600000 + i, "old.example", 200, 200, "", "");
+    for (int i = 0; i < NEW; i++)
+        r[OLD + i] = rec(now - 1000 + i % 1000, "new.example", 200, 200, "", "");
+    audit_submit(a, r, OLD + NEW);
+    audit_close(a);
+    free(r);
+    sqlite3 *db;
+    sqlite3_open(path, &db);
+    sqlite3_exec(db, "DELETE FROM exchanges WHERE id % 7 = 3", NULL, NULL, NULL);
+    sqlite3_close(db);
+    int64_t old_left = query(path, "SELECT count(*) FROM exchanges WHERE host = 'old.example'");
+    int64_t new_left = query(path, "SELECT count(*) FROM exchanges WHERE host = 'new.example'");
+    CHECK(old_left > 20000);
+    a = open_audit(path, AUDIT_LOG_ALL, 3600000, 0);
+    audit_close(a);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchanges WHERE host = 'old.example'"), 0);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchanges WHERE host = 'new.example'"), new_left);
+    free(path);
+}
+
 static void test_close_flushes_everything(void)
 {
     char *path = new_db_path();
@@ -526,6 +556,7 @@ int main(int argc, char **argv)
     RUN(test_overflow_counted_and_stored);
     RUN(test_lock_held_2s_loses_nothing);
     RUN(test_retention_prunes_old_raw_rows);
+    RUN(test_retention_across_chunks_and_gaps);
     RUN(test_close_flushes_everything);
     RUN(test_flush_makes_records_visible);
     RUN(test_concurrent_submitters);
