@@ -1027,6 +1027,24 @@ static void on_request_done(struct conn *c)
 }
 
 /* A request that llhttp refused: answer and close. */
+/* Answer CODE to a connection that has no request under way (a head that
+ * could not be parsed or did not come in time, a connection over the limit),
+ * record it with ERROR, and close. */
+static void answer_and_close(struct conn *c, int code, const char *error, const char *extra)
+{
+    exchange_begin(c);
+    c->phase = PH_EXCHANGE;
+    if (c->req.target_len)
+        str_copy(c->x.method_name, sizeof c->x.method_name,
+                 http_method_str(llhttp_get_method(&c->parser)));
+    c->x.req = REQ_DONE;
+    c->x.sink = SINK_DISCARD;
+    c->close_after = 1;
+    conn_set_error(c, error);
+    conn_answer(c, code, NULL, extra, NULL);
+    conn_maybe_finish(c);
+}
+
 static void request_parse_error(struct conn *c, llhttp_errno_t err)
 {
     int status = c->parse_status ? c->parse_status : 400;
@@ -1049,17 +1067,7 @@ static void request_parse_error(struct conn *c, llhttp_errno_t err)
         return;
     }
     UNUSED(err);
-    /* No exchange yet: record one for the refused request. */
-    exchange_begin(c);
-    c->phase = PH_EXCHANGE;
-    snprintf(c->x.method_name, sizeof c->x.method_name, "%s",
-             c->req.target_len ? http_method_str(llhttp_get_method(&c->parser)) : "");
-    c->x.req = REQ_DONE;
-    c->x.sink = SINK_DISCARD;
-    c->close_after = 1;
-    conn_set_error(c, "bad_request");
-    conn_answer(c, status, NULL, NULL, NULL);
-    conn_maybe_finish(c);
+    answer_and_close(c, status, "bad_request", NULL);
 }
 
 /* Feed pending client bytes to the request parser while the state allows.
@@ -1134,14 +1142,7 @@ static void on_timer(struct deadline *d)
         __attribute__((fallthrough));
     case PH_HEAD:
         /* The head did not arrive in time (RFC 9110 §15.5.9). */
-        exchange_begin(c);
-        c->phase = PH_EXCHANGE;
-        c->x.req = REQ_DONE;
-        c->x.sink = SINK_DISCARD;
-        c->close_after = 1;
-        conn_set_error(c, "header_timeout");
-        conn_answer(c, 408, NULL, NULL, NULL);
-        conn_maybe_finish(c);
+        answer_and_close(c, 408, "header_timeout", NULL);
         break;
     case PH_LINGER:
         conn_close(c, CLOSE_NOW);
@@ -1190,14 +1191,7 @@ int conn_accept(struct worker *w, uv_stream_t *server)
     arm_timer(c, w->opts->header_timeout_ms);
     if ((int)w->nconns > (w->opts->max_connections + w->nworkers - 1) / w->nworkers) {
         /* Over the limit: a short answer instead of silence. */
-        exchange_begin(c);
-        c->phase = PH_EXCHANGE;
-        c->x.req = REQ_DONE;
-        c->x.sink = SINK_DISCARD;
-        c->close_after = 1;
-        conn_set_error(c, "max_connections");
-        conn_answer(c, 503, NULL, "Retry-After: 1\r\n", NULL);
-        conn_maybe_finish(c);
+        answer_and_close(c, 503, "max_connections", "Retry-After: 1\r\n");
         return 0;
     }
     conn_update_reading(c);

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "target.h"
 #include "units.h"
 #include "util.h"
 
@@ -144,45 +145,9 @@ int options_parse_upstream(const char *text, char *host, size_t hostlen, int *po
         *why = "expected http://HOST:PORT without a path";
         return -1;
     }
-    const char *host_start = auth, *host_end, *port_start = NULL;
-    if (*auth == '[') {
-        host_start = auth + 1;
-        host_end = memchr(auth, ']', (size_t)(end - auth));
-        if (!host_end)
-            return -1;
-        if (host_end + 1 < end) {
-            if (host_end[1] != ':')
-                return -1;
-            port_start = host_end + 2;
-        }
-    } else {
-        host_end = memchr(auth, ':', (size_t)(end - auth));
-        if (host_end)
-            port_start = host_end + 1;
-        else
-            host_end = end;
-    }
-    size_t hlen = (size_t)(host_end - host_start);
-    if (hlen == 0 || hlen >= hostlen)
+    /* The same authority grammar as a request's (target.c). */
+    if (target_parse_authority(auth, (size_t)(end - auth), host, hostlen, port, 80) != 0)
         return -1;
-    for (size_t i = 0; i < hlen; i++) {
-        char c = host_start[i];
-        if (!(isalnum((unsigned char)c) || c == '.' || c == '-' || c == ':' || c == '_'))
-            return -1;
-        host[i] = (char)tolower((unsigned char)c);
-    }
-    host[hlen] = '\0';
-    *port = 80;
-    if (port_start) {
-        char pbuf[8];
-        size_t plen = (size_t)(end - port_start);
-        if (plen == 0 || plen >= sizeof pbuf)
-            return -1;
-        memcpy(pbuf, port_start, plen);
-        pbuf[plen] = '\0';
-        if (parse_port(pbuf, port) != 0 || *port == 0)
-            return -1;
-    }
     return 0;
 }
 
