@@ -52,6 +52,8 @@ import threading
 import time
 import urllib.parse
 
+from fields import FieldList
+
 # ---------------------------------------------------------------------------
 # Deterministic body bytes: a pseudo-random block whose length is not a power
 # of two, repeated.  A lost, duplicated or reordered piece changes the sha256.
@@ -178,7 +180,7 @@ class _Reader:
             n -= k
 
 
-class Request:
+class Request(FieldList):
     def __init__(self):
         self.method = self.target = self.version = None
         self.headers = []
@@ -191,22 +193,8 @@ class Request:
         self.query = {}
         self.bad = None
 
-    def get(self, name, default=None):
-        name = name.lower()
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return default
 
-    def get_all(self, name):
-        name = name.lower()
-        return [v for n, v in self.headers if n.lower() == name]
 
-    def tokens(self, name):
-        out = []
-        for v in self.get_all(name):
-            out += [t.strip().lower() for t in v.split(",") if t.strip()]
-        return out
 
     def q(self, key, default=None):
         v = self.query.get(key)

@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import time
 
+from fields import FieldList
+
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer")
 
 
@@ -53,7 +55,7 @@ class ConnectionClosed(ProtocolError):
     """The connection closed before any byte of a response."""
 
 
-class Response:
+class Response(FieldList):
     def __init__(self):
         self.version = None
         self.status = None
@@ -70,25 +72,9 @@ class Response:
         self.interim = []         # 1xx responses before this one
         self.trailers = []
 
-    def get(self, name, default=None):
-        name = name.lower()
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return default
 
-    def get_all(self, name):
-        name = name.lower()
-        return [v for n, v in self.headers if n.lower() == name]
 
-    def has(self, name):
-        return any(n.lower() == name.lower() for n, _ in self.headers)
 
-    def tokens(self, name):
-        out = []
-        for v in self.get_all(name):
-            out += [t.strip().lower() for t in v.split(",") if t.strip()]
-        return out
 
     def __repr__(self):
         return "<Response %s %r %r body=%d%s>" % (
