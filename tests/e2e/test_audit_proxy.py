@@ -36,6 +36,8 @@ import pytest
 
 from helpers import ConnectionClosed, HttpConn, ProtocolError, free_port
 
+from report_model import VIEWS, expected_rows, minute_of_ms
+
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = sorted((REPO / "migrations").glob("[0-9]*_*.sql"))
 CLIENT = "127.0.0.1"
@@ -90,62 +92,11 @@ def dropped_total(db):
     return scalar(db, "SELECT coalesce(sum(count), 0) FROM dropped")
 
 
-def klass(code):
-    if code is None:
-        return None
-    return "%dxx" % (code // 100) if 100 <= code <= 599 else "invalid"
-
-
-def nulls_last(v):
-    return (v is None, v if v is not None else 0)
-
-
-def minute_of(ms):
-    return datetime.fromtimestamp(ms // 60000 * 60, timezone.utc).strftime("%Y-%m-%dT%H:%M:00Z")
-
-
 def expect_view(view, recs, names=None):
-    """DESIGN §6 rows for RECS, dicts with host, upstream, final, rule (and
-    start_ms for the minute view)."""
-    total = len(recs)
-    if view == "code":
-        c = Counter(r["final"] for r in recs)
-        rows = [{"code": k, "name": names.get(k) if k is not None else None,
-                 "class": klass(k), "count": n, "share": n / total} for k, n in c.items()]
-        return sorted(rows, key=lambda r: (-r["count"], nulls_last(r["code"])))
-    if view == "class":
-        c = Counter(klass(r["final"]) for r in recs)
-        rows = [{"class": k, "count": n, "share": n / total} for k, n in c.items()]
-        return sorted(rows, key=lambda r: (-r["count"], r["class"] is None, r["class"] or ""))
-    if view in ("host", "minute"):
-        keyf = (lambda r: r["host"]) if view == "host" else (lambda r: minute_of(r["start_ms"]))
-        rows = {}
-        for r in recs:
-            k = keyf(r)
-            row = rows.setdefault(k, {view: k, "count": 0, "1xx": 0, "2xx": 0, "3xx": 0,
-                                      "4xx": 0, "5xx": 0})
-            row["count"] += 1
-            if klass(r["final"]) in ("1xx", "2xx", "3xx", "4xx", "5xx"):
-                row[klass(r["final"])] += 1
-        if view == "host":
-            return sorted(rows.values(), key=lambda r: (-r["count"], r["host"]))
-        return sorted(rows.values(), key=lambda r: r["minute"])
-    if view == "rule":
-        c = Counter(r["rule"] for r in recs if r["rule"])
-        return sorted(({"rule": k, "count": n} for k, n in c.items()),
-                      key=lambda r: (-r["count"], r["rule"]))
-    if view == "rewrite":
-        c = Counter((r["upstream"], r["final"], r["rule"]) for r in recs
-                    if r["upstream"] is None or r["upstream"] != r["final"] or r["rule"])
-        rows = [{"upstream_code": u, "code": f, "rule": ru, "count": n}
-                for (u, f, ru), n in c.items()]
-        return sorted(rows, key=lambda r: (-r["count"], nulls_last(r["upstream_code"]),
-                                           nulls_last(r["code"]), r["rule"] is None,
-                                           r["rule"] or ""))
-    raise ValueError(view)
-
-
-VIEWS = ["code", "class", "host", "rule", "rewrite", "minute"]
+    """DESIGN §6 rows for RECS, dicts with host, upstream, final, rule and
+    start_ms."""
+    return expected_rows(view, [dict(r, minute=minute_of_ms(r["start_ms"])) if "start_ms" in r
+                                else r for r in recs], names)
 
 
 def approx_shares(rows):

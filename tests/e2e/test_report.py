@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from report_model import VIEWS, expected_rows, klass, minute_of_ms
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("STATUSPROXY_BIN", REPO / "build" / "statusproxy")).resolve()
 FEED = BIN.parent / "tests" / "audit_feed"
@@ -81,16 +83,6 @@ def digest(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def klass(code):
-    if code is None:
-        return None
-    return "%dxx" % (code // 100) if 100 <= code <= 599 else "invalid"
-
-
-def nulls_last(v):
-    return (v is None, v if v is not None else 0)
-
-
 # ------------------------------------------------------- the known mix
 
 T0 = datetime(2026, 11, 24, 10, 0, 0, tzinfo=timezone.utc)
@@ -141,45 +133,16 @@ def codes_catalogue():
 
 def expect(view, recs, names=None):
     """The rows DESIGN §6 asks for, computed from the records."""
-    total = len(recs)
-    if view == "code":
-        c = Counter(r.final for r in recs)
-        rows = [{"code": k, "name": names.get(k) if k is not None else None, "class": klass(k),
-                 "count": n, "share": n / total} for k, n in c.items()]
-        return sorted(rows, key=lambda r: (-r["count"], nulls_last(r["code"])))
-    if view == "class":
-        c = Counter(klass(r.final) for r in recs)
-        rows = [{"class": k, "count": n, "share": n / total} for k, n in c.items()]
-        return sorted(rows, key=lambda r: (-r["count"], r["class"] is None, r["class"] or ""))
-    if view in ("host", "minute"):
-        keyf = (lambda r: r.host) if view == "host" else \
-            (lambda r: r.start.strftime("%Y-%m-%dT%H:%M:00Z"))
-        rows = {}
-        for r in recs:
-            row = rows.setdefault(keyf(r), {view: keyf(r), "count": 0, "1xx": 0, "2xx": 0,
-                                            "3xx": 0, "4xx": 0, "5xx": 0})
-            row["count"] += 1
-            if klass(r.final) in row and klass(r.final) != "count":
-                row[klass(r.final)] += 1
-        if view == "host":
-            return sorted(rows.values(), key=lambda r: (-r["count"], r["host"]))
-        return sorted(rows.values(), key=lambda r: r["minute"])
-    if view == "rule":
-        c = Counter(r.rule for r in recs if r.rule)
-        return sorted(({"rule": k, "count": n} for k, n in c.items()),
-                      key=lambda r: (-r["count"], r["rule"]))
-    if view == "rewrite":
-        c = Counter((r.upstream, r.final, r.rule) for r in recs
-                    if r.upstream is None or r.upstream != r.final or r.rule)
-        rows = [{"upstream_code": u, "code": f, "rule": ru, "count": n}
-                for (u, f, ru), n in c.items()]
-        return sorted(rows, key=lambda r: (-r["count"], nulls_last(r["upstream_code"]),
-                                           nulls_last(r["code"]), r["rule"] is None,
-                                           r["rule"] or ""))
-    raise ValueError(view)
+    def minute(start):  # a datetime, or Unix ms
+        if isinstance(start, datetime):
+            return start.strftime("%Y-%m-%dT%H:%M:00Z")
+        return minute_of_ms(start)
+    return expected_rows(view, [{"host": r.host, "upstream": r.upstream, "final": r.final,
+                                 "rule": r.rule, "minute": minute(r.start)} for r in recs],
+                         names)
 
 
-VIEWS = ["code", "class", "host", "rule", "rewrite", "minute"]
+
 
 
 @pytest.fixture(scope="module")
