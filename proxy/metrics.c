@@ -192,37 +192,50 @@ void metrics_local_free(struct metrics_local *l)
     free(l);
 }
 
-int metrics_is_upstream_error(const char *error)
+static int is_upstream_error(const char *error, size_t len)
 {
     static const char *const names[] = {"connect_refused", "connect_timeout", "connect_failed",
                                         "unreachable",     "dns",             "timeout",
                                         "bad_response",    "invalid_status",  "upstream_closed",
                                         "upstream_reset"};
     for (size_t i = 0; i < ARRAY_LEN(names); i++)
-        if (strcmp(error, names[i]) == 0)
+        if (strlen(names[i]) == len && memcmp(error, names[i], len) == 0)
             return 1;
     return 0;
 }
 
-void metrics_record(struct metrics_local *l, const struct audit_record *r, const char *also_rule)
+int metrics_is_upstream_error(const char *error)
 {
-    char key[160];
+    return is_upstream_error(error, strlen(error));
+}
+
+void metrics_record(struct metrics_local *l, const struct audit_entry *e, const char *also_rule)
+{
+    char key[160], rule[AUDIT_MAX_RULE + 1];
+    size_t rlen = e->rule.len < AUDIT_MAX_RULE ? e->rule.len : AUDIT_MAX_RULE;
+    memcpy(rule, e->rule.s, rlen);
+    rule[rlen] = '\0';
     size_t k = 0;
-    if (r->final_code >= 0)
-        k += str_dec(key + k, (uint64_t)r->final_code);
+    if (e->final_code >= 0)
+        k += str_dec(key + k, (uint64_t)e->final_code);
     key[k++] = '\t';
-    if (r->upstream_code >= 0)
-        k += str_dec(key + k, (uint64_t)r->upstream_code);
+    if (e->upstream_code >= 0)
+        k += str_dec(key + k, (uint64_t)e->upstream_code);
     key[k++] = '\t';
-    str_copy(key + k, sizeof key - k, r->rule);
+    memcpy(key + k, rule, rlen + 1);
     countmap_add(&l->c.responses, key, 1);
-    if (r->rule[0])
-        countmap_add(&l->c.rules, r->rule, 1);
+    if (rlen)
+        countmap_add(&l->c.rules, rule, 1);
     if (also_rule && also_rule[0])
         countmap_add(&l->c.rules, also_rule, 1);
-    if (r->error[0] && metrics_is_upstream_error(r->error))
-        countmap_add(&l->c.errors, r->error, 1);
-    double secs = (double)r->duration_us / 1e6;
+    if (e->error.len && is_upstream_error(e->error.s, e->error.len)) {
+        char error[AUDIT_MAX_ERROR + 1];
+        size_t elen = e->error.len < AUDIT_MAX_ERROR ? e->error.len : AUDIT_MAX_ERROR;
+        memcpy(error, e->error.s, elen);
+        error[elen] = '\0';
+        countmap_add(&l->c.errors, error, 1);
+    }
+    double secs = (double)e->duration_us / 1e6;
     size_t b = 0;
     while (b < NBUCKETS && secs > bucket_bounds[b])
         b++;
