@@ -7,9 +7,11 @@
  * pointer appended, an emptied batch taken back; no copy, no SQLite, no
  * I/O). The writer thread wakes every WAKE_INTERVAL_MS, or early when a batch
  * is waiting, takes the queued batches and writes them in one transaction:
- * raw rows as the mode allows, per-minute aggregates always, and the count of
- * records the full queue turned away. Then it gives the batches back for
- * reuse. A failed transaction (the database locked by another
+ * raw rows as the mode allows (one INSERT ... SELECT over a virtual table
+ * that reads the batches, so SQLite runs one statement per transaction rather
+ * than one per row with thirteen binds), per-minute aggregates always, and
+ * the count of records the full queue turned away. Then it gives the batches
+ * back for reuse. A failed transaction (the database locked by another
  * process, a full disk) is rolled back whole and retried, so a record is
  * written exactly once or, if closing gives up, counted as lost.
  */
@@ -87,6 +89,7 @@ struct audit {
     pthread_t thread;
 
     /* The writer thread's own. */
+    const struct audit_batch *writing; /* what the audit_pending table reads */
     struct agg *aggs;               /* open addressing, kept from batch to batch */
     size_t agg_cap;
     uint32_t *agg_used;             /* slots in use, in order of first use */
@@ -110,10 +113,13 @@ struct audit {
     _Atomic uint64_t dropped;       /* lost so far: queue full, or given up at close */
 };
 
+/* Raw rows come from the audit_pending virtual table (below), which reads
+ * the batches being written. */
 static const char sql_insert_raw[] =
     "INSERT INTO exchanges (start_ms, client, method, host, path, upstream_code, final_code,"
     " rule, action, error, duration_us, bytes_in, bytes_out)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+    " SELECT start_ms, client, method, host, path, upstream_code, final_code,"
+    " rule, action, error, duration_us, bytes_in, bytes_out FROM audit_pending";
 
 static const char sql_add_minute[] =
     "INSERT INTO minute_stats (minute, host, upstream_code, final_code, rule, count,"
@@ -278,6 +284,8 @@ static void give_back_locked(struct audit *a, struct audit_batch *list)
     }
 }
 
+/* ---------- the audit_pending virtual table: the batches being written ---------- */
+
 /* Does the mode keep a raw row for P? Errors are what someone debugging a
  * failure wants: any 4xx/5xx on either side, no answer at all, or an error. */
 static int wants_raw(enum audit_mode mode, const struct packed *p)
@@ -294,6 +302,178 @@ static int wants_raw(enum audit_mode mode, const struct packed *p)
     return 0;
 }
 
+struct pending_vtab {
+    sqlite3_vtab base;
+    struct audit *a;
+};
+
+struct pending_cursor {
+    sqlite3_vtab_cursor base;
+    const struct audit *a;
+    const struct audit_batch *b;    /* NULL: past the end */
+    size_t off;                     /* of the current record in b */
+    sqlite3_int64 row;
+    const char *text[NTEXT];        /* the current record's strings */
+};
+
+enum {
+    COL_START_MS, COL_CLIENT, COL_METHOD, COL_HOST, COL_PATH, COL_UPSTREAM_CODE, COL_FINAL_CODE,
+    COL_RULE, COL_ACTION, COL_ERROR, COL_DURATION_US, COL_BYTES_IN, COL_BYTES_OUT
+};
+
+static int pending_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                           sqlite3_vtab **out, char **err)
+{
+    UNUSED(argc);
+    UNUSED(argv);
+    UNUSED(err);
+    int rc = sqlite3_declare_vtab(db, "CREATE TABLE x(start_ms, client, method, host, path,"
+                                      " upstream_code, final_code, rule, action, error,"
+                                      " duration_us, bytes_in, bytes_out)");
+    if (rc != SQLITE_OK)
+        return rc;
+    struct pending_vtab *v = sqlite3_malloc(sizeof *v);
+    if (!v)
+        return SQLITE_NOMEM;
+    memset(v, 0, sizeof *v);
+    v->a = aux;
+    *out = &v->base;
+    return SQLITE_OK;
+}
+
+static int pending_disconnect(sqlite3_vtab *v)
+{
+    sqlite3_free(v);
+    return SQLITE_OK;
+}
+
+static int pending_best_index(sqlite3_vtab *v, sqlite3_index_info *info)
+{
+    UNUSED(v);
+    info->estimatedCost = 1000;
+    info->estimatedRows = 1000;
+    return SQLITE_OK;
+}
+
+static int pending_open(sqlite3_vtab *v, sqlite3_vtab_cursor **out)
+{
+    struct pending_cursor *cur = sqlite3_malloc(sizeof *cur);
+    if (!cur)
+        return SQLITE_NOMEM;
+    memset(cur, 0, sizeof *cur);
+    cur->a = ((struct pending_vtab *)v)->a;
+    *out = &cur->base;
+    return SQLITE_OK;
+}
+
+static int pending_close(sqlite3_vtab_cursor *c)
+{
+    sqlite3_free(c);
+    return SQLITE_OK;
+}
+
+/* Settle on the first record at or after the cursor's position that the
+ * mode keeps. */
+static void settle(struct pending_cursor *cur)
+{
+    for (; cur->b; cur->b = cur->b->next, cur->off = 0) {
+        for (; cur->off < cur->b->len; cur->off += record_at(cur->b, cur->off)->size) {
+            const struct packed *p = record_at(cur->b, cur->off);
+            if (wants_raw(cur->a->mode, p)) {
+                locate(p, cur->text);
+                return;
+            }
+        }
+    }
+}
+
+static int pending_filter(sqlite3_vtab_cursor *c, int idx, const char *idx_str, int argc,
+                          sqlite3_value **argv)
+{
+    UNUSED(idx);
+    UNUSED(idx_str);
+    UNUSED(argc);
+    UNUSED(argv);
+    struct pending_cursor *cur = (struct pending_cursor *)c;
+    cur->b = cur->a->writing;
+    cur->off = 0;
+    cur->row = 0;
+    settle(cur);
+    return SQLITE_OK;
+}
+
+static int pending_next(sqlite3_vtab_cursor *c)
+{
+    struct pending_cursor *cur = (struct pending_cursor *)c;
+    cur->off += record_at(cur->b, cur->off)->size;
+    cur->row++;
+    settle(cur);
+    return SQLITE_OK;
+}
+
+static int pending_eof(sqlite3_vtab_cursor *c)
+{
+    return ((struct pending_cursor *)c)->b == NULL;
+}
+
+/* The strings are bound in place (SQLITE_STATIC): the batches outlive the
+ * statement. Absent codes and empty rule, action and error are NULL. */
+static int pending_column(sqlite3_vtab_cursor *c, sqlite3_context *ctx, int col)
+{
+    const struct pending_cursor *cur = (const struct pending_cursor *)c;
+    const struct packed *p = record_at(cur->b, cur->off);
+    int t;
+    switch (col) {
+    case COL_START_MS: sqlite3_result_int64(ctx, p->start_ms); return SQLITE_OK;
+    case COL_CLIENT: t = T_CLIENT; break;
+    case COL_METHOD: t = T_METHOD; break;
+    case COL_HOST: t = T_HOST; break;
+    case COL_PATH: t = T_PATH; break;
+    case COL_UPSTREAM_CODE:
+        if (p->upstream_code >= 0)
+            sqlite3_result_int(ctx, p->upstream_code);
+        return SQLITE_OK;
+    case COL_FINAL_CODE:
+        if (p->final_code >= 0)
+            sqlite3_result_int(ctx, p->final_code);
+        return SQLITE_OK;
+    case COL_RULE: t = T_RULE; break;
+    case COL_ACTION: t = T_ACTION; break;
+    case COL_ERROR: t = T_ERROR; break;
+    case COL_DURATION_US: sqlite3_result_int64(ctx, p->duration_us); return SQLITE_OK;
+    case COL_BYTES_IN: sqlite3_result_int64(ctx, (sqlite3_int64)p->bytes_in); return SQLITE_OK;
+    case COL_BYTES_OUT: sqlite3_result_int64(ctx, (sqlite3_int64)p->bytes_out); return SQLITE_OK;
+    default: return SQLITE_OK;
+    }
+    if (t >= T_RULE && p->len[t] == 0)
+        return SQLITE_OK; /* NULL */
+    sqlite3_result_text(ctx, cur->text[t], p->len[t], SQLITE_STATIC);
+    return SQLITE_OK;
+}
+
+static int pending_rowid(sqlite3_vtab_cursor *c, sqlite3_int64 *row)
+{
+    *row = ((const struct pending_cursor *)c)->row;
+    return SQLITE_OK;
+}
+
+/* Eponymous only (no xCreate): the table exists in the writer's connection
+ * as soon as the module is registered, and nowhere else. */
+static const sqlite3_module pending_module = {
+    .iVersion = 0,
+    .xConnect = pending_connect,
+    .xBestIndex = pending_best_index,
+    .xDisconnect = pending_disconnect,
+    .xDestroy = pending_disconnect,
+    .xOpen = pending_open,
+    .xClose = pending_close,
+    .xFilter = pending_filter,
+    .xNext = pending_next,
+    .xEof = pending_eof,
+    .xColumn = pending_column,
+    .xRowid = pending_rowid,
+};
+
 /* ---------- the writer ---------- */
 
 static int run(sqlite3_stmt *st)
@@ -301,35 +481,6 @@ static int run(sqlite3_stmt *st)
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
-}
-
-/* Strings are bound in place (SQLITE_STATIC): the batch outlives the step. */
-static int write_raw(struct audit *a, const struct packed *p)
-{
-    sqlite3_stmt *st = a->insert_raw;
-    const char *text[NTEXT];
-    locate(p, text);
-    sqlite3_bind_int64(st, 1, p->start_ms);
-    for (int i = T_CLIENT; i <= T_PATH; i++)
-        sqlite3_bind_text(st, 2 + i, text[i], p->len[i], SQLITE_STATIC);
-    if (p->upstream_code >= 0)
-        sqlite3_bind_int(st, 6, p->upstream_code);
-    else
-        sqlite3_bind_null(st, 6);
-    if (p->final_code >= 0)
-        sqlite3_bind_int(st, 7, p->final_code);
-    else
-        sqlite3_bind_null(st, 7);
-    for (int i = T_RULE; i <= T_ERROR; i++) {
-        if (p->len[i])
-            sqlite3_bind_text(st, 4 + i, text[i], p->len[i], SQLITE_STATIC);
-        else
-            sqlite3_bind_null(st, 4 + i);
-    }
-    sqlite3_bind_int64(st, 11, p->duration_us);
-    sqlite3_bind_int64(st, 12, (sqlite3_int64)p->bytes_in);
-    sqlite3_bind_int64(st, 13, (sqlite3_int64)p->bytes_out);
-    return run(st);
 }
 
 static uint64_t mix(uint64_t h, uint64_t w)
@@ -443,12 +594,12 @@ static int try_write(struct audit *a, const struct audit_batch *list, uint64_t d
 {
     if (run(a->begin) != 0)
         goto fail;
-    for (const struct audit_batch *b = list; b; b = b->next) {
-        for (size_t off = 0; off < b->len; off += record_at(b, off)->size) {
-            const struct packed *p = record_at(b, off);
-            if (wants_raw(a->mode, p) && write_raw(a, p) != 0)
-                goto fail;
-        }
+    if (list && a->mode != AUDIT_LOG_NONE) {
+        a->writing = list;
+        int rc = run(a->insert_raw);
+        a->writing = NULL;
+        if (rc != 0)
+            goto fail;
     }
     if (write_minutes(a, list) != 0)
         goto fail;
@@ -638,6 +789,10 @@ struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errle
     a->tail = &a->head;
     atomic_init(&a->dropped, 0);
 
+    if (sqlite3_create_module_v2(db, "audit_pending", &pending_module, a, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", cfg->db_path, sqlite3_errmsg(db));
+        goto fail;
+    }
     struct {
         sqlite3_stmt **st;
         const char *sql;
