@@ -427,14 +427,30 @@ void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade)
 
 void http_head_write(const struct http_head *h, struct sbuf *out)
 {
+    char line[512];
     for (uint32_t i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
         if (f->removed)
             continue;
-        sbuf_append(out, h->buf + f->name, f->name_len);
-        sbuf_append(out, ": ", 2);
-        sbuf_append(out, h->buf + f->value, f->value_len);
-        sbuf_append(out, "\r\n", 2);
+        size_t n = (size_t)f->name_len + f->value_len + 4;
+        if (n > sizeof line) {
+            sbuf_append(out, h->buf + f->name, f->name_len);
+            sbuf_append(out, ": ", 2);
+            sbuf_append(out, h->buf + f->value, f->value_len);
+            sbuf_append(out, "\r\n", 2);
+            continue;
+        }
+        /* One append per field: most lines are short. */
+        char *p = line;
+        memcpy(p, h->buf + f->name, f->name_len);
+        p += f->name_len;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, h->buf + f->value, f->value_len);
+        p += f->value_len;
+        *p++ = '\r';
+        *p++ = '\n';
+        sbuf_append(out, line, n);
     }
 }
 
