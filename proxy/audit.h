@@ -93,10 +93,11 @@ size_t audit_batch_count(const struct audit_batch *b);
 /* Free B and its records (NULL is fine). */
 void audit_batch_free(struct audit_batch *b);
 
-/* Hand B's records to the writer (thread-safe, no copy: B becomes the
- * writer's) and return an empty batch for the caller to fill next, recycled
- * from those the writer is done with. Records beyond the queue limit are
- * dropped, counted and stored; *LOST gets how many. */
+/* Hand B's records to the writer (thread-safe; no copy: B becomes the
+ * writer's) and return an empty batch, never NULL, for the caller to fill
+ * next (recycled from those the writer is done with). When the queue has room
+ * for only part of B, its first records are taken and the rest dropped,
+ * counted and stored; *LOST gets how many were dropped. */
 struct audit_batch *audit_submit_batch(struct audit *a, struct audit_batch *b, size_t *lost);
 
 /* Hand N records to the writer (thread-safe; copies them). Returns how many
