@@ -1,14 +1,19 @@
 /*
  * audit — the writer thread behind the exchange log.
  *
- * Event loops append copies of their records to one bounded queue under a
- * mutex (audit_submit: one short hold per call, no SQLite, no I/O). The writer
- * thread wakes every WAKE_INTERVAL_MS, or early when a batch is waiting, swaps
- * the queue for an empty buffer and writes what it took in one transaction:
- * raw rows as the mode allows, per-minute aggregates always, and the count of
- * records the full queue turned away. A failed transaction (the database
- * locked by another process, a full disk) is rolled back whole and retried, so
- * a record is written exactly once or, if closing gives up, counted as lost.
+ * Event loops fill batches of packed records (audit_batch_add: the numbers
+ * and the strings' bytes, about a hundred bytes a record) and hand each
+ * whole batch to one bounded queue under a mutex (audit_submit_batch: a
+ * pointer appended, an emptied batch taken back; no copy, no SQLite, no
+ * I/O). The writer thread wakes every WAKE_INTERVAL_MS, or early when a batch
+ * is waiting, takes the queued batches and writes them in one transaction:
+ * raw rows as the mode allows (one INSERT ... SELECT over a virtual table
+ * that reads the batches, so SQLite runs one statement per transaction rather
+ * than one per row with thirteen binds), per-minute aggregates always, and
+ * the count of records the full queue turned away. Then it gives the batches
+ * back for reuse. A failed transaction (the database locked by another
+ * process, a full disk) is rolled back whole and retried, so a record is
+ * written exactly once or, if closing gives up, counted as lost.
  */
 #include "audit.h"
 
@@ -34,7 +39,42 @@
 #define RETRY_FIRST_MS 10
 #define RETRY_MAX_MS 500
 #define CLOSE_GIVE_UP_MS 10000      /* how long closing keeps retrying a failing write */
-#define KEEP_SPARE_RECORDS 8192     /* a swap buffer beyond this shrinks after a burst */
+#define BATCH_FIRST_BYTES 16384     /* a new batch's room: ~150 typical records */
+#define KEEP_BATCH_BYTES (1 << 20)  /* a batch grown past this is freed after a burst */
+#define KEEP_FREE_BATCHES 64        /* emptied batches kept for reuse */
+
+/* The strings of a record, in the order they are packed. */
+enum { T_CLIENT, T_METHOD, T_HOST, T_PATH, T_RULE, T_ACTION, T_ERROR, NTEXT };
+
+/* One record in a batch's buffer: this header, then the strings' bytes back
+ * to back (no terminators), padded so that the next header is aligned. */
+struct packed {
+    int64_t start_ms;
+    int64_t duration_us;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    int32_t upstream_code;
+    int32_t final_code;
+    uint16_t size;                  /* bytes of the whole record, padding included */
+    uint16_t len[NTEXT];
+    char text[];
+};
+
+struct audit_batch {
+    struct audit_batch *next;       /* in the queue or the free list */
+    size_t n;                       /* records */
+    size_t len, cap;                /* bytes of buf used, allocated */
+    char *buf;                      /* packed records (malloc's alignment suffices) */
+};
+
+/* One aggregate row being summed: the key of its first record, and sums. */
+struct agg {
+    const struct packed *first;     /* NULL: a free slot */
+    const char *host, *rule;
+    uint64_t hash;
+    int64_t minute;
+    int64_t count, duration, in, out;
+};
 
 struct audit {
     /* Fixed at open. */
@@ -48,11 +88,21 @@ struct audit {
     sqlite3_stmt *id_bounds, *id_probe, *prune;
     pthread_t thread;
 
+    /* The writer thread's own. */
+    const struct audit_batch *writing; /* what the audit_pending table reads */
+    struct agg *aggs;               /* open addressing, kept from batch to batch */
+    size_t agg_cap;
+    uint32_t *agg_used;             /* slots in use, in order of first use */
+    size_t agg_nused;
+
     pthread_mutex_t mu;             /* guards everything below but `dropped` */
     pthread_cond_t wake;            /* the writer waits here (monotonic clock) */
     pthread_cond_t written;         /* audit_flush waits here for a finished batch */
-    struct audit_record *queue;     /* submitted, not yet taken by the writer */
-    size_t len, cap;
+    struct audit_batch *head;       /* submitted, not yet taken by the writer (FIFO) */
+    struct audit_batch **tail;
+    size_t len;                     /* records in those batches */
+    struct audit_batch *spare;      /* emptied batches for submitters to take */
+    unsigned nspare;
     uint64_t unstored_drops;        /* lost records not yet in the dropped table */
     uint64_t batches_taken;         /* batches the writer has taken from the queue */
     uint64_t batches_done;          /* of those, written or given up */
@@ -63,10 +113,13 @@ struct audit {
     _Atomic uint64_t dropped;       /* lost so far: queue full, or given up at close */
 };
 
+/* Raw rows come from the audit_pending virtual table (below), which reads
+ * the batches being written. */
 static const char sql_insert_raw[] =
     "INSERT INTO exchanges (start_ms, client, method, host, path, upstream_code, final_code,"
     " rule, action, error, duration_us, bytes_in, bytes_out)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+    " SELECT start_ms, client, method, host, path, upstream_code, final_code,"
+    " rule, action, error, duration_us, bytes_in, bytes_out FROM audit_pending";
 
 static const char sql_add_minute[] =
     "INSERT INTO minute_stats (minute, host, upstream_code, final_code, rule, count,"
@@ -94,28 +147,334 @@ static int64_t minute_of(int64_t unix_ms)
     return m * 60;
 }
 
-/* Does the mode keep a raw row for R? Errors are what someone debugging a
+/* ---------- batches ---------- */
+
+struct audit_batch *audit_batch_new(void)
+{
+    struct audit_batch *b = xcalloc(1, sizeof *b);
+    b->cap = BATCH_FIRST_BYTES;
+    b->buf = xmalloc(b->cap);
+    return b;
+}
+
+void audit_batch_free(struct audit_batch *b)
+{
+    if (!b)
+        return;
+    free(b->buf);
+    free(b);
+}
+
+size_t audit_batch_count(const struct audit_batch *b)
+{
+    return b->n;
+}
+
+static void batch_clear(struct audit_batch *b)
+{
+    b->n = 0;
+    b->len = 0;
+}
+
+/* Append a record whose strings are T[i] cut to LEN[i] bytes. */
+static size_t pack(struct audit_batch *b, const struct audit_entry *e,
+                   const struct audit_text *const t[NTEXT], const size_t len[NTEXT])
+{
+    size_t text = 0;
+    for (int i = 0; i < NTEXT; i++)
+        text += len[i];
+    size_t size = (sizeof(struct packed) + text + 7) & ~(size_t)7;
+    assert(size <= UINT16_MAX);
+    if (b->len + size > b->cap) {
+        size_t cap = b->cap * 2;
+        while (cap < b->len + size)
+            cap *= 2;
+        b->buf = xrealloc(b->buf, cap);
+        b->cap = cap;
+    }
+    struct packed *p = (struct packed *)(b->buf + b->len);
+    p->start_ms = e->start_ms;
+    p->duration_us = e->duration_us;
+    p->bytes_in = e->bytes_in;
+    p->bytes_out = e->bytes_out;
+    p->upstream_code = e->upstream_code >= 0 ? e->upstream_code : -1;
+    p->final_code = e->final_code >= 0 ? e->final_code : -1;
+    p->size = (uint16_t)size;
+    char *o = p->text;
+    for (int i = 0; i < NTEXT; i++) {
+        p->len[i] = (uint16_t)len[i];
+        if (len[i])
+            memcpy(o, t[i]->s, len[i]);
+        o += len[i];
+    }
+    b->len += size;
+    return ++b->n;
+}
+
+static size_t cut_to(size_t len, size_t max)
+{
+    return len < max ? len : max;
+}
+
+size_t audit_batch_add(struct audit_batch *b, const struct audit_entry *e)
+{
+    static const size_t max[NTEXT] = {AUDIT_MAX_CLIENT, AUDIT_MAX_METHOD, AUDIT_MAX_HOST,
+                                      AUDIT_MAX_PATH,   AUDIT_MAX_RULE,   AUDIT_MAX_ACTION,
+                                      AUDIT_MAX_ERROR};
+    const struct audit_text *const t[NTEXT] = {&e->client, &e->method, &e->host, &e->path,
+                                               &e->rule,   &e->action, &e->error};
+    size_t len[NTEXT];
+    for (int i = 0; i < NTEXT; i++)
+        len[i] = cut_to(t[i]->len, max[i]);
+    return pack(b, e, t, len);
+}
+
+/* The record at byte OFF of B, and where each of its strings starts. */
+static const struct packed *record_at(const struct audit_batch *b, size_t off)
+{
+    return (const struct packed *)(b->buf + off);
+}
+
+static void locate(const struct packed *p, const char *text[NTEXT])
+{
+    const char *o = p->text;
+    for (int i = 0; i < NTEXT; i++) {
+        text[i] = o;
+        o += p->len[i];
+    }
+}
+
+/* Keep the first N records of B. */
+static void batch_keep(struct audit_batch *b, size_t n)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++)
+        off += record_at(b, off)->size;
+    b->n = n;
+    b->len = off;
+}
+
+/* Take an emptied batch for reuse, or NULL; mu held. */
+static struct audit_batch *take_spare_locked(struct audit *a)
+{
+    struct audit_batch *b = a->spare;
+    if (b) {
+        a->spare = b->next;
+        a->nspare--;
+        b->next = NULL;
+    }
+    return b;
+}
+
+/* Give LIST's batches back for reuse, emptied; those beyond what is kept
+ * (or grown large by a burst) are freed. mu held. */
+static void give_back_locked(struct audit *a, struct audit_batch *list)
+{
+    while (list) {
+        struct audit_batch *b = list;
+        list = b->next;
+        if (a->nspare >= KEEP_FREE_BATCHES || b->cap > KEEP_BATCH_BYTES) {
+            audit_batch_free(b);
+            continue;
+        }
+        batch_clear(b);
+        b->next = a->spare;
+        a->spare = b;
+        a->nspare++;
+    }
+}
+
+/* ---------- the audit_pending virtual table: the batches being written ---------- */
+
+/* Does the mode keep a raw row for P? Errors are what someone debugging a
  * failure wants: any 4xx/5xx on either side, no answer at all, or an error. */
-static int wants_raw(enum audit_mode mode, const struct audit_record *r)
+static int wants_raw(enum audit_mode mode, const struct packed *p)
 {
     switch (mode) {
     case AUDIT_LOG_ALL:
         return 1;
     case AUDIT_LOG_ERRORS:
-        return r->final_code < 0 || r->final_code >= 400 || r->upstream_code >= 400 ||
-               r->error[0] != '\0';
+        return p->final_code < 0 || p->final_code >= 400 || p->upstream_code >= 400 ||
+               p->len[T_ERROR] != 0;
     case AUDIT_LOG_NONE:
         break;
     }
     return 0;
 }
 
-/* Bind a fixed-size field as text: the caller promised NUL termination, but a
- * record is outside data to this thread, so never read past the array. */
-#define BIND_FIELD(st, i, field) \
-    sqlite3_bind_text((st), (i), (field), (int)strnlen((field), sizeof(field)), SQLITE_STATIC)
-#define BIND_FIELD_OR_NULL(st, i, field)                                                           \
-    ((field)[0] ? BIND_FIELD(st, i, field) : sqlite3_bind_null((st), (i)))
+struct pending_vtab {
+    sqlite3_vtab base;
+    struct audit *a;
+};
+
+struct pending_cursor {
+    sqlite3_vtab_cursor base;
+    const struct audit *a;
+    const struct audit_batch *b;    /* NULL: past the end */
+    size_t off;                     /* of the current record in b */
+    sqlite3_int64 row;
+    const char *text[NTEXT];        /* the current record's strings */
+};
+
+enum {
+    COL_START_MS, COL_CLIENT, COL_METHOD, COL_HOST, COL_PATH, COL_UPSTREAM_CODE, COL_FINAL_CODE,
+    COL_RULE, COL_ACTION, COL_ERROR, COL_DURATION_US, COL_BYTES_IN, COL_BYTES_OUT
+};
+
+static int pending_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
+                           sqlite3_vtab **out, char **err)
+{
+    UNUSED(argc);
+    UNUSED(argv);
+    UNUSED(err);
+    int rc = sqlite3_declare_vtab(db, "CREATE TABLE x(start_ms, client, method, host, path,"
+                                      " upstream_code, final_code, rule, action, error,"
+                                      " duration_us, bytes_in, bytes_out)");
+    if (rc != SQLITE_OK)
+        return rc;
+    struct pending_vtab *v = sqlite3_malloc(sizeof *v);
+    if (!v)
+        return SQLITE_NOMEM;
+    memset(v, 0, sizeof *v);
+    v->a = aux;
+    *out = &v->base;
+    return SQLITE_OK;
+}
+
+static int pending_disconnect(sqlite3_vtab *v)
+{
+    sqlite3_free(v);
+    return SQLITE_OK;
+}
+
+static int pending_best_index(sqlite3_vtab *v, sqlite3_index_info *info)
+{
+    UNUSED(v);
+    info->estimatedCost = 1000;
+    info->estimatedRows = 1000;
+    return SQLITE_OK;
+}
+
+static int pending_open(sqlite3_vtab *v, sqlite3_vtab_cursor **out)
+{
+    struct pending_cursor *cur = sqlite3_malloc(sizeof *cur);
+    if (!cur)
+        return SQLITE_NOMEM;
+    memset(cur, 0, sizeof *cur);
+    cur->a = ((struct pending_vtab *)v)->a;
+    *out = &cur->base;
+    return SQLITE_OK;
+}
+
+static int pending_close(sqlite3_vtab_cursor *c)
+{
+    sqlite3_free(c);
+    return SQLITE_OK;
+}
+
+/* Settle on the first record at or after the cursor's position that the
+ * mode keeps. */
+static void settle(struct pending_cursor *cur)
+{
+    for (; cur->b; cur->b = cur->b->next, cur->off = 0) {
+        for (; cur->off < cur->b->len; cur->off += record_at(cur->b, cur->off)->size) {
+            const struct packed *p = record_at(cur->b, cur->off);
+            if (wants_raw(cur->a->mode, p)) {
+                locate(p, cur->text);
+                return;
+            }
+        }
+    }
+}
+
+static int pending_filter(sqlite3_vtab_cursor *c, int idx, const char *idx_str, int argc,
+                          sqlite3_value **argv)
+{
+    UNUSED(idx);
+    UNUSED(idx_str);
+    UNUSED(argc);
+    UNUSED(argv);
+    struct pending_cursor *cur = (struct pending_cursor *)c;
+    cur->b = cur->a->writing;
+    cur->off = 0;
+    cur->row = 0;
+    settle(cur);
+    return SQLITE_OK;
+}
+
+static int pending_next(sqlite3_vtab_cursor *c)
+{
+    struct pending_cursor *cur = (struct pending_cursor *)c;
+    cur->off += record_at(cur->b, cur->off)->size;
+    cur->row++;
+    settle(cur);
+    return SQLITE_OK;
+}
+
+static int pending_eof(sqlite3_vtab_cursor *c)
+{
+    return ((struct pending_cursor *)c)->b == NULL;
+}
+
+/* The strings are bound in place (SQLITE_STATIC): the batches outlive the
+ * statement. Absent codes and empty rule, action and error are NULL. */
+static int pending_column(sqlite3_vtab_cursor *c, sqlite3_context *ctx, int col)
+{
+    const struct pending_cursor *cur = (const struct pending_cursor *)c;
+    const struct packed *p = record_at(cur->b, cur->off);
+    int t;
+    switch (col) {
+    case COL_START_MS: sqlite3_result_int64(ctx, p->start_ms); return SQLITE_OK;
+    case COL_CLIENT: t = T_CLIENT; break;
+    case COL_METHOD: t = T_METHOD; break;
+    case COL_HOST: t = T_HOST; break;
+    case COL_PATH: t = T_PATH; break;
+    case COL_UPSTREAM_CODE:
+        if (p->upstream_code >= 0)
+            sqlite3_result_int(ctx, p->upstream_code);
+        return SQLITE_OK;
+    case COL_FINAL_CODE:
+        if (p->final_code >= 0)
+            sqlite3_result_int(ctx, p->final_code);
+        return SQLITE_OK;
+    case COL_RULE: t = T_RULE; break;
+    case COL_ACTION: t = T_ACTION; break;
+    case COL_ERROR: t = T_ERROR; break;
+    case COL_DURATION_US: sqlite3_result_int64(ctx, p->duration_us); return SQLITE_OK;
+    case COL_BYTES_IN: sqlite3_result_int64(ctx, (sqlite3_int64)p->bytes_in); return SQLITE_OK;
+    case COL_BYTES_OUT: sqlite3_result_int64(ctx, (sqlite3_int64)p->bytes_out); return SQLITE_OK;
+    default: return SQLITE_OK;
+    }
+    if (t >= T_RULE && p->len[t] == 0)
+        return SQLITE_OK; /* NULL */
+    sqlite3_result_text(ctx, cur->text[t], p->len[t], SQLITE_STATIC);
+    return SQLITE_OK;
+}
+
+static int pending_rowid(sqlite3_vtab_cursor *c, sqlite3_int64 *row)
+{
+    *row = ((const struct pending_cursor *)c)->row;
+    return SQLITE_OK;
+}
+
+/* Eponymous only (no xCreate): the table exists in the writer's connection
+ * as soon as the module is registered, and nowhere else. */
+static const sqlite3_module pending_module = {
+    .iVersion = 0,
+    .xConnect = pending_connect,
+    .xBestIndex = pending_best_index,
+    .xDisconnect = pending_disconnect,
+    .xDestroy = pending_disconnect,
+    .xOpen = pending_open,
+    .xClose = pending_close,
+    .xFilter = pending_filter,
+    .xNext = pending_next,
+    .xEof = pending_eof,
+    .xColumn = pending_column,
+    .xRowid = pending_rowid,
+};
+
+/* ---------- the writer ---------- */
 
 static int run(sqlite3_stmt *st)
 {
@@ -124,124 +483,125 @@ static int run(sqlite3_stmt *st)
     return rc == SQLITE_DONE || rc == SQLITE_ROW ? 0 : -1;
 }
 
-static int write_raw(struct audit *a, const struct audit_record *r)
+static uint64_t mix(uint64_t h, uint64_t w)
 {
-    sqlite3_stmt *st = a->insert_raw;
-    sqlite3_bind_int64(st, 1, r->start_ms);
-    BIND_FIELD(st, 2, r->client);
-    BIND_FIELD(st, 3, r->method);
-    BIND_FIELD(st, 4, r->host);
-    BIND_FIELD(st, 5, r->path);
-    if (r->upstream_code >= 0)
-        sqlite3_bind_int(st, 6, r->upstream_code);
-    else
-        sqlite3_bind_null(st, 6);
-    if (r->final_code >= 0)
-        sqlite3_bind_int(st, 7, r->final_code);
-    else
-        sqlite3_bind_null(st, 7);
-    BIND_FIELD_OR_NULL(st, 8, r->rule);
-    BIND_FIELD_OR_NULL(st, 9, r->action);
-    BIND_FIELD_OR_NULL(st, 10, r->error);
-    sqlite3_bind_int64(st, 11, r->duration_us);
-    sqlite3_bind_int64(st, 12, (sqlite3_int64)r->bytes_in);
-    sqlite3_bind_int64(st, 13, (sqlite3_int64)r->bytes_out);
-    return run(st);
+    h = (h ^ w) * 0x9e3779b97f4a7c15ull;
+    return h ^ (h >> 29);
 }
 
-/* The aggregate key of a record: absent codes are -1 (see 0001_init.sql). */
-static int key_code(int code)
+static uint64_t hash_bytes(uint64_t h, const char *s, size_t n)
 {
-    return code >= 0 ? code : -1;
+    for (; n >= 8; s += 8, n -= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = mix(h, w);
+    }
+    uint64_t w = 0;
+    if (n)
+        memcpy(&w, s, n);
+    return mix(h, w ^ ((uint64_t)n << 56));
 }
 
-static int same_key(const struct audit_record *a, const struct audit_record *b)
+static void agg_grow(struct audit *a)
 {
-    return minute_of(a->start_ms) == minute_of(b->start_ms) &&
-           key_code(a->upstream_code) == key_code(b->upstream_code) &&
-           key_code(a->final_code) == key_code(b->final_code) &&
-           strncmp(a->host, b->host, sizeof a->host) == 0 &&
-           strncmp(a->rule, b->rule, sizeof a->rule) == 0;
-}
-
-static uint64_t hash_key(const struct audit_record *r)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a over the key's parts */
-    uint64_t nums[3] = {(uint64_t)minute_of(r->start_ms), (uint64_t)key_code(r->upstream_code),
-                        (uint64_t)key_code(r->final_code)};
-    for (size_t i = 0; i < sizeof nums; i++)
-        h = (h ^ ((const unsigned char *)nums)[i]) * 1099511628211ull;
-    for (size_t i = 0; i < sizeof r->host && r->host[i]; i++)
-        h = (h ^ (unsigned char)r->host[i]) * 1099511628211ull;
-    h = (h ^ 0xff) * 1099511628211ull;
-    for (size_t i = 0; i < sizeof r->rule && r->rule[i]; i++)
-        h = (h ^ (unsigned char)r->rule[i]) * 1099511628211ull;
-    return h;
-}
-
-/* One aggregate row being summed: the first record with that key, and sums. */
-struct agg {
-    const struct audit_record *first;
-    int64_t count, duration, in, out;
-};
-
-/* Sum the batch per aggregate key (a hash table sized for the batch; a busy
- * minute has a handful of distinct keys however many exchanges it saw), then
- * upsert one minute_stats row per key. */
-static int write_minutes(struct audit *a, const struct audit_record *recs, size_t n)
-{
-    size_t cap = 16;
-    while (cap < n * 2)
-        cap *= 2;
-    struct agg *table = xcalloc(cap, sizeof *table);
-    struct agg **used = xmalloc((n ? n : 1) * sizeof *used);
-    size_t nused = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct audit_record *r = &recs[i];
-        size_t j = (size_t)hash_key(r) & (cap - 1);
-        while (table[j].first && !same_key(table[j].first, r))
+    size_t cap = a->agg_cap ? a->agg_cap * 2 : 64;
+    struct agg *aggs = xcalloc(cap, sizeof *aggs);
+    uint32_t *used = xmalloc(cap / 2 * sizeof *used);
+    for (size_t k = 0; k < a->agg_nused; k++) {
+        const struct agg *g = &a->aggs[a->agg_used[k]];
+        size_t j = (size_t)g->hash & (cap - 1);
+        while (aggs[j].first)
             j = (j + 1) & (cap - 1);
-        struct agg *g = &table[j];
-        if (!g->first) {
-            g->first = r;
-            used[nused++] = g;
+        aggs[j] = *g;
+        used[k] = (uint32_t)j;
+    }
+    free(a->aggs);
+    free(a->agg_used);
+    a->aggs = aggs;
+    a->agg_used = used;
+    a->agg_cap = cap;
+}
+
+/* Sum the batches per aggregate key in a hash table kept from one
+ * transaction to the next (a busy minute has a handful of distinct keys
+ * however many exchanges it saw), then upsert one minute_stats row per key. */
+static int write_minutes(struct audit *a, const struct audit_batch *list)
+{
+    for (const struct audit_batch *b = list; b; b = b->next) {
+        for (size_t off = 0; off < b->len;) {
+            const struct packed *p = record_at(b, off);
+            off += p->size;
+            const char *host = p->text + p->len[T_CLIENT] + p->len[T_METHOD];
+            const char *rule = host + p->len[T_HOST] + p->len[T_PATH];
+            size_t hlen = p->len[T_HOST], rlen = p->len[T_RULE];
+            int64_t minute = minute_of(p->start_ms);
+            uint64_t h = mix(mix(mix(0, (uint64_t)minute),
+                                 (uint64_t)(uint32_t)p->upstream_code << 32 |
+                                     (uint32_t)p->final_code),
+                             hlen << 16 | rlen);
+            h = hash_bytes(hash_bytes(h, host, hlen), rule, rlen);
+            if ((a->agg_nused + 1) * 2 > a->agg_cap)
+                agg_grow(a);
+            size_t mask = a->agg_cap - 1, j = (size_t)h & mask;
+            struct agg *g;
+            for (;; j = (j + 1) & mask) {
+                g = &a->aggs[j];
+                if (!g->first)
+                    break;
+                const struct packed *q = g->first;
+                if (g->hash == h && g->minute == minute &&
+                    q->upstream_code == p->upstream_code && q->final_code == p->final_code &&
+                    q->len[T_HOST] == hlen && q->len[T_RULE] == rlen &&
+                    memcmp(g->host, host, hlen) == 0 && memcmp(g->rule, rule, rlen) == 0)
+                    break;
+            }
+            if (!g->first) {
+                *g = (struct agg){.first = p, .host = host, .rule = rule, .hash = h,
+                                  .minute = minute};
+                a->agg_used[a->agg_nused++] = (uint32_t)j;
+            }
+            g->count++;
+            g->duration += p->duration_us;
+            g->in += (int64_t)p->bytes_in;
+            g->out += (int64_t)p->bytes_out;
         }
-        g->count++;
-        g->duration += r->duration_us;
-        g->in += (int64_t)r->bytes_in;
-        g->out += (int64_t)r->bytes_out;
     }
     sqlite3_stmt *st = a->add_minute;
     int rc = 0;
-    for (size_t k = 0; k < nused && rc == 0; k++) {
-        const struct agg *g = used[k];
-        const struct audit_record *r = g->first;
-        sqlite3_bind_int64(st, 1, minute_of(r->start_ms));
-        BIND_FIELD(st, 2, r->host);
-        sqlite3_bind_int(st, 3, key_code(r->upstream_code));
-        sqlite3_bind_int(st, 4, key_code(r->final_code));
-        BIND_FIELD(st, 5, r->rule);
+    for (size_t k = 0; k < a->agg_nused && rc == 0; k++) {
+        const struct agg *g = &a->aggs[a->agg_used[k]];
+        sqlite3_bind_int64(st, 1, g->minute);
+        sqlite3_bind_text(st, 2, g->host, g->first->len[T_HOST], SQLITE_STATIC);
+        sqlite3_bind_int(st, 3, g->first->upstream_code);
+        sqlite3_bind_int(st, 4, g->first->final_code);
+        sqlite3_bind_text(st, 5, g->rule, g->first->len[T_RULE], SQLITE_STATIC);
         sqlite3_bind_int64(st, 6, g->count);
         sqlite3_bind_int64(st, 7, g->duration);
         sqlite3_bind_int64(st, 8, g->in);
         sqlite3_bind_int64(st, 9, g->out);
         rc = run(st);
     }
-    free(used);
-    free(table);
+    /* Empty the table for the next transaction (or the retry of this one). */
+    for (size_t k = 0; k < a->agg_nused; k++)
+        a->aggs[a->agg_used[k]].first = NULL;
+    a->agg_nused = 0;
     return rc;
 }
 
-/* One transaction for the whole batch: all of it or (rolled back) none. */
-static int try_write(struct audit *a, const struct audit_record *recs, size_t n, uint64_t drops,
-                     char *err, size_t errlen)
+/* One transaction for the whole list: all of it or (rolled back) none. */
+static int try_write(struct audit *a, const struct audit_batch *list, uint64_t drops, char *err,
+                     size_t errlen)
 {
     if (run(a->begin) != 0)
         goto fail;
-    for (size_t i = 0; i < n; i++)
-        if (wants_raw(a->mode, &recs[i]) && write_raw(a, &recs[i]) != 0)
+    if (list && a->mode != AUDIT_LOG_NONE) {
+        a->writing = list;
+        int rc = run(a->insert_raw);
+        a->writing = NULL;
+        if (rc != 0)
             goto fail;
-    if (write_minutes(a, recs, n) != 0)
+    }
+    if (write_minutes(a, list) != 0)
         goto fail;
     if (drops) {
         sqlite3_bind_int64(a->add_dropped, 1, minute_of(time_now_ms()));
@@ -283,14 +643,14 @@ static void sleep_ms(unsigned ms)
 
 /* Write a batch, retrying until it commits. Only while closing does it give up
  * (after CLOSE_GIVE_UP_MS), counting the batch's records as lost. */
-static void write_batch(struct audit *a, const struct audit_record *recs, size_t n,
+static void write_batch(struct audit *a, const struct audit_batch *list, size_t n,
                         uint64_t drops)
 {
     unsigned wait_ms = RETRY_FIRST_MS;
     uint64_t stop_seen_us = 0;
     for (;;) {
         char err[256];
-        if (try_write(a, recs, n, drops, err, sizeof err) == 0) {
+        if (try_write(a, list, drops, err, sizeof err) == 0) {
             set_error(a, "");
             break;
         }
@@ -365,8 +725,6 @@ static struct timespec deadline_after_ms(unsigned ms)
 static void *writer_main(void *arg)
 {
     struct audit *a = arg;
-    struct audit_record *spare = NULL;
-    size_t spare_cap = 0;
     uint64_t next_prune_us = 0;
 
     pthread_mutex_lock(&a->mu);
@@ -375,39 +733,32 @@ static void *writer_main(void *arg)
             struct timespec until = deadline_after_ms(WAKE_INTERVAL_MS);
             pthread_cond_timedwait(&a->wake, &a->mu, &until);
         }
-        struct audit_record *recs = a->queue;
-        size_t n = a->len, cap = a->cap;
+        struct audit_batch *list = a->head;
+        size_t n = a->len;
         uint64_t drops = a->unstored_drops;
         int stop = a->stopping;
-        a->queue = spare;
-        a->cap = spare_cap;
+        a->head = NULL;
+        a->tail = &a->head;
         a->len = 0;
         a->unstored_drops = 0;
         a->batches_taken++;
         pthread_mutex_unlock(&a->mu);
 
         if (n || drops)
-            write_batch(a, recs, n, drops);
+            write_batch(a, list, n, drops);
         if (a->retain_ms > 0 && time_mono_us() >= next_prune_us) {
             prune(a);
             next_prune_us = time_mono_us() + (uint64_t)PRUNE_INTERVAL_MS * 1000;
         }
-        if (cap > KEEP_SPARE_RECORDS && n < cap / 4) {
-            free(recs);
-            recs = NULL;
-            cap = 0;
-        }
-        spare = recs;
-        spare_cap = cap;
 
         pthread_mutex_lock(&a->mu);
+        give_back_locked(a, list);
         a->batches_done++;
         pthread_cond_broadcast(&a->written);
         if (stop && a->len == 0 && a->unstored_drops == 0)
             break;
     }
     pthread_mutex_unlock(&a->mu);
-    free(spare);
     return NULL;
 }
 
@@ -435,8 +786,13 @@ struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errle
     a->retain_ms = cfg->retain_ms > (uint64_t)INT64_MAX / 2 ? 0 : (int64_t)cfg->retain_ms;
     a->limit = cfg->queue_limit ? cfg->queue_limit : DEFAULT_QUEUE_LIMIT;
     a->wake_at = a->limit >= 2 * WAKE_BATCH ? WAKE_BATCH : (a->limit + 1) / 2;
+    a->tail = &a->head;
     atomic_init(&a->dropped, 0);
 
+    if (sqlite3_create_module_v2(db, "audit_pending", &pending_module, a, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", cfg->db_path, sqlite3_errmsg(db));
+        goto fail;
+    }
     struct {
         sqlite3_stmt **st;
         const char *sql;
@@ -479,30 +835,71 @@ fail:
     return NULL;
 }
 
-size_t audit_submit(struct audit *a, const struct audit_record *recs, size_t n)
+struct audit_batch *audit_submit_batch(struct audit *a, struct audit_batch *b, size_t *lost)
 {
+    size_t n = b->n;
+    struct audit_batch *fresh;
     pthread_mutex_lock(&a->mu);
     assert(!a->stopping);
     size_t take = a->limit - a->len < n ? a->limit - a->len : n;
-    if (a->len + take > a->cap) {
-        size_t cap = a->cap ? a->cap : 64;
-        while (cap < a->len + take)
-            cap *= 2;
-        a->cap = cap < a->limit ? cap : a->limit;
-        a->queue = xrealloc(a->queue, a->cap * sizeof *a->queue);
+    if (take < n) {
+        batch_keep(b, take);
+        a->unstored_drops += n - take;
+        atomic_fetch_add(&a->dropped, (uint64_t)(n - take));
     }
-    if (take)
-        memcpy(a->queue + a->len, recs, take * sizeof *recs);
     size_t before = a->len;
-    a->len += take;
-    size_t lost = n - take;
-    if (lost) {
-        a->unstored_drops += lost;
-        atomic_fetch_add(&a->dropped, (uint64_t)lost);
+    if (take) {
+        b->next = NULL;
+        *a->tail = b;
+        a->tail = &b->next;
+        a->len += take;
+        fresh = take_spare_locked(a);
+    } else {
+        fresh = b; /* nothing was taken: it stays the caller's, emptied */
     }
     /* Wake the writer once when a batch's worth is waiting, not per call. */
     if (before < a->wake_at && a->len >= a->wake_at)
         pthread_cond_signal(&a->wake);
+    pthread_mutex_unlock(&a->mu);
+    *lost = n - take;
+    return fresh ? fresh : audit_batch_new();
+}
+
+size_t audit_submit(struct audit *a, const struct audit_record *recs, size_t n)
+{
+    pthread_mutex_lock(&a->mu);
+    struct audit_batch *b = take_spare_locked(a);
+    pthread_mutex_unlock(&a->mu);
+    if (!b)
+        b = audit_batch_new();
+    for (size_t i = 0; i < n; i++) {
+        const struct audit_record *r = &recs[i];
+        const struct audit_entry e = {
+            .start_ms = r->start_ms, .duration_us = r->duration_us,
+            .upstream_code = r->upstream_code, .final_code = r->final_code,
+            .bytes_in = r->bytes_in, .bytes_out = r->bytes_out,
+        };
+        /* A record is outside data to the writer: never read past an array. */
+        const struct audit_text t[NTEXT] = {
+            {r->client, strnlen(r->client, sizeof r->client)},
+            {r->method, strnlen(r->method, sizeof r->method)},
+            {r->host, strnlen(r->host, sizeof r->host)},
+            {r->path, strnlen(r->path, sizeof r->path)},
+            {r->rule, strnlen(r->rule, sizeof r->rule)},
+            {r->action, strnlen(r->action, sizeof r->action)},
+            {r->error, strnlen(r->error, sizeof r->error)},
+        };
+        const struct audit_text *const tp[NTEXT] = {&t[0], &t[1], &t[2], &t[3],
+                                                    &t[4], &t[5], &t[6]};
+        size_t len[NTEXT];
+        for (int k = 0; k < NTEXT; k++)
+            len[k] = t[k].len;
+        pack(b, &e, tp, len);
+    }
+    size_t lost;
+    b = audit_submit_batch(a, b, &lost);
+    pthread_mutex_lock(&a->mu);
+    give_back_locked(a, b);
     pthread_mutex_unlock(&a->mu);
     return lost;
 }
@@ -535,6 +932,15 @@ int audit_last_error(struct audit *a, char *buf, size_t len)
     return failing;
 }
 
+static void free_list(struct audit_batch *list)
+{
+    while (list) {
+        struct audit_batch *b = list;
+        list = b->next;
+        audit_batch_free(b);
+    }
+}
+
 void audit_close(struct audit *a)
 {
     if (!a)
@@ -549,6 +955,9 @@ void audit_close(struct audit *a)
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->wake);
     pthread_cond_destroy(&a->written);
-    free(a->queue);
+    free_list(a->head);
+    free_list(a->spare);
+    free(a->aggs);
+    free(a->agg_used);
     free(a);
 }

@@ -9,27 +9,67 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 enum audit_mode { AUDIT_LOG_ALL, AUDIT_LOG_ERRORS, AUDIT_LOG_NONE };
 
-/* One finished exchange. Plain data, copied by audit_submit. Strings are
- * NUL-terminated and truncated to fit. */
-struct audit_record {
+/* One finished exchange as the proxy hands it over (audit_batch_add): numbers,
+ * and strings by pointer and length, which need no terminator and are copied.
+ * Strings longer than their column's limit (AUDIT_MAX_*) are cut there. */
+struct audit_text {
+    const char *s;
+    size_t len;
+};
+#define AUDIT_TEXT(str) ((struct audit_text){(str), strlen(str)})
+
+#define AUDIT_MAX_CLIENT 47
+#define AUDIT_MAX_METHOD 23
+#define AUDIT_MAX_HOST 255
+#define AUDIT_MAX_PATH 1023
+#define AUDIT_MAX_RULE 63
+#define AUDIT_MAX_ACTION 127
+#define AUDIT_MAX_ERROR 31
+
+struct audit_entry {
     int64_t start_ms;        /* Unix ms when the request head was complete */
     int64_t duration_us;     /* from then to the last byte sent, or the failure */
     int upstream_code;       /* -1: no response came from upstream (NULL in the DB) */
     int final_code;          /* status the client received; -1: none (reset, client gone) */
     uint64_t bytes_in;       /* bytes received from the client, head and body */
     uint64_t bytes_out;      /* bytes sent to the client, head and body */
-    char client[48];         /* client IP address, e.g. "127.0.0.1" or "::1" */
-    char method[24];
-    char host[256];          /* target host without port */
-    char path[1024];         /* request path without the query */
-    char rule[64];           /* rule that acted (response rule if any), "" when none */
-    char action[128];        /* that rule's actions, "" when none */
-    char error[32];          /* "" or connect_refused, connect_timeout, dns, timeout,
-                                bad_response, client_closed, upstream_closed, ... */
+    struct audit_text client;  /* client IP address, e.g. "127.0.0.1" or "::1" */
+    struct audit_text method;
+    struct audit_text host;    /* target host without port */
+    struct audit_text path;    /* request path without the query */
+    struct audit_text rule;    /* rule that acted (response rule if any); empty when none */
+    struct audit_text action;  /* that rule's actions; empty when none */
+    struct audit_text error;   /* empty, or connect_refused, connect_timeout, dns, timeout,
+                                  bad_response, client_closed, upstream_closed, ... */
 };
+
+/* The same exchange as a self-contained value, for tools and tests that build
+ * records one by one (audit_submit). Strings are NUL-terminated within their
+ * arrays; one that fills its array without a terminator is cut at the array. */
+struct audit_record {
+    int64_t start_ms;
+    int64_t duration_us;
+    int upstream_code;
+    int final_code;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    char client[48];
+    char method[24];
+    char host[256];
+    char path[1024];
+    char rule[64];
+    char action[128];
+    char error[32];
+};
+
+/* Records packed back to back (numbers, then the strings' bytes: about a
+ * hundred bytes each), filled by one thread and handed to the writer whole,
+ * without copying. */
+struct audit_batch;
 
 struct audit_config {
     const char *db_path;
@@ -43,6 +83,22 @@ struct audit;
 /* Open (create, migrate) the database and start the writer thread.
  * Returns NULL with a message in ERR when the database cannot be used. */
 struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errlen);
+
+/* An empty batch, owned by the caller (free it with audit_batch_free). */
+struct audit_batch *audit_batch_new(void);
+/* Append a copy of E. Returns the number of records now in B. */
+size_t audit_batch_add(struct audit_batch *b, const struct audit_entry *e);
+/* Records in B. */
+size_t audit_batch_count(const struct audit_batch *b);
+/* Free B and its records (NULL is fine). */
+void audit_batch_free(struct audit_batch *b);
+
+/* Hand B's records to the writer (thread-safe; no copy: B becomes the
+ * writer's) and return an empty batch, never NULL, for the caller to fill
+ * next (recycled from those the writer is done with). When the queue has room
+ * for only part of B, its first records are taken and the rest dropped,
+ * counted and stored; *LOST gets how many were dropped. */
+struct audit_batch *audit_submit_batch(struct audit *a, struct audit_batch *b, size_t *lost);
 
 /* Hand N records to the writer (thread-safe; copies them). Returns how many
  * were dropped because the queue was full (also counted and stored). */

@@ -483,39 +483,31 @@ static void on_client_written(struct sender *s, int status)
 
 /* ---------- recording ---------- */
 
-static void copy_str(char *dst, size_t dstlen, const char *src, size_t len)
-{
-    if (len >= dstlen)
-        len = dstlen - 1;
-    memcpy(dst, src, len);
-    dst[len] = '\0';
-}
-
 void conn_record(struct conn *c)
 {
     struct exchange *x = &c->x;
     if (!x->active)
         return;
     x->active = 0;
-    /* Filled in place in the worker's batch: every field is written. */
-    struct audit_record *r = worker_record_slot(c->w);
-    r->start_ms = x->start_ms;
-    r->duration_us = (int64_t)(time_mono_us() - x->start_us);
-    r->upstream_code = x->upstream_code;
-    r->final_code = x->final_code;
-    r->bytes_in = x->bytes_in + (c->tunnel ? tunnel_client_bytes(c->tunnel) : 0);
-    r->bytes_out = c->out.total + sender_queued(&c->out) - x->out_start;
-    str_copy(r->client, sizeof r->client, c->peer_ip);
-    str_copy(r->method, sizeof r->method, x->method_name);
-    str_copy(r->host, sizeof r->host, x->rec_host);
-    copy_str(r->path, sizeof r->path, x->path ? x->path : "", x->path ? x->path_len : 0);
     const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
     const char *rname = rule ? rule_name(rule) : x->fault_rule ? x->fault_rule : "";
     const char *action = rule ? rule_actions_text(rule) : x->fault_rule ? x->fault_action : "";
-    str_copy(r->rule, sizeof r->rule, rname);
-    str_copy(r->action, sizeof r->action, action);
-    str_copy(r->error, sizeof r->error, x->error);
-    worker_record_commit(c->w, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
+    const struct audit_entry e = {
+        .start_ms = x->start_ms,
+        .duration_us = (int64_t)(time_mono_us() - x->start_us),
+        .upstream_code = x->upstream_code,
+        .final_code = x->final_code,
+        .bytes_in = x->bytes_in + (c->tunnel ? tunnel_client_bytes(c->tunnel) : 0),
+        .bytes_out = c->out.total + sender_queued(&c->out) - x->out_start,
+        .client = AUDIT_TEXT(c->peer_ip),
+        .method = AUDIT_TEXT(x->method_name),
+        .host = AUDIT_TEXT(x->rec_host),
+        .path = {x->path ? x->path : "", x->path ? x->path_len : 0},
+        .rule = AUDIT_TEXT(rname),
+        .action = AUDIT_TEXT(action),
+        .error = AUDIT_TEXT(x->error),
+    };
+    worker_record(c->w, &e, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
 }
 
 /* ---------- exchange lifecycle ---------- */

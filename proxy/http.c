@@ -84,6 +84,72 @@ int http_head_add_reason(struct http_head *h, const char *at, size_t len)
     return 0;
 }
 
+/* ---------- well-known field names ---------- */
+
+/* Is S (N bytes) the name LOWER (lower case), ignoring the case of letters? */
+static int name_is(const char *s, const char *lower, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i], k = (unsigned char)lower[i];
+        if (c != k && (k < 'a' || k > 'z' || (c | 0x20) != k))
+            return 0;
+    }
+    return 1;
+}
+
+#define IS(lower) name_is(name, lower, sizeof lower - 1)
+
+/* The kind of a field name, compared as lookups compare names (ASCII
+ * case-insensitive). Runs for every field and every lookup by name: the
+ * length and one letter pick the only candidate. */
+static enum http_known classify(const char *name, size_t len)
+{
+    int first = len ? (unsigned char)name[0] | 0x20 : 0;
+    switch (len) {
+    case 2: return IS("te") ? HTTP_F_TE : HTTP_F_OTHER;
+    case 3: return IS("via") ? HTTP_F_VIA : HTTP_F_OTHER;
+    case 4: return IS("host") ? HTTP_F_HOST : HTTP_F_OTHER;
+    case 6:
+        if (first == 'c')
+            return IS("cookie") ? HTTP_F_COOKIE : HTTP_F_OTHER;
+        return IS("expect") ? HTTP_F_EXPECT : HTTP_F_OTHER;
+    case 7:
+        if (first == 't')
+            return IS("trailer") ? HTTP_F_TRAILER : HTTP_F_OTHER;
+        return IS("upgrade") ? HTTP_F_UPGRADE : HTTP_F_OTHER;
+    case 10:
+        if (first == 'c')
+            return IS("connection") ? HTTP_F_CONNECTION : HTTP_F_OTHER;
+        return IS("keep-alive") ? HTTP_F_KEEP_ALIVE : HTTP_F_OTHER;
+    case 12: return IS("max-forwards") ? HTTP_F_MAX_FORWARDS : HTTP_F_OTHER;
+    case 13: return IS("authorization") ? HTTP_F_AUTHORIZATION : HTTP_F_OTHER;
+    case 14: return IS("content-length") ? HTTP_F_CONTENT_LENGTH : HTTP_F_OTHER;
+    case 16: return IS("proxy-connection") ? HTTP_F_PROXY_CONNECTION : HTTP_F_OTHER;
+    case 17: return IS("transfer-encoding") ? HTTP_F_TRANSFER_ENCODING : HTTP_F_OTHER;
+    case 19:
+        if (first == 'p')
+            return IS("proxy-authorization") ? HTTP_F_PROXY_AUTHORIZATION : HTTP_F_OTHER;
+        if (((unsigned char)name[14] | 0x20) == 'a')
+            return IS("x-statusproxy-abort") ? HTTP_F_X_STATUSPROXY_ABORT : HTTP_F_OTHER;
+        return IS("x-statusproxy-delay") ? HTTP_F_X_STATUSPROXY_DELAY : HTTP_F_OTHER;
+    default: return HTTP_F_OTHER;
+    }
+}
+
+#undef IS
+
+static uint32_t bit(enum http_known k)
+{
+    return (uint32_t)1 << k;
+}
+
+/* Name F's kind from its (possibly still growing) name. */
+static void classify_field(struct http_head *h, struct http_field *f)
+{
+    f->known = (uint8_t)classify(h->buf + f->name, f->name_len);
+    h->known_seen |= bit((enum http_known)f->known);
+}
+
 static struct http_field *new_field(struct http_head *h)
 {
     if (h->nfields == h->fields_cap) {
@@ -109,6 +175,7 @@ int http_head_add_name(struct http_head *h, const char *at, size_t len)
         return -1;
     f->name_len += (uint32_t)len;
     f->value = h->len;
+    classify_field(h, f);
     return 0;
 }
 
@@ -159,21 +226,56 @@ int http_head_add_field(struct http_head *h, const char *name, size_t nlen, cons
     struct http_field *f = new_field(h);
     append(h, name, nlen);
     f->name_len = (uint32_t)nlen;
+    classify_field(h, f);
     f->value = h->len;
     append(h, value, vlen);
     f->value_len = (uint32_t)vlen;
     return 0;
 }
 
-int http_head_find(const struct http_head *h, const char *name, int from)
+/* The first field of kind K (not HTTP_F_OTHER) at or after FROM that is not
+ * removed, or -1. */
+static int find_known(const struct http_head *h, enum http_known k, int from)
 {
-    size_t nlen = strlen(name);
+    if (!(h->known_seen & bit(k)))
+        return -1;
     for (uint32_t i = from < 0 ? 0 : (uint32_t)from; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
-        if (!f->removed && str_ieq2(h->buf + f->name, f->name_len, name, nlen))
+        if (f->known == k && !f->removed)
             return (int)i;
     }
     return -1;
+}
+
+/* Mark every field of kind K removed; returns how many were. */
+static int remove_known(struct http_head *h, enum http_known k)
+{
+    int n = 0;
+    for (int i = find_known(h, k, 0); i >= 0; i = find_known(h, k, i + 1)) {
+        h->fields[i].removed = 1;
+        n++;
+    }
+    return n;
+}
+
+static int find_name(const struct http_head *h, const char *name, size_t nlen, int from)
+{
+    enum http_known k = classify(name, nlen);
+    if (k != HTTP_F_OTHER)
+        return find_known(h, k, from);
+    /* A name of no known kind can only equal a field of no known kind. */
+    for (uint32_t i = from < 0 ? 0 : (uint32_t)from; i < h->nfields; i++) {
+        const struct http_field *f = &h->fields[i];
+        if (f->known == HTTP_F_OTHER && !f->removed &&
+            str_ieq2(h->buf + f->name, f->name_len, name, nlen))
+            return (int)i;
+    }
+    return -1;
+}
+
+int http_head_find(const struct http_head *h, const char *name, int from)
+{
+    return find_name(h, name, strlen(name), from);
 }
 
 const char *http_head_get(const struct http_head *h, const char *name, size_t *len)
@@ -185,14 +287,22 @@ const char *http_head_get(const struct http_head *h, const char *name, size_t *l
     return h->buf + h->fields[i].value;
 }
 
-int http_head_remove(struct http_head *h, const char *name)
+static int remove_name(struct http_head *h, const char *name, size_t nlen)
 {
+    enum http_known k = classify(name, nlen);
+    if (k != HTTP_F_OTHER)
+        return remove_known(h, k);
     int n = 0;
-    for (int i = http_head_find(h, name, 0); i >= 0; i = http_head_find(h, name, i + 1)) {
+    for (int i = find_name(h, name, nlen, 0); i >= 0; i = find_name(h, name, nlen, i + 1)) {
         h->fields[i].removed = 1;
         n++;
     }
     return n;
+}
+
+int http_head_remove(struct http_head *h, const char *name)
+{
+    return remove_name(h, name, strlen(name));
 }
 
 int http_head_has_token(const struct http_head *h, const char *name, const char *token)
@@ -205,11 +315,28 @@ int http_head_has_token(const struct http_head *h, const char *name, const char 
     return 0;
 }
 
+/* tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_"
+ *       / "`" / "|" / "~" / DIGIT / ALPHA, as a table: names are checked byte by
+ * byte on every request. */
+static const uint8_t tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1,
+    ['+'] = 1, ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,
+    ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
 int http_is_tchar(unsigned char c)
 {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return 1;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    return tchar[c];
 }
 
 int http_is_token(const char *s, size_t len)
@@ -217,14 +344,26 @@ int http_is_token(const char *s, size_t len)
     if (len == 0)
         return 0;
     for (size_t i = 0; i < len; i++)
-        if (!http_is_tchar((unsigned char)s[i]))
+        if (!tchar[(unsigned char)s[i]])
             return 0;
     return 1;
 }
 
 int http_is_field_value(const char *s, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
+    size_t i = 0;
+    /* Eight bytes at a time while a word holds no control byte (< 0x20) and
+     * no DEL; obs-text (>= 0x80) passes. A word with one, even an allowed
+     * tab, sends the rest to the byte loop. */
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w, del;
+        memcpy(&w, s + i, 8);
+        del = w ^ (ones * 0x7f);
+        if (((w - ones * 0x20) & ~w & highs) | ((del - ones) & ~del & highs))
+            break;
+    }
+    for (; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c < 0x20 ? c != '\t' : c == 0x7f)
             return 0;
@@ -251,7 +390,10 @@ int http_chunk_piece_done(int chunked, uint64_t chunk_left, const char *after, c
 
 void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade)
 {
-    for (int i = http_head_find(h, "Connection", 0); i >= 0; i = http_head_find(h, "Connection", i + 1)) {
+    /* The fields each Connection names, in order (a later Connection field
+     * that an earlier one named is gone before its own list is read). */
+    for (int i = find_known(h, HTTP_F_CONNECTION, 0); i >= 0;
+         i = find_known(h, HTTP_F_CONNECTION, i + 1)) {
         const struct http_field *f = &h->fields[i];
         const char *v = h->buf + f->value;
         size_t n = f->value_len, pos = 0;
@@ -261,43 +403,61 @@ void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade)
             size_t start = pos;
             while (pos < n && v[pos] != ',' && v[pos] != ' ' && v[pos] != '\t')
                 pos++;
-            if (pos > start) {
-                char name[64];
-                if (pos - start < sizeof name) {
-                    memcpy(name, v + start, pos - start);
-                    name[pos - start] = '\0';
-                    if (!(keep_upgrade && strcasecmp(name, "upgrade") == 0))
-                        http_head_remove(h, name);
-                }
-            }
+            size_t len = pos - start;
+            if (len == 0 || len >= 64)
+                continue;
+            if (keep_upgrade && str_ieq2(v + start, len, "upgrade", 7))
+                continue;
+            remove_name(h, v + start, len);
         }
     }
-    static const char *const hop[] = {"Connection", "Keep-Alive", "Proxy-Connection", "TE",
-                                      "Trailer", "Transfer-Encoding", "Content-Length",
-                                      "X-Statusproxy-Abort", "X-Statusproxy-Delay"};
-    for (size_t i = 0; i < ARRAY_LEN(hop); i++)
-        http_head_remove(h, hop[i]);
+    /* The rest in one pass. */
+    uint32_t drop = bit(HTTP_F_CONNECTION) | bit(HTTP_F_KEEP_ALIVE) |
+                    bit(HTTP_F_PROXY_CONNECTION) | bit(HTTP_F_TE) | bit(HTTP_F_TRAILER) |
+                    bit(HTTP_F_TRANSFER_ENCODING) | bit(HTTP_F_CONTENT_LENGTH) |
+                    bit(HTTP_F_X_STATUSPROXY_ABORT) | bit(HTTP_F_X_STATUSPROXY_DELAY);
     if (!keep_upgrade)
-        http_head_remove(h, "Upgrade");
+        drop |= bit(HTTP_F_UPGRADE);
+    if (!(h->known_seen & drop))
+        return;
+    for (uint32_t i = 0; i < h->nfields; i++)
+        if (drop & bit((enum http_known)h->fields[i].known))
+            h->fields[i].removed = 1;
 }
 
 void http_head_write(const struct http_head *h, struct sbuf *out)
 {
+    char line[512];
     for (uint32_t i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
         if (f->removed)
             continue;
-        sbuf_append(out, h->buf + f->name, f->name_len);
-        sbuf_append(out, ": ", 2);
-        sbuf_append(out, h->buf + f->value, f->value_len);
-        sbuf_append(out, "\r\n", 2);
+        size_t n = (size_t)f->name_len + f->value_len + 4;
+        if (n > sizeof line) {
+            sbuf_append(out, h->buf + f->name, f->name_len);
+            sbuf_append(out, ": ", 2);
+            sbuf_append(out, h->buf + f->value, f->value_len);
+            sbuf_append(out, "\r\n", 2);
+            continue;
+        }
+        /* One append per field: most lines are short. */
+        char *p = line;
+        memcpy(p, h->buf + f->name, f->name_len);
+        p += f->name_len;
+        *p++ = ':';
+        *p++ = ' ';
+        memcpy(p, h->buf + f->value, f->value_len);
+        p += f->value_len;
+        *p++ = '\r';
+        *p++ = '\n';
+        sbuf_append(out, line, n);
     }
 }
 
 int http_head_has_via(const struct http_head *h, const char *token)
 {
     size_t tlen = strlen(token);
-    for (int i = http_head_find(h, "Via", 0); i >= 0; i = http_head_find(h, "Via", i + 1)) {
+    for (int i = find_known(h, HTTP_F_VIA, 0); i >= 0; i = find_known(h, HTTP_F_VIA, i + 1)) {
         const struct http_field *f = &h->fields[i];
         const char *v = h->buf + f->value, *end = v + f->value_len;
         for (const char *p = v; p + tlen <= end; p++) {
@@ -316,6 +476,7 @@ int http_check_request(const struct http_head *h, int chunked, const char **why)
         *why = "only HTTP/1.0 and HTTP/1.1 are spoken here";
         return 505;
     }
+    int hosts = 0, te = 0;
     for (uint32_t i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
         if (!http_is_token(h->buf + f->name, f->name_len)) {
@@ -326,17 +487,16 @@ int http_check_request(const struct http_head *h, int chunked, const char **why)
             *why = "malformed header field value";
             return 400;
         }
+        if (!f->removed) {
+            hosts += f->known == HTTP_F_HOST;
+            te |= f->known == HTTP_F_TRANSFER_ENCODING;
+        }
     }
-    int hosts = 0;
-    for (int i = http_head_find(h, "Host", 0); i >= 0; i = http_head_find(h, "Host", i + 1))
-        hosts++;
     if (hosts > 1 || (hosts == 0 && h->minor == 1)) {
         /* RFC 9112 §3.2: exactly one Host in HTTP/1.1. */
         *why = hosts ? "more than one Host header" : "HTTP/1.1 requests need a Host header";
         return 400;
     }
-    size_t len;
-    const char *te = http_head_get(h, "Transfer-Encoding", &len);
     if (te && h->minor == 0) {
         *why = "Transfer-Encoding in an HTTP/1.0 request";
         return 400;

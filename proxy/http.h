@@ -13,10 +13,35 @@
 
 #include "util.h"
 
+/* The fields the proxy itself looks up or drops, recognized once when a
+ * field's name is stored: lookups of these compare a byte per field instead
+ * of names, and skip a head that has none. */
+enum http_known {
+    HTTP_F_OTHER = 0,
+    HTTP_F_AUTHORIZATION,
+    HTTP_F_CONNECTION,
+    HTTP_F_CONTENT_LENGTH,
+    HTTP_F_COOKIE,
+    HTTP_F_EXPECT,
+    HTTP_F_HOST,
+    HTTP_F_KEEP_ALIVE,
+    HTTP_F_MAX_FORWARDS,
+    HTTP_F_PROXY_AUTHORIZATION,
+    HTTP_F_PROXY_CONNECTION,
+    HTTP_F_TE,
+    HTTP_F_TRAILER,
+    HTTP_F_TRANSFER_ENCODING,
+    HTTP_F_UPGRADE,
+    HTTP_F_VIA,
+    HTTP_F_X_STATUSPROXY_ABORT,
+    HTTP_F_X_STATUSPROXY_DELAY,
+};
+
 struct http_field {
     uint32_t name, name_len;   /* offsets into the arena */
     uint32_t value, value_len;
     uint8_t removed;           /* dropped from what is forwarded */
+    uint8_t known;             /* enum http_known of the name */
 };
 
 struct http_head {
@@ -32,6 +57,7 @@ struct http_head {
     uint8_t major, minor;        /* HTTP version */
     uint8_t in_value;            /* parser glue: last piece was a value */
     uint8_t overflow;            /* a piece did not fit under limit */
+    uint32_t known_seen;         /* bit 1 << k: a field of known kind k was added */
 };
 
 /* Prepare an empty head whose arena may grow to LIMIT bytes. */

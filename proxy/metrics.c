@@ -22,6 +22,7 @@ struct countmap {
     char **keys;
     uint64_t *values;
     size_t cap, n;
+    unsigned grown;          /* times the slots moved (see struct last_response) */
 };
 
 static uint32_t hash_str(const char *s)
@@ -34,21 +35,27 @@ static uint32_t hash_str(const char *s)
 
 static void countmap_grow(struct countmap *m);
 
-static void countmap_add(struct countmap *m, const char *key, uint64_t v)
+/* The slot of KEY, added with a count of 0 when missing. */
+static size_t countmap_slot(struct countmap *m, const char *key)
 {
     if ((m->n + 1) * 2 > m->cap)
         countmap_grow(m);
     size_t i = hash_str(key) & (m->cap - 1);
     while (m->keys[i]) {
-        if (strcmp(m->keys[i], key) == 0) {
-            m->values[i] += v;
-            return;
-        }
+        if (strcmp(m->keys[i], key) == 0)
+            return i;
         i = (i + 1) & (m->cap - 1);
     }
     m->keys[i] = xstrdup(key);
-    m->values[i] = v;
+    m->values[i] = 0;
     m->n++;
+    return i;
+}
+
+static void countmap_add(struct countmap *m, const char *key, uint64_t v)
+{
+    size_t i = countmap_slot(m, key); /* may grow the map: index after */
+    m->values[i] += v;
 }
 
 static void countmap_grow(struct countmap *m)
@@ -69,6 +76,7 @@ static void countmap_grow(struct countmap *m)
     }
     free(m->keys);
     free(m->values);
+    bigger.grown = m->grown + 1;
     *m = bigger;
 }
 
@@ -148,9 +156,22 @@ static void counters_free(struct counters *c)
 
 #define MAX_WORKERS 64
 
+/* The responses slot of the latest exchange's labels: exchanges in a row
+ * mostly share them, and then the key need not be built and hashed again.
+ * Valid while the map has not grown since (draining keeps the slots). */
+struct last_response {
+    int valid;
+    unsigned grown;
+    int final_code, upstream_code;
+    size_t rule_len;
+    char rule[AUDIT_MAX_RULE + 1];
+    size_t slot;
+};
+
 struct metrics_local {
     struct counters c;
     unsigned connections;
+    struct last_response last;
 };
 
 struct metrics {
@@ -192,37 +213,70 @@ void metrics_local_free(struct metrics_local *l)
     free(l);
 }
 
-int metrics_is_upstream_error(const char *error)
+static int is_upstream_error(const char *error, size_t len)
 {
     static const char *const names[] = {"connect_refused", "connect_timeout", "connect_failed",
                                         "unreachable",     "dns",             "timeout",
                                         "bad_response",    "invalid_status",  "upstream_closed",
                                         "upstream_reset"};
     for (size_t i = 0; i < ARRAY_LEN(names); i++)
-        if (strcmp(error, names[i]) == 0)
+        if (strlen(names[i]) == len && memcmp(error, names[i], len) == 0)
             return 1;
     return 0;
 }
 
-void metrics_record(struct metrics_local *l, const struct audit_record *r, const char *also_rule)
+int metrics_is_upstream_error(const char *error)
 {
+    return is_upstream_error(error, strlen(error));
+}
+
+/* The responses slot for E's labels ("final\tupstream\trule"). */
+static size_t response_slot(struct metrics_local *l, const struct audit_entry *e,
+                            const char *rule, size_t rlen)
+{
+    struct last_response *last = &l->last;
+    int final_code = e->final_code >= 0 ? e->final_code : -1;
+    int upstream_code = e->upstream_code >= 0 ? e->upstream_code : -1;
+    if (last->valid && last->grown == l->c.responses.grown && last->final_code == final_code &&
+        last->upstream_code == upstream_code && last->rule_len == rlen &&
+        memcmp(last->rule, rule, rlen) == 0)
+        return last->slot;
     char key[160];
     size_t k = 0;
-    if (r->final_code >= 0)
-        k += str_dec(key + k, (uint64_t)r->final_code);
+    if (final_code >= 0)
+        k += str_dec(key + k, (uint64_t)final_code);
     key[k++] = '\t';
-    if (r->upstream_code >= 0)
-        k += str_dec(key + k, (uint64_t)r->upstream_code);
+    if (upstream_code >= 0)
+        k += str_dec(key + k, (uint64_t)upstream_code);
     key[k++] = '\t';
-    str_copy(key + k, sizeof key - k, r->rule);
-    countmap_add(&l->c.responses, key, 1);
-    if (r->rule[0])
-        countmap_add(&l->c.rules, r->rule, 1);
+    memcpy(key + k, rule, rlen + 1);
+    size_t slot = countmap_slot(&l->c.responses, key);
+    *last = (struct last_response){1, l->c.responses.grown, final_code, upstream_code, rlen,
+                                   "", slot};
+    memcpy(last->rule, rule, rlen + 1);
+    return slot;
+}
+
+void metrics_record(struct metrics_local *l, const struct audit_entry *e, const char *also_rule)
+{
+    char rule[AUDIT_MAX_RULE + 1];
+    size_t rlen = e->rule.len < AUDIT_MAX_RULE ? e->rule.len : AUDIT_MAX_RULE;
+    memcpy(rule, e->rule.s, rlen);
+    rule[rlen] = '\0';
+    size_t slot = response_slot(l, e, rule, rlen); /* may grow the map */
+    l->c.responses.values[slot]++;
+    if (rlen)
+        countmap_add(&l->c.rules, rule, 1);
     if (also_rule && also_rule[0])
         countmap_add(&l->c.rules, also_rule, 1);
-    if (r->error[0] && metrics_is_upstream_error(r->error))
-        countmap_add(&l->c.errors, r->error, 1);
-    double secs = (double)r->duration_us / 1e6;
+    if (e->error.len && is_upstream_error(e->error.s, e->error.len)) {
+        char error[AUDIT_MAX_ERROR + 1];
+        size_t elen = e->error.len < AUDIT_MAX_ERROR ? e->error.len : AUDIT_MAX_ERROR;
+        memcpy(error, e->error.s, elen);
+        error[elen] = '\0';
+        countmap_add(&l->c.errors, error, 1);
+    }
+    double secs = (double)e->duration_us / 1e6;
     size_t b = 0;
     while (b < NBUCKETS && secs > bucket_bounds[b])
         b++;

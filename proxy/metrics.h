@@ -20,10 +20,11 @@ void metrics_free(struct metrics *m);
 struct metrics_local *metrics_local_new(void);
 void metrics_local_free(struct metrics_local *l);
 
-/* Count a finished exchange (final/upstream code, rule, error, duration).
+/* Count a finished exchange (final/upstream code, rule, error, duration);
+ * the rule name is cut as the audit log cuts it (AUDIT_MAX_RULE).
  * ALSO_RULE (or NULL) is a second rule that acted on it: the request rule
  * when a response rule acted too; it counts a hit but not the exchange. */
-void metrics_record(struct metrics_local *l, const struct audit_record *r, const char *also_rule);
+void metrics_record(struct metrics_local *l, const struct audit_entry *e, const char *also_rule);
 void metrics_add_dropped(struct metrics_local *l, uint64_t n);
 void metrics_set_connections(struct metrics_local *l, unsigned n);
 /* Move L's deltas into M (takes M's lock briefly). UPSTREAMS: live

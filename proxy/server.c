@@ -66,23 +66,18 @@ struct server {
 
 static void flush_records(struct worker *w)
 {
-    if (w->nbatch == 0)
-        return;
-    size_t lost = w->srv->audit ? audit_submit(w->srv->audit, w->batch, w->nbatch) : 0;
+    if (audit_batch_count(w->batch) == 0)
+        return; /* the audit log is open for as long as workers run */
+    size_t lost;
+    w->batch = audit_submit_batch(w->srv->audit, w->batch, &lost);
     if (lost)
         metrics_add_dropped(w->stats, lost);
-    w->nbatch = 0;
 }
 
-struct audit_record *worker_record_slot(struct worker *w)
+void worker_record(struct worker *w, const struct audit_entry *e, const char *also_rule)
 {
-    return &w->batch[w->nbatch];
-}
-
-void worker_record_commit(struct worker *w, const char *also_rule)
-{
-    metrics_record(w->stats, &w->batch[w->nbatch], also_rule);
-    if (++w->nbatch == RECORD_BATCH)
+    metrics_record(w->stats, e, also_rule);
+    if (audit_batch_add(w->batch, e) == RECORD_BATCH)
         flush_records(w);
 }
 
@@ -458,7 +453,7 @@ static void cleanup(struct server *srv)
         struct worker *w = &srv->workers[i];
         if (w->srv)
             uv_loop_close(&w->loop);
-        free(w->batch);
+        audit_batch_free(w->batch);
         metrics_local_free(w->stats);
     }
     free(srv->workers);
@@ -561,7 +556,7 @@ int server_run(struct run_options *opts)
         w->via_token = srv->via_token;
         w->rules = srv->current ? rules_ref(srv->current) : NULL;
         w->pool = upstream_pool_new(&w->loop, opts->connect_timeout_ms, opts->idle_timeout_ms);
-        w->batch = xmalloc(RECORD_BATCH * sizeof *w->batch);
+        w->batch = audit_batch_new();
         uv_async_init(&w->loop, &w->wake, on_wake);
         w->wake.data = w;
         uv_timer_init(&w->loop, &w->tick);

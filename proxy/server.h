@@ -38,16 +38,14 @@ struct worker {
     unsigned nconns;
     uint64_t next_conn_id;
     int stopping;
-    struct audit_record *batch;  /* records not yet handed to the writer */
-    size_t nbatch;
+    struct audit_batch *batch;   /* records not yet handed to the writer */
     struct metrics_local *stats; /* counters published to the main thread */
 };
 
-/* Record one finished exchange (called by conn.c on the worker's thread):
- * fill every field of the slot, then commit it. ALSO_RULE: a request rule
- * that acted besides the recorded response rule, or NULL. */
-struct audit_record *worker_record_slot(struct worker *w);
-void worker_record_commit(struct worker *w, const char *also_rule);
+/* Record one finished exchange (called by conn.c on the worker's thread;
+ * E's strings are copied). ALSO_RULE: a request rule that acted besides the
+ * recorded response rule, or NULL. */
+void worker_record(struct worker *w, const struct audit_entry *e, const char *also_rule);
 /* Is the client address allowed by --allow? */
 int worker_client_allowed(const struct worker *w, const struct sockaddr *sa);
 /* A connection closed; lets a stopping worker finish. */

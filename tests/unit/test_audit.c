@@ -520,6 +520,147 @@ static void test_concurrent_submitters(void)
     free(path);
 }
 
+/* The workers' path: entries with strings by pointer and length (a path cut
+ * from its query, no terminators), batches handed over whole and the
+ * emptied ones handed back for reuse. */
+static struct audit_entry entry(int64_t start_ms, const char *path, size_t path_len)
+{
+    struct audit_entry e = {
+        .start_ms = start_ms, .duration_us = 42, .upstream_code = 200, .final_code = 200,
+        .bytes_in = 7, .bytes_out = 9,
+        .client = AUDIT_TEXT("10.1.2.3"), .method = AUDIT_TEXT("PUT"),
+        .host = AUDIT_TEXT("batch.example"), .path = {path, path_len},
+        .rule = AUDIT_TEXT(""), .action = AUDIT_TEXT(""), .error = AUDIT_TEXT(""),
+    };
+    return e;
+}
+
+static void test_batches_handed_over_and_reused(void)
+{
+    char *path = new_db_path();
+    struct audit *a = open_audit(path, AUDIT_LOG_ALL, 0, 0);
+    CHECK(a != NULL);
+    int64_t now = time_now_ms();
+    struct audit_batch *b = audit_batch_new();
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 100; i++) {
+            struct audit_entry e = entry(now + round * 100 + i, "/items?id=5", 6);
+            if (i == 0) {
+                e.upstream_code = -1;
+                e.final_code = 502;
+                e.rule = AUDIT_TEXT("mask");
+                e.action = AUDIT_TEXT("set-status 503");
+                e.error = AUDIT_TEXT("connect_refused");
+            }
+            CHECK_INT(audit_batch_add(b, &e), i + 1);
+        }
+        size_t lost = 99;
+        b = audit_submit_batch(a, b, &lost);
+        CHECK_INT(lost, 0);
+        CHECK(b != NULL);
+        CHECK_INT(audit_batch_count(b), 0);
+        audit_flush(a);
+        CHECK_INT(query(path, "SELECT count(*) FROM exchanges"), (round + 1) * 100);
+    }
+    audit_batch_free(b);
+    audit_batch_free(NULL);
+    audit_close(a);
+    CHECK_INT(query(path, "SELECT count(DISTINCT start_ms) FROM exchanges"), 300);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchanges WHERE client = '10.1.2.3' AND"
+                          " method = 'PUT' AND host = 'batch.example' AND path = '/items' AND"
+                          " upstream_code = 200 AND final_code = 200 AND rule IS NULL AND"
+                          " action IS NULL AND error IS NULL AND duration_us = 42 AND"
+                          " bytes_in = 7 AND bytes_out = 9"),
+              297);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchanges WHERE upstream_code IS NULL AND"
+                          " final_code = 502 AND rule = 'mask' AND action = 'set-status 503'"
+                          " AND error = 'connect_refused'"),
+              3);
+    CHECK_INT(query(path, "SELECT sum(count) FROM minute_stats"), 300);
+    CHECK_INT(query(path, "SELECT sum(count) FROM minute_stats WHERE rule = 'mask' AND"
+                          " upstream_code = -1 AND final_code = 502"),
+              3);
+    free(path);
+}
+
+static void test_entry_strings_cut_at_column_limits(void)
+{
+    char *path = new_db_path();
+    struct audit *a = open_audit(path, AUDIT_LOG_ALL, 0, 0);
+    char long_text[2000];
+    memset(long_text, 'y', sizeof long_text);
+    struct audit_entry e = entry(time_now_ms(), long_text, sizeof long_text);
+    e.client = (struct audit_text){long_text, sizeof long_text};
+    e.method = (struct audit_text){long_text, sizeof long_text};
+    e.host = (struct audit_text){long_text, sizeof long_text};
+    e.rule = (struct audit_text){long_text, sizeof long_text};
+    e.action = (struct audit_text){long_text, sizeof long_text};
+    e.error = (struct audit_text){long_text, sizeof long_text};
+    struct audit_batch *b = audit_batch_new();
+    audit_batch_add(b, &e);
+    size_t lost;
+    b = audit_submit_batch(a, b, &lost);
+    audit_batch_free(b);
+    audit_close(a);
+    CHECK_INT(query(path, "SELECT length(client) FROM exchanges"), AUDIT_MAX_CLIENT);
+    CHECK_INT(query(path, "SELECT length(method) FROM exchanges"), AUDIT_MAX_METHOD);
+    CHECK_INT(query(path, "SELECT length(host) FROM exchanges"), AUDIT_MAX_HOST);
+    CHECK_INT(query(path, "SELECT length(path) FROM exchanges"), AUDIT_MAX_PATH);
+    CHECK_INT(query(path, "SELECT length(rule) FROM exchanges"), AUDIT_MAX_RULE);
+    CHECK_INT(query(path, "SELECT length(action) FROM exchanges"), AUDIT_MAX_ACTION);
+    CHECK_INT(query(path, "SELECT length(error) FROM exchanges"), AUDIT_MAX_ERROR);
+    CHECK_INT(query(path, "SELECT length(host) + length(rule) FROM minute_stats"),
+              AUDIT_MAX_HOST + AUDIT_MAX_RULE);
+    free(path);
+}
+
+/* A batch that does not fit the queue: its first records are taken, the
+ * rest counted and stored as lost, and the caller gets an empty batch back. */
+static void test_batch_overflow_keeps_the_first_records(void)
+{
+    char *path = new_db_path();
+    create_db(path);
+    struct locker l = lock_db(path);
+    struct audit *a = open_audit(path, AUDIT_LOG_ALL, 0, 100);
+    CHECK(a != NULL);
+    int64_t t0 = 1795000000000;
+    struct audit_batch *b = audit_batch_new();
+    size_t lost = 99;
+    for (int i = 0; i < 10; i++) {
+        struct audit_entry e = entry(t0 + i, "/", 1);
+        audit_batch_add(b, &e);
+    }
+    b = audit_submit_batch(a, b, &lost);
+    CHECK_INT(lost, 0);
+    char msg[256];
+    for (int i = 0; i < 300 && !audit_last_error(a, msg, sizeof msg); i++)
+        sleep_ms(10);
+    CHECK(audit_last_error(a, msg, sizeof msg));
+    for (int i = 0; i < 150; i++) {
+        struct audit_entry e = entry(t0 + 1000 + i, "/", 1);
+        audit_batch_add(b, &e);
+    }
+    b = audit_submit_batch(a, b, &lost);
+    CHECK_INT(lost, 50);
+    CHECK_INT(audit_batch_count(b), 0);
+    for (int i = 0; i < 5; i++) {
+        struct audit_entry e = entry(t0 + 2000 + i, "/", 1);
+        audit_batch_add(b, &e);
+    }
+    b = audit_submit_batch(a, b, &lost);
+    CHECK_INT(lost, 5);
+    CHECK_INT(audit_batch_count(b), 0);
+    CHECK_INT(audit_dropped(a), 55);
+    unlock_db(&l);
+    audit_close(a);
+    audit_batch_free(b);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchanges"), 110);
+    CHECK_INT(query(path, "SELECT max(start_ms) FROM exchanges"), t0 + 1099);
+    CHECK_INT(query(path, "SELECT sum(count) FROM minute_stats"), 110);
+    CHECK_INT(query(path, "SELECT sum(count) FROM dropped"), 55);
+    free(path);
+}
+
 static void test_open_refuses_unusable_database(void)
 {
     char *path = xasprintf("%s/text.db", dir);
@@ -560,6 +701,9 @@ int main(int argc, char **argv)
     RUN(test_close_flushes_everything);
     RUN(test_flush_makes_records_visible);
     RUN(test_concurrent_submitters);
+    RUN(test_batches_handed_over_and_reused);
+    RUN(test_entry_strings_cut_at_column_limits);
+    RUN(test_batch_overflow_keeps_the_first_records);
     RUN(test_open_refuses_unusable_database);
     char *cmd = xasprintf("rm -rf '%s'", dir);
     if (system(cmd) != 0)

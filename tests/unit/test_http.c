@@ -74,6 +74,106 @@ static void test_remove_and_tokens(void)
     http_head_free(&h);
 }
 
+/* Well-known names are recognized however they are cased or split into
+ * pieces, and only when the whole name matches. */
+static void test_known_names(void)
+{
+    struct http_head h;
+    http_head_init(&h, 1024);
+    http_head_add_name(&h, "con", 3);
+    http_head_add_name(&h, "TENT-length", 11);
+    http_head_add_value(&h, "5", 1);
+    http_head_end_value(&h);
+    add(&h, "Hosts", "a");
+    add(&h, "TE2", "b");
+    add(&h, "hOsT", "c");
+    size_t len;
+    const char *v = http_head_get(&h, "Content-Length", &len);
+    CHECK(v != NULL && len == 1 && v[0] == '5');
+    CHECK_INT(http_head_find(&h, "host", 0), 3);
+    CHECK_INT(http_head_find(&h, "HOSTS", 0), 1);
+    CHECK_INT(http_head_find(&h, "te", 0), -1);
+    CHECK_INT(http_head_find(&h, "te2", 0), 2);
+    CHECK_INT(http_head_find(&h, "Via", 0), -1);
+    CHECK_INT(http_head_remove(&h, "HOST"), 1);
+    CHECK_INT(http_head_find(&h, "Host", 0), -1);
+    CHECK_INT(http_head_find(&h, "Hosts", 0), 1);
+    CHECK_INT(http_head_add_field(&h, "Via", 3, "1.1 x", 5), 0);
+    CHECK_INT(http_head_find(&h, "via", 0), 4);
+    http_head_reset(&h);
+    CHECK_INT(http_head_find(&h, "Via", 0), -1);
+    http_head_free(&h);
+}
+
+static const char *written(const struct http_head *h)
+{
+    static struct sbuf out;
+    sbuf_reset(&out);
+    http_head_write(h, &out);
+    return out.data ? out.data : "";
+}
+
+static void test_drop_hop_by_hop(void)
+{
+    struct http_head h;
+    http_head_init(&h, 4096);
+    add(&h, "Host", "a");
+    add(&h, "Connection", "close, X-Secret ,,\tvia");
+    add(&h, "Keep-Alive", "5");
+    add(&h, "X-Secret", "s");
+    add(&h, "Via", "1.0 other");
+    add(&h, "TE", "trailers");
+    add(&h, "Trailer", "X-T");
+    add(&h, "Transfer-Encoding", "chunked");
+    add(&h, "Content-Length", "3");
+    add(&h, "Proxy-Connection", "keep-alive");
+    add(&h, "X-Statusproxy-Abort", "503");
+    add(&h, "X-Statusproxy-Delay", "1s");
+    add(&h, "Upgrade", "websocket");
+    add(&h, "Accept", "*/*");
+    http_head_drop_hop_by_hop(&h, 0);
+    CHECK_STR(written(&h), "Host: a\r\nAccept: */*\r\n");
+    http_head_reset(&h);
+    add(&h, "Connection", "Upgrade, X-A");
+    add(&h, "Upgrade", "websocket");
+    add(&h, "X-A", "1");
+    add(&h, "X-B", "2");
+    http_head_drop_hop_by_hop(&h, 1);
+    CHECK_STR(written(&h), "Upgrade: websocket\r\nX-B: 2\r\n");
+    http_head_reset(&h);
+    /* A Connection field that an earlier one names is gone before its own
+     * list is read (as the proxy has always done). */
+    add(&h, "Connection", "connection");
+    add(&h, "Connection", "x-late");
+    add(&h, "X-Late", "1");
+    http_head_drop_hop_by_hop(&h, 0);
+    CHECK_STR(written(&h), "X-Late: 1\r\n");
+    http_head_free(&h);
+}
+
+static void test_check_request_hosts_and_te(void)
+{
+    struct http_head h;
+    const char *why;
+    http_head_init(&h, 1024);
+    h.major = 1;
+    h.minor = 1;
+    CHECK_INT(http_check_request(&h, 0, &why), 400);
+    add(&h, "host", "a");
+    CHECK_INT(http_check_request(&h, 0, &why), 0);
+    add(&h, "HOST", "b");
+    CHECK_INT(http_check_request(&h, 0, &why), 400);
+    CHECK_STR(why, "more than one Host header");
+    http_head_remove(&h, "Host");
+    add(&h, "Host", "c");
+    add(&h, "Transfer-Encoding", "gzip");
+    CHECK_INT(http_check_request(&h, 0, &why), 400);
+    CHECK_INT(http_check_request(&h, 1, &why), 0);
+    h.minor = 0;
+    CHECK_INT(http_check_request(&h, 1, &why), 400);
+    http_head_free(&h);
+}
+
 static void test_grammar(void)
 {
     CHECK(http_is_token("Content-Type", 12));
@@ -84,6 +184,20 @@ static void test_grammar(void)
     CHECK(!http_is_field_value("a\rb", 3));
     CHECK(!http_is_field_value("a\x7f", 2));
     CHECK(http_is_field_value("caf\xc3\xa9", 5));
+    /* Long values, checked a word at a time: the bad byte anywhere. */
+    const char *ok = "text/html,application/xhtml+xml;q=0.9,\t*/*;q=0.8 \xc3\xa9\xff\x80";
+    CHECK(http_is_field_value(ok, strlen(ok)));
+    char v[40];
+    for (size_t at = 0; at < sizeof v; at++) {
+        static const char bad[] = {'\r', '\n', '\0', 0x7f, 0x1f, 0x01};
+        for (size_t b = 0; b < sizeof bad; b++) {
+            memset(v, 'a', sizeof v);
+            v[at] = bad[b];
+            CHECK(!http_is_field_value(v, sizeof v));
+        }
+        v[at] = '\t';
+        CHECK(http_is_field_value(v, sizeof v));
+    }
 }
 
 int main(void)
@@ -92,6 +206,9 @@ int main(void)
     RUN(test_empty_value);
     RUN(test_limit);
     RUN(test_remove_and_tokens);
+    RUN(test_known_names);
+    RUN(test_drop_hop_by_hop);
+    RUN(test_check_request_hosts_and_te);
     RUN(test_grammar);
     return unit_summary("http");
 }
