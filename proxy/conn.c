@@ -515,13 +515,15 @@ void conn_record(struct conn *c)
 static void exchange_begin(struct conn *c)
 {
     struct exchange *x = &c->x;
-    struct sbuf keep = x->req_head;
+    /* The head buffers and the pace queue keep their memory across exchanges. */
+    struct sbuf keep = x->req_head, keep_held = x->held_head;
     struct pace pace = x->pace;
-    sbuf_free(&x->held_head);
     uint64_t bytes_in = x->bytes_in;
     memset(x, 0, sizeof *x);
     sbuf_reset(&keep);
+    sbuf_reset(&keep_held);
     x->req_head = keep;
+    x->held_head = keep_held;
     pace.n = pace.head = pace.bytes = 0;
     pace.budget = 0;
     pace.bps = 0;

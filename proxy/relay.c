@@ -714,20 +714,21 @@ static void send_response_head(struct conn *c)
     /* Framing towards the client. */
     int up_has_body = !x->is_head && catalog_body(h->status) == CATALOG_BODY_ALLOWED;
     enum catalog_body kind = catalog_body(status);
-    struct sbuf out = {0};
+    struct sbuf *out = &x->held_head; /* kept by the connection: no malloc per answer */
+    sbuf_reset(out);
     if (status == h->status && !reason) {
-        put_status_line(&out, status, h->buf + h->reason, h->reason_len);
+        put_status_line(out, status, h->buf + h->reason, h->reason_len);
     } else {
         const char *r = reason ? reason : catalog_reason(status);
-        put_status_line(&out, status, r, strlen(r));
+        put_status_line(out, status, r, strlen(r));
     }
-    http_head_write(h, &out);
-    put_via(&out, c->w->via_value);
+    http_head_write(h, out);
+    put_via(out, c->w->via_value);
     const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
     if (c->w->opts->mark_faults && (rule || x->fault_rule))
-        put_field(&out, "X-Statusproxy-Rule", rule ? rule_name(rule) : x->fault_rule);
+        put_field(out, "X-Statusproxy-Rule", rule ? rule_name(rule) : x->fault_rule);
     if (upgrade) {
-        sbuf_puts(&out, "Connection: Upgrade\r\n\r\n");
+        sbuf_puts(out, "Connection: Upgrade\r\n\r\n");
         x->out_mode = OUT_NONE;
     } else {
         if (x->is_head || kind == CATALOG_BODY_NONE) {
@@ -736,21 +737,21 @@ static void send_response_head(struct conn *c)
             x->out_mode = OUT_NONE;
             x->resp_discard = 1;
             if (cl && (x->is_head || status == 304) && status == h->status)
-                put_field(&out, "Content-Length", cl);
+                put_field(out, "Content-Length", cl);
             else if (x->is_head && up_chunked && c->req.minor == 1 && status == h->status)
-                sbuf_puts(&out, "Transfer-Encoding: chunked\r\n");
+                sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
         } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
             /* 205, or a status that needs a body where the upstream sent
              * none (set-status 200 on a 204): an empty one. */
             x->out_mode = OUT_NONE;
             x->resp_discard = 1;
-            sbuf_puts(&out, "Content-Length: 0\r\n");
+            sbuf_puts(out, "Content-Length: 0\r\n");
         } else if (cl && !up_chunked) {
             x->out_mode = OUT_LENGTH;
-            put_field(&out, "Content-Length", cl);
+            put_field(out, "Content-Length", cl);
         } else if (c->req.minor == 1) {
             x->out_mode = OUT_CHUNKED;
-            sbuf_puts(&out, "Transfer-Encoding: chunked\r\n");
+            sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
         } else {
             x->out_mode = OUT_CLOSE;
             c->close_after = 1;
@@ -761,10 +762,9 @@ static void send_response_head(struct conn *c)
             c->close_after = 1;
             x->sink = SINK_DISCARD;
         }
-        conn_put_connection_header(c, &out);
-        sbuf_puts(&out, "\r\n");
+        conn_put_connection_header(c, out);
+        sbuf_puts(out, "\r\n");
     }
-    x->held_head = out;
     if (delay == 0 && !x->do_reset) {
         release_response_head(c);
         return;
@@ -781,14 +781,14 @@ static void release_response_head(struct conn *c)
 {
     struct exchange *x = &c->x;
     if (x->do_reset) {
-        sbuf_free(&x->held_head);
+        sbuf_reset(&x->held_head);
         conn_set_error(c, "reset");
         x->final_code = -1;
         conn_close(c, CLOSE_RESET);
         return;
     }
     sender_copy(&c->out, x->held_head.data, x->held_head.len);
-    sbuf_free(&x->held_head);
+    sbuf_reset(&x->held_head);
     x->resp_head_sent = 1;
     x->resp = RESP_BODY;
     if (c->resp.status == 101)

@@ -548,12 +548,24 @@ def db_exchanges(db):
         con.close()
 
 
+def wait_until(fn, timeout=2.0, interval=0.05):
+    """Call FN until it returns something true or TIMEOUT passes; returns
+    the last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(interval)
+
+
 def wait_exchanges(db, pred, timeout=5.0):
     """Poll DB until PRED(rows) holds (records reach the file within about
     1 s); returns the rows of the last poll whether or not it held."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = db_exchanges(db)
-        if pred(rows) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+    last = []
+
+    def poll():
+        last[:] = db_exchanges(db)
+        return pred(last)
+    wait_until(poll, timeout)
+    return last

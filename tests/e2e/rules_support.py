@@ -70,15 +70,6 @@ class SourceConn(HttpConn):
         self.port = port
 
 
-def wait_until(fn, timeout=2.0, interval=0.05):
-    """Call FN until it returns something true or TIMEOUT passes; returns
-    the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(interval)
 
 
 # -- the admin API ---------------------------------------------------------------

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from helpers import HttpConn
+from helpers import HttpConn, wait_until
 from rules_support import (Admin, get, metric, metric_samples, parse_prometheus, rules_proxy,
-                           status_of, wait_until)
+                           status_of)
 
 RULES = ('rule ab path /ab => abort 503\n'
          'rule hide status 404 => set-status 200\n'

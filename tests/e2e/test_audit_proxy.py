@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ConnectionClosed, HttpConn, ProtocolError, free_port
+from helpers import ConnectionClosed, HttpConn, ProtocolError, free_port, wait_until
 
 from report_model import VIEWS, expected_rows, minute_of_ms
 
@@ -140,15 +140,6 @@ def metric(text, name):
     m = re.search(r"^%s (\S+)$" % re.escape(name), text, re.M)
     assert m, "no %s in /metrics:\n%s" % (name, text)
     return float(m.group(1))
-
-
-def wait_until(pred, timeout, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
 
 
 class Sent:
@@ -713,21 +704,28 @@ SELECT 'locked';
 """
 
 
+def lock_after_one_record(proxy):
+    """Send one request, wait for its record, then start the sqlite3 CLI
+    holding an exclusive lock on the proxy's database. Returns the holder
+    process, once it holds the lock; it ends with 'COMMIT;' on its stdin."""
+    with proxy.conn() as c:
+        assert c.exchange("GET", "/status/200", host="warmup.example").status == 200
+    assert wait_until(lambda: scalar(proxy.db, "SELECT count(*) FROM exchanges") == 1, 5.0)
+    holder = subprocess.Popen(["sqlite3", proxy.db], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder.stdin.write(LOCK_HOLDER)
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
+    return holder
+
+
 def test_locked_database_loses_nothing(proxy, backend, statusproxy_bin, names):
     """Another process holds an exclusive lock for ~2 s while N requests go
     through: every answer is prompt, then all N records arrive once the
     lock is released, none twice, none counted as dropped."""
     n = 40
-    with proxy.conn() as c:
-        assert c.exchange("GET", "/status/200", host="warmup.example").status == 200
-    assert wait_until(lambda: scalar(proxy.db, "SELECT count(*) FROM exchanges") == 1, 5.0)
-
-    holder = subprocess.Popen(["sqlite3", proxy.db], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = lock_after_one_record(proxy)
     try:
-        holder.stdin.write(LOCK_HOLDER)
-        holder.stdin.flush()
-        assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
         t_lock = time.monotonic()
         slowest = 0.0
         for i in range(n):
@@ -782,17 +780,10 @@ def test_sigterm_while_database_locked_flushes_after_release(proxy, backend,
     it (DESIGN §5: flush everything) and, once it is released 1.5 s later,
     writes every record and exits 0."""
     n = 12
-    with proxy.conn() as c:
-        assert c.exchange("GET", "/status/200", host="warmup.example").status == 200
-    assert wait_until(lambda: scalar(proxy.db, "SELECT count(*) FROM exchanges") == 1, 5.0)
-    holder = subprocess.Popen(["sqlite3", proxy.db], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder = lock_after_one_record(proxy)
     problems = []
     stopper = threading.Thread(target=lambda: problems.extend(proxy.stop(timeout=20)))
     try:
-        holder.stdin.write(LOCK_HOLDER)
-        holder.stdin.flush()
-        assert holder.stdout.readline().strip() == "locked", holder.stderr.read()
         for i in range(n):
             with proxy.conn() as c:
                 assert c.exchange("GET", "/status/202", host="t%02d.example" % i).status == 202

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from helpers import HttpConn, check_synthesized, free_port
+from helpers import HttpConn, check_synthesized, free_port, wait_until
 from rules_support import (Admin, db_rows, get, replace_file, rules_proxy, slowdown, status_of,
-                           timed, wait_until)
+                           timed)
 
 DIAG = re.compile(r"(?P<file>/\S+\.rules):(?P<line>\d+):(?P<col>\d+): error: ")
 
