@@ -91,6 +91,11 @@ static void arm_timer(struct conn *c, uint64_t ms)
     deadline_set(&c->timer, ms);
 }
 
+void conn_tunnel_active(struct conn *c)
+{
+    arm_timer(c, c->w->opts->tunnel_idle_timeout_ms);
+}
+
 /* The client went away (EOF or error) or a write to it failed. */
 static void client_gone(struct conn *c, int status)
 {
@@ -136,6 +141,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->phase == PH_TUNNEL) {
+        conn_tunnel_active(c);
         tunnel_from_client(c->tunnel, ch, 0);
         chunk_unref(ch);
         return;
@@ -1139,6 +1145,11 @@ static void on_timer(struct deadline *d)
         answer_and_close(c, 408, "header_timeout", NULL);
         break;
     case PH_LINGER:
+        conn_close(c, CLOSE_NOW);
+        break;
+    case PH_TUNNEL:
+        /* No byte either way for --tunnel-idle-timeout (DESIGN §12). */
+        conn_set_error(c, "tunnel_idle");
         conn_close(c, CLOSE_NOW);
         break;
     default:

@@ -166,6 +166,8 @@ void conn_flush(struct conn *c);
 void conn_close(struct conn *c, enum close_how how);
 /* Close once everything queued to the client is written (lingering close). */
 void conn_close_gracefully(struct conn *c);
+/* A byte went through the tunnel: push its idle deadline back. */
+void conn_tunnel_active(struct conn *c);
 /* Start or stop reading from the client as the state asks. */
 void conn_update_reading(struct conn *c);
 void conn_release_input(struct conn *c);

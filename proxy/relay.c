@@ -244,6 +244,7 @@ static void start_tunnel(struct conn *c)
     c->phase = PH_TUNNEL;
     c->tunnel = tunnel_new(&c->out, x->up, &tunnel_ops, c);
     x->up = NULL; /* the tunnel owns it now */
+    conn_tunnel_active(c);
     conn_flush(c);
     if (c->phase != PH_TUNNEL)
         return;
@@ -254,6 +255,9 @@ static void start_tunnel(struct conn *c)
     }
     if (c->phase != PH_TUNNEL)
         return;
+    /* Reading from the upstream paused while those bytes waited (a delay
+     * held the 101): the tunnel reads from now on. */
+    tunnel_resume_upstream(c->tunnel);
     if (c->in)
         tunnel_from_client(c->tunnel, c->in, c->in_pos);
     conn_release_input(c);
@@ -344,6 +348,7 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
     struct conn *c = owner;
     UNUSED(u);
     if (c->phase == PH_TUNNEL) {
+        conn_tunnel_active(c);
         if (nread < 0)
             tunnel_upstream_eof(c->tunnel, (int)nread);
         else

@@ -198,6 +198,12 @@ void tunnel_upstream_written(struct tunnel *t, int status)
     }
 }
 
+void tunnel_resume_upstream(struct tunnel *t)
+{
+    if (!t->done && !t->upstream_paused && !t->upstream_eof)
+        upstream_resume(t->up);
+}
+
 int tunnel_wants_client(const struct tunnel *t)
 {
     return !t->done && !t->client_eof && !t->client_paused;

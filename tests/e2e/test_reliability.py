@@ -100,33 +100,51 @@ def recv_until_closed(sock, timeout=5.0):
 
 
 class SteppedTarget:
-    """A CONNECT target whose connections do what the test says, when it says."""
+    """A CONNECT target whose connections act only when the test says:
+    target.do(i, "shut") half-closes connection i (1-based), "rst" resets it;
+    do() returns once done. Connections left alone close after 30 s."""
 
     def __init__(self):
-        self.socks = []
+        self.conns = []
         self.ready = threading.Condition()
         self.origin = RawOrigin(self._handler)
         self.port = self.origin.port
 
     def _handler(self, s):
+        import queue
+        q = queue.Queue()
         with self.ready:
-            self.socks.append(s)
+            self.conns.append((s, q))
             self.ready.notify_all()
-        s.settimeout(30)
-        try:
-            while s.recv(65536):
-                pass
-        except OSError:
-            pass
-        time.sleep(1)
+        while True:
+            try:
+                what, done = q.get(timeout=30)
+            except queue.Empty:
+                return
+            if what == "shut":
+                s.shutdown(socket.SHUT_WR)
+                done.set()
+            elif what == "rst":
+                rst_close(s)
+                done.set()
+                return
 
     def wait_sock(self, n):
         with self.ready:
-            self.ready.wait_for(lambda: len(self.socks) >= n, 5)
-            return self.socks[n - 1]
+            self.ready.wait_for(lambda: len(self.conns) >= n, 5)
+            return self.conns[n - 1][0]
+
+    def do(self, n, what):
+        self.wait_sock(n)
+        done = threading.Event()
+        self.conns[n - 1][1].put((what, done))
+        assert done.wait(5)
 
     def stop(self):
         self.origin.stop()
+        time.sleep(0.1)
+        for _, q in self.conns:
+            q.put(("rst", threading.Event()))
 
 
 def _tunnel(p, target):
@@ -161,10 +179,10 @@ def test_tunnel_target_half_close_then_client_reset_is_memory_safe(proxy_factory
     try:
         for i in range(1, 41):
             s = _tunnel(p, target)
-            t = target.wait_sock(i)
-            _frozen(p, lambda: t.shutdown(socket.SHUT_WR), lambda: rst_close(s))
+            _frozen(p, lambda: target.do(i, "shut"), lambda: rst_close(s))
         assert p.proc.poll() is None
         s = _tunnel(p, target)
+        target.do(41, "rst")
         s.close()
     finally:
         target.stop()
@@ -178,9 +196,125 @@ def test_tunnel_client_half_close_then_target_reset_is_memory_safe(proxy_factory
     try:
         for i in range(1, 41):
             s = _tunnel(p, target)
-            t = target.wait_sock(i)
-            _frozen(p, lambda: s.shutdown(socket.SHUT_WR), lambda: rst_close(t))
+            _frozen(p, lambda: s.shutdown(socket.SHUT_WR), lambda: target.do(i, "rst"))
             s.close()
         assert p.proc.poll() is None
     finally:
         target.stop()
+
+
+# -- 2. a delay that holds a 101 --------------------------------------------------
+
+
+def _upgrade_origin():
+    """Answers an Upgrade request with 101 and, in the same write, a first
+    frame; then echoes until EOF and closes."""
+    def handler(s):
+        if not read_head(s):
+            return
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\n"
+                  b"Connection: Upgrade\r\n\r\nHELLO")
+        s.settimeout(30)
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            s.sendall(d)
+    return RawOrigin(handler)
+
+
+UPGRADE_REQ = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\n"
+               b"Connection: Upgrade\r\n\r\n")
+
+
+def _open_upgraded(p):
+    s = socket.socket()
+    s.connect(("127.0.0.1", p.port))
+    s.sendall(UPGRADE_REQ)
+    s.settimeout(5)
+    data = b""
+    while b"HELLO" not in data:
+        d = s.recv(65536)
+        assert d, data
+        data += d
+    assert data.startswith(b"HTTP/1.1 101"), data
+    return s
+
+
+def test_delayed_101_with_bytes_behind_it_keeps_the_tunnel_flowing(proxy_factory, tmp_path):
+    """A `delay` holds the 101 while the upstream's first bytes wait behind
+    it: after the head goes out, the tunnel must read the upstream again
+    (before the fix the echo never came), and the client leaving must free
+    both sockets (before: CLOSE_WAIT and the upstream socket stayed open)."""
+    origin = _upgrade_origin()
+    rules = tmp_path / "hold.rules"
+    rules.write_text("rule hold path /ws => delay 200ms\n")
+    p = proxy_factory(upstream=origin.url, args=["--rules", str(rules)])
+    try:
+        base = open_fds(p.pid)
+        socks = []
+        for _ in range(5):
+            s = _open_upgraded(p)
+            s.sendall(b"ping")
+            got = b""
+            s.settimeout(3)
+            while len(got) < 4:
+                d = s.recv(64)
+                assert d, got
+                got += d
+            assert got == b"ping"
+            socks.append(s)
+        for s in socks:
+            s.close()
+        assert wait_until(lambda: open_fds(p.pid) <= base, timeout=5), \
+            "fds: %d before, %d after the clients left" % (base, open_fds(p.pid))
+        rows = wait_exchanges(p.db, lambda rs: len(rs) >= 5)
+        assert [(r["path"], r["final_code"], r["rule"]) for r in rows] == [("/ws", 101, "hold")] * 5
+    finally:
+        origin.stop()
+
+
+# -- 3. --tunnel-idle-timeout ------------------------------------------------------
+
+
+def test_tunnel_idle_timeout_closes_silent_tunnels(proxy_factory):
+    """CONNECT and 101 tunnels close after --tunnel-idle-timeout without a
+    byte either way; traffic keeps them open; the record says tunnel_idle."""
+    target = SteppedTarget()
+    origin = _upgrade_origin()
+    p = proxy_factory(upstream=origin.url,
+                      args=["--connect-ports", str(target.port), "--tunnel-idle-timeout", "600ms"])
+    try:
+        busy = _tunnel(p, target)
+        t = target.wait_sock(1)
+        silent = _tunnel(p, target)
+        ws = _open_upgraded(p)
+        start = time.monotonic()
+        # The busy tunnel sends a byte every 200 ms for 1.5 s: it stays open.
+        while time.monotonic() - start < 1.5:
+            busy.sendall(b"k")
+            time.sleep(0.2)
+        data, closed = recv_until_closed(silent, timeout=3)
+        assert closed and data == b""
+        data, closed = recv_until_closed(ws, timeout=3)
+        assert closed and data == b""
+        busy.sendall(b"z")
+        t.settimeout(2)
+        got = b""
+        while not got.endswith(b"z"):
+            got += t.recv(64)
+        rows = wait_exchanges(p.db, lambda rs: len(rs) >= 2)
+        idle = sorted((r["method"], r["error"]) for r in rows)
+        assert idle == [("CONNECT", "tunnel_idle"), ("GET", "tunnel_idle")], rows
+    finally:
+        target.stop()
+        origin.stop()
+
+
+def test_tunnel_idle_timeout_bad_value_exits_2(statusproxy_bin):
+    import subprocess
+    r = subprocess.run([statusproxy_bin, "run", "--tunnel-idle-timeout", "soon"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--tunnel-idle-timeout" in lines[0], r.stderr
