@@ -110,6 +110,7 @@ struct exchange {
     int resp_keepalive;          /* upstream connection reusable afterwards */
     enum body_out out_mode;
     int64_t truncate_left;       /* -1: no truncate */
+    int truncated;               /* truncate dropped body bytes */
     int do_reset;
     struct pace pace;
     struct sbuf held_head;       /* the answer's head, while held by a delay */

@@ -506,6 +506,8 @@ static void truncate_reached(struct conn *c)
 {
     /* The answer is cut here: the client sees a short body and a close. */
     struct exchange *x = &c->x;
+    if (x->truncated)
+        conn_set_error(c, "truncated");
     x->resp = RESP_DONE;
     x->resp_complete = 0;
     relay_pace_clear(&x->pace);
@@ -518,10 +520,14 @@ static void truncate_reached(struct conn *c)
 static void send_body_to_client(struct conn *c, struct chunk *ch, const char *at, size_t len)
 {
     struct exchange *x = &c->x;
-    if (x->truncate_left == 0)
+    if (x->truncate_left == 0) {
+        x->truncated |= len > 0;
         return;
-    if (x->truncate_left > 0 && (int64_t)len > x->truncate_left)
+    }
+    if (x->truncate_left > 0 && (int64_t)len > x->truncate_left) {
         len = (size_t)x->truncate_left;
+        x->truncated = 1;
+    }
     if (x->truncate_left > 0)
         x->truncate_left -= (int64_t)len;
     if (x->pace.bps) {
@@ -878,6 +884,14 @@ void relay_parse_responses(struct conn *c)
             on_response_head(c);
             if (c->phase != PH_EXCHANGE)
                 return;
+        }
+        if (x->truncated && !x->pace.n) {
+            /* Cut before the message's end, even when that end came in the
+             * same read: the client must not see a complete answer. */
+            conn_flush(c);
+            if (c->phase == PH_EXCHANGE)
+                truncate_reached(c);
+            return;
         }
         if (c->revent & EV_DONE) {
             if (x->resp_interim) {

@@ -318,3 +318,85 @@ def test_tunnel_idle_timeout_bad_value_exits_2(statusproxy_bin):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--tunnel-idle-timeout" in lines[0], r.stderr
+
+
+# -- 4. truncate when the whole answer came in one read -----------------------------
+
+
+BODY100 = bytes(range(48, 48 + 50)) * 2
+
+
+def _answer_origin(answers):
+    """Answers each request head (keep-alive) with ANSWERS[path] in one write."""
+    def handler(s):
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = s.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            path = head.split(b" ")[1].decode()
+            s.sendall(answers[path])
+    return RawOrigin(handler)
+
+
+def _truncate_proxy(proxy_factory, tmp_path, origin):
+    rules = tmp_path / "cut.rules"
+    rules.write_text("rule cut path /cut => truncate 10\n")
+    return proxy_factory(upstream=origin.url, args=["--rules", str(rules)])
+
+
+def _cut_record(p, n=1):
+    rows = wait_exchanges(p.db, lambda rs: len(rs) >= n)
+    cut = [r for r in rows if r["path"] == "/cut"]
+    assert len(cut) == 1, rows
+    assert cut[0]["error"] == "truncated" and cut[0]["action"] == "truncate 10", cut[0]
+    return rows
+
+
+def test_truncate_chunked_answer_in_one_read_is_cut(proxy_factory, tmp_path):
+    origin = _answer_origin({"/cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                     b"64\r\n" + BODY100 + b"\r\n0\r\n\r\n"})
+    try:
+        p = _truncate_proxy(proxy_factory, tmp_path, origin)
+        with p.conn() as c:
+            r = c.exchange("GET", "/cut", allow_incomplete=True)
+            assert r.status == 200 and r.body == BODY100[:10]
+            assert not r.complete, "a cut chunked answer was properly terminated"
+            assert c.closed_by_peer(2.0)
+        _cut_record(p)
+    finally:
+        origin.stop()
+
+
+def test_truncate_content_length_answer_in_one_read_closes(proxy_factory, tmp_path):
+    origin = _answer_origin({"/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + BODY100})
+    try:
+        p = _truncate_proxy(proxy_factory, tmp_path, origin)
+        with p.conn() as c:
+            r = c.exchange("GET", "/cut", allow_incomplete=True, timeout=5)
+            assert r.status == 200 and r.body == BODY100[:10] and not r.complete
+        _cut_record(p)
+    finally:
+        origin.stop()
+
+
+def test_truncate_with_pipelined_requests_never_desynchronises(proxy_factory, tmp_path):
+    """The next pipelined answer must never be read as the rest of the cut
+    body: the client gets the cut answer, then the connection closes."""
+    origin = _answer_origin({
+        "/cut": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + BODY100,
+        "/next": b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nNEXT"})
+    try:
+        p = _truncate_proxy(proxy_factory, tmp_path, origin)
+        with p.conn() as c:
+            c.send(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = c.read_all(timeout=5)
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 100" in head
+            assert body == BODY100[:10], data
+        _cut_record(p)
+    finally:
+        origin.stop()
