@@ -1070,6 +1070,23 @@ static void request_parse_error(struct conn *c, llhttp_errno_t err)
     answer_and_close(c, status, "bad_request", NULL);
 }
 
+/* The head limit counts the head as it came on the wire, separators and
+ * line ends included: many small fields must not pass where one large one
+ * is refused. Answers 431 and returns 1 past the limit. */
+static int head_too_large(struct conn *c, size_t used)
+{
+    c->head_bytes += (uint32_t)(used < REQ_HEAD_LIMIT ? used : REQ_HEAD_LIMIT + 1);
+    if (c->head_bytes <= REQ_HEAD_LIMIT) {
+        if (c->event == EV_HEAD)
+            c->head_bytes = 0; /* the next head counts from zero */
+        return 0;
+    }
+    c->head_bytes = 0;
+    c->parse_status = 431;
+    request_parse_error(c, HPE_USER);
+    return 1;
+}
+
 /* Feed pending client bytes to the request parser while the state allows.
  * After a pause llhttp may have more to do without any new byte (a request
  * without a body completes right after its head), hence the "kick". */
@@ -1087,6 +1104,7 @@ void conn_parse_requests(struct conn *c)
         }
         c->kick = 0;
         c->event = EV_NONE;
+        int in_head = c->phase == PH_IDLE || c->phase == PH_HEAD;
         llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
         size_t used = len;
         if (err == HPE_PAUSED) {
@@ -1105,6 +1123,8 @@ void conn_parse_requests(struct conn *c)
         }
         c->in_pos += used;
         c->x.bytes_in += used;
+        if (in_head && head_too_large(c, used))
+            return;
         if (c->event == EV_HEAD) {
             on_request_head(c);
             if (c->phase == PH_CLOSED)

@@ -145,6 +145,7 @@ struct conn {
     int kick, up_kick;           /* run the parser once more, even without bytes */
     int req_crlf, resp_crlf;     /* CRLF bytes still expected after chunk data */
     int parse_status;            /* status for a failed request parse (400, 414, 431) */
+    uint32_t head_bytes;         /* wire bytes of the request head so far */
     int obs_fold;
     char prev_last;              /* last byte of the previous client chunk */
     char up_prev_last;

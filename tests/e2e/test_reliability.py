@@ -400,3 +400,29 @@ def test_truncate_with_pipelined_requests_never_desynchronises(proxy_factory, tm
         _cut_record(p)
     finally:
         origin.stop()
+
+
+# -- 5. the request-head limit counts wire bytes ---------------------------------------
+
+
+def _many_fields(n):
+    return b"".join(b"X-H%d: v\r\n" % i for i in range(n))
+
+
+def test_head_limit_counts_separators_and_line_ends(proxy):
+    """8,000 fields `X-Hn: v` make a 95 KB head whose names and values
+    alone stay under 64 KiB: refused 431 like one large field."""
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + _many_fields(8000) + b"\r\n"
+    assert len(head) > 90000
+    with proxy.conn() as c:
+        c.send(head)
+        r = c.read_response()
+        assert r.status == 431
+    # A head under the limit in the same shape still passes.
+    ok = b"GET /status/200 HTTP/1.1\r\nHost: x\r\n" + _many_fields(4000) + b"\r\n"
+    assert len(ok) < 60000
+    with proxy.conn() as c:
+        c.send(ok)
+        assert c.read_response().status == 200
+    rows = wait_exchanges(proxy.db, lambda rs: len(rs) >= 2)
+    assert [(r["final_code"], r["error"]) for r in rows] == [(431, "bad_request"), (200, None)]
