@@ -745,11 +745,17 @@ static void send_response_head(struct conn *c)
         if (x->is_head || kind == CATALOG_BODY_NONE) {
             /* No body to this client. HEAD keeps the representation's
              * length; 304 may too; 204 and 1xx carry none (RFC 9110 §8.6). */
+            /* A HEAD answer says what a GET would have got, also when a
+             * rule rewrote the status (set-status keeps the body). */
+            int head_len = x->is_head && kind == CATALOG_BODY_ALLOWED;
+            int up_body = catalog_body(h->status) == CATALOG_BODY_ALLOWED;
             x->out_mode = OUT_NONE;
             x->resp_discard = 1;
-            if (cl && (x->is_head || status == 304) && status == h->status)
+            if (head_len && !up_body)
+                sbuf_puts(out, "Content-Length: 0\r\n");
+            else if (cl && (head_len || (status == 304 && status == h->status)))
                 put_field(out, "Content-Length", cl);
-            else if (x->is_head && up_chunked && c->req.minor == 1 && status == h->status)
+            else if (head_len && up_chunked && c->req.minor == 1)
                 sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
         } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
             /* 205, or a status that needs a body where the upstream sent
@@ -855,6 +861,9 @@ static int can_parse_response(struct conn *c)
 void relay_parse_responses(struct conn *c)
 {
     struct exchange *x = &c->x;
+    /* Finishing an exchange may start the next pipelined one on the same
+     * struct: what this call parsed belongs to the first, so it stops. */
+    int exchange = c->nrequests;
     for (;;) {
         size_t len = c->up_in ? c->up_in->len - c->up_pos : 0;
         if ((len == 0 && !c->up_kick) || !can_parse_response(c))
@@ -882,7 +891,7 @@ void relay_parse_responses(struct conn *c)
         c->up_pos += used;
         if (c->revent & EV_HEAD) {
             on_response_head(c);
-            if (c->phase != PH_EXCHANGE)
+            if (c->phase != PH_EXCHANGE || c->nrequests != exchange)
                 return;
         }
         if (x->truncated && !x->pace.n) {
@@ -905,7 +914,9 @@ void relay_parse_responses(struct conn *c)
             if (c->resp.status == 101)
                 return; /* the tunnel has taken over */
             on_response_done(c);
-            if (c->phase != PH_EXCHANGE || x->resp == RESP_DONE)
+            if (c->phase != PH_EXCHANGE || c->nrequests != exchange)
+                return;
+            if (x->resp == RESP_DONE)
                 break;
         }
         if (x->truncate_left == 0 && !x->pace.n) {

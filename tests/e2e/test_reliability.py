@@ -426,3 +426,47 @@ def test_head_limit_counts_separators_and_line_ends(proxy):
         assert c.read_response().status == 200
     rows = wait_exchanges(proxy.db, lambda rs: len(rs) >= 2)
     assert [(r["final_code"], r["error"]) for r in rows] == [(431, "bad_request"), (200, None)]
+
+
+# -- 6. pipelining after a HEAD whose upstream answered an invalid status --------
+
+
+def test_pipelined_after_head_with_invalid_status_stays_in_order(proxy_factory):
+    origin = _answer_origin({
+        "/bad": b"HTTP/1.1 600 Weird\r\nContent-Length: 5\r\n\r\n",
+        "/second": b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSECOND",
+        "/third": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nTHIRD"})
+    try:
+        p = proxy_factory(upstream=origin.url)
+        with p.conn() as c:
+            c.send(b"HEAD /bad HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+            r = c.read_response("HEAD", timeout=5)
+            assert r.status == 502
+            r = c.read_response(timeout=5)
+            assert (r.status, r.body) == (200, b"SECOND")
+            r = c.read_response(timeout=5)
+            assert (r.status, r.body) == (200, b"THIRD")
+        rows = wait_exchanges(p.db, lambda rs: len(rs) >= 3)
+        got = [(r["method"], r["path"], r["upstream_code"], r["final_code"], r["error"])
+               for r in rows]
+        assert got == [("HEAD", "/bad", 600, 502, "invalid_status"),
+                       ("GET", "/second", 200, 200, None),
+                       ("GET", "/third", 200, 200, None)]
+    finally:
+        origin.stop()
+
+
+# -- 7. HEAD with set-status keeps Content-Length ------------------------------------
+
+
+def test_head_rewritten_by_set_status_keeps_content_length(proxy_factory, backend, tmp_path):
+    rules = tmp_path / "s.rules"
+    rules.write_text("rule s path /status/200 => set-status 404\n")
+    p = proxy_factory(upstream=backend.url, args=["--rules", str(rules)])
+    with p.conn() as c:
+        r = c.exchange("HEAD", "/status/200?size=1234")
+        assert r.status == 404 and r.get("Content-Length") == "1234" and r.body == b""
+        g = c.exchange("GET", "/status/200?size=1234")
+        assert g.status == 404 and g.get("Content-Length") == "1234"
