@@ -10,7 +10,6 @@
  * (Content-Length kept, chunked re-chunked, close-delimited turned into
  * chunked for HTTP/1.1 clients).
  */
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -368,7 +367,14 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
         handle_upstream_eof(c, (int)nread);
         return;
     }
-    assert(!c->up_in); /* reading pauses while bytes wait (relay_update_reading) */
+    if (c->up_in) {
+        /* Reading pauses while bytes wait (relay_update_reading); should a
+         * read slip through anyway, this exchange fails, not the process. */
+        chunk_unref(ch);
+        LOG(LOG_WARN, "c%llu upstream read while bytes were pending", (unsigned long long)c->id);
+        conn_fail(c, 502, "internal");
+        return;
+    }
     c->x.up_seen = 1;
     c->up_in = ch;
     c->up_pos = 0;
@@ -590,9 +596,10 @@ static void on_pace_tick(uv_timer_t *t)
 
 /* ---------- response head: rules, rewrite, framing ---------- */
 
-/* Apply one rule's response-side actions on top of what is set. */
-static void apply_actions(struct conn *c, const struct rule_actions *a, uint64_t delay_ms,
-                          int *status, const char **reason, uint64_t *delay)
+/* Apply one rule's response-side actions on top of what is set. Returns 0,
+ * or -1 when a set-header does not fit under the head limit. */
+static int apply_actions(struct conn *c, const struct rule_actions *a, uint64_t delay_ms,
+                         int *status, const char **reason, uint64_t *delay)
 {
     struct exchange *x = &c->x;
     if (a->set_status)
@@ -604,7 +611,8 @@ static void apply_actions(struct conn *c, const struct rule_actions *a, uint64_t
     for (size_t i = 0; i < a->n_set_headers; i++) {
         http_head_remove(&c->resp, a->set_headers[i].name);
         const char *n = a->set_headers[i].name, *v = a->set_headers[i].value;
-        http_head_add_field(&c->resp, n, strlen(n), v, strlen(v));
+        if (http_head_add_field(&c->resp, n, strlen(n), v, strlen(v)) != 0)
+            return -1;
     }
     if (a->has_delay)
         *delay = delay_ms;
@@ -614,6 +622,7 @@ static void apply_actions(struct conn *c, const struct rule_actions *a, uint64_t
         x->truncate_left = a->truncate;
     if (a->reset)
         x->do_reset = 1;
+    return 0;
 }
 
 /* Validate the upstream's head, run response rules, then send (or hold). */
@@ -716,10 +725,15 @@ static void send_response_head(struct conn *c)
     }
     int up_chunked = (c->rparser.flags & F_CHUNKED) != 0;
     http_head_drop_hop_by_hop(h, upgrade);
-    if (x->has_req_v)
-        apply_actions(c, x->req_v.actions, x->req_v.delay_ms, &status, &reason, &delay);
-    if (x->has_resp_v)
-        apply_actions(c, x->resp_v.actions, x->resp_v.delay_ms, &status, &reason, &delay);
+    if ((x->has_req_v &&
+         apply_actions(c, x->req_v.actions, x->req_v.delay_ms, &status, &reason, &delay) != 0) ||
+        (x->has_resp_v &&
+         apply_actions(c, x->resp_v.actions, x->resp_v.delay_ms, &status, &reason, &delay) != 0)) {
+        /* The answer the rule asks for cannot be built: say so, never drop
+         * the header silently. */
+        conn_fail(c, 502, "header_overflow");
+        return;
+    }
     x->final_code = status;
 
     /* Framing towards the client. */

@@ -470,3 +470,31 @@ def test_head_rewritten_by_set_status_keeps_content_length(proxy_factory, backen
         assert r.status == 404 and r.get("Content-Length") == "1234" and r.body == b""
         g = c.exchange("GET", "/status/200?size=1234")
         assert g.status == 404 and g.get("Content-Length") == "1234"
+
+
+# -- 9. a set-header past the response-head limit ------------------------------------
+
+
+def test_set_header_past_the_head_limit_is_an_explicit_failure(proxy_factory, tmp_path):
+    """The upstream's head fills the 64 KiB head store; a rule's set-header
+    no longer fits. It must not be dropped silently: 502, recorded as
+    header_overflow."""
+    pad = b"a" * 65400
+    origin = _answer_origin({
+        "/big": b"HTTP/1.1 200 OK\r\nX-Pad: " + pad + b"\r\nContent-Length: 2\r\n\r\nok",
+        "/small": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"})
+    rules = tmp_path / "h.rules"
+    rules.write_text('rule mark status 200 => set-header X-Rule "%s"\n' % ("v" * 300))
+    try:
+        p = proxy_factory(upstream=origin.url, args=["--rules", str(rules)])
+        with p.conn() as c:
+            r = c.exchange("GET", "/small")
+            assert r.status == 200 and r.get("X-Rule") == "v" * 300
+        with p.conn() as c:
+            r = c.exchange("GET", "/big")
+            assert r.status == 502, (r.status, r.get("X-Rule"))
+        rows = wait_exchanges(p.db, lambda rs: len(rs) >= 2)
+        assert [(r["path"], r["final_code"], r["error"]) for r in rows] == \
+            [("/small", 200, None), ("/big", 502, "header_overflow")]
+    finally:
+        origin.stop()
