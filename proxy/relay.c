@@ -108,6 +108,12 @@ void relay_on_timeout(struct deadline *d)
     struct conn *c = d->data;
     if (c->phase != PH_EXCHANGE)
         return;
+    if (c->hold_upstream) {
+        /* The upstream is not read because the client stopped reading:
+         * the client is the slow side, not the upstream. */
+        conn_fail(c, 504, "client_timeout");
+        return;
+    }
     conn_fail(c, 504, c->x.up_ready ? "timeout" : "connect_timeout");
 }
 

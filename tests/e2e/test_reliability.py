@@ -498,3 +498,24 @@ def test_set_header_past_the_head_limit_is_an_explicit_failure(proxy_factory, tm
             [("/small", 200, None), ("/big", 502, "header_overflow")]
     finally:
         origin.stop()
+
+
+# -- 10. a client that stops reading ---------------------------------------------------
+
+
+def test_client_that_stops_reading_is_recorded_as_client_timeout(proxy_factory, backend):
+    """The upstream is paused because the client stopped reading; when the
+    response timeout passes the exchange is cut and the record blames the
+    client (client_timeout), not the upstream (timeout)."""
+    p = proxy_factory(upstream=backend.url, args=["--response-timeout", "1s"])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    s.connect(("127.0.0.1", p.port))
+    try:
+        s.sendall(b"GET /stream?size=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        rows = wait_exchanges(p.db, lambda rs: len(rs) >= 1, timeout=15)
+        assert [(r["final_code"], r["error"]) for r in rows] == [(200, "client_timeout")]
+    finally:
+        s.close()
