@@ -298,7 +298,8 @@ void relay_start(struct conn *c)
         build_request_head(c);
     x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, x->is_connect || x->is_upgrade,
                              &up_ops, c, &x->up_reused);
-    deadline_set(&c->xtimer, c->w->opts->connect_timeout_ms + c->w->opts->response_timeout_ms);
+    deadline_set(&c->xtimer,
+                 u64_add_sat(c->w->opts->connect_timeout_ms, c->w->opts->response_timeout_ms));
     if (x->up_reused)
         send_request(c);
 }

@@ -519,3 +519,39 @@ def test_client_that_stops_reading_is_recorded_as_client_timeout(proxy_factory, 
         assert [(r["final_code"], r["error"]) for r in rows] == [(200, "client_timeout")]
     finally:
         s.close()
+
+
+# -- 12. duration sums saturate ------------------------------------------------------
+
+
+def test_huge_connect_timeout_does_not_wrap_around(proxy_factory):
+    """--connect-timeout near 2^64 ms plus --response-timeout 2s used to
+    wrap to a 1-second deadline: a connect still pending (a backend whose
+    accept queue is full drops SYNs) was cut with 504 connect_timeout."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue; nobody accepts
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    time.sleep(0.2)
+    huge = (1 << 64) - 1 - 999
+    p = proxy_factory(upstream="http://127.0.0.1:%d" % port,
+                      args=["--connect-timeout", "%dms" % huge, "--response-timeout", "2s"])
+    try:
+        with p.conn(timeout=3) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.sock.settimeout(2.5)
+            try:
+                data = c.sock.recv(1000)
+            except socket.timeout:
+                data = None
+            assert data is None, data
+    finally:
+        for f in fillers:
+            f.close()
+        full.close()
