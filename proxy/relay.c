@@ -632,6 +632,40 @@ static int apply_actions(struct conn *c, const struct rule_actions *a, uint64_t 
     return 0;
 }
 
+/* The request rule's, then the response rule's actions. 0, or -1 as apply_actions. */
+static int apply_rules(struct conn *c, int *status, const char **reason, uint64_t *delay)
+{
+    struct exchange *x = &c->x;
+    if (x->has_req_v &&
+        apply_actions(c, x->req_v.actions, x->req_v.delay_ms, status, reason, delay) != 0)
+        return -1;
+    if (x->has_resp_v &&
+        apply_actions(c, x->resp_v.actions, x->resp_v.delay_ms, status, reason, delay) != 0)
+        return -1;
+    return 0;
+}
+
+/* Framing of an answer without a body to this client (HEAD, 1xx, 204, 304).
+ * A HEAD answer says what a GET would have got, also when a rule rewrote the
+ * status (set-status keeps the body); 304 may keep its length; 204 and 1xx
+ * carry none (RFC 9110 §8.6). CL: the upstream's Content-Length or NULL. */
+static void put_bodiless_framing(struct conn *c, struct sbuf *out, int status, const char *cl,
+                                 int up_chunked)
+{
+    struct exchange *x = &c->x;
+    struct http_head *h = &c->resp;
+    int head_len = x->is_head && catalog_body(status) == CATALOG_BODY_ALLOWED;
+    int up_body = catalog_body(h->status) == CATALOG_BODY_ALLOWED;
+    x->out_mode = OUT_NONE;
+    x->resp_discard = 1;
+    if (head_len && !up_body)
+        sbuf_puts(out, "Content-Length: 0\r\n");
+    else if (cl && (head_len || (status == 304 && status == h->status)))
+        put_field(out, "Content-Length", cl);
+    else if (head_len && up_chunked && c->req.minor == 1)
+        sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
+}
+
 /* Validate the upstream's head, run response rules, then send (or hold). */
 static void on_response_head(struct conn *c)
 {
@@ -732,10 +766,7 @@ static void send_response_head(struct conn *c)
     }
     int up_chunked = (c->rparser.flags & F_CHUNKED) != 0;
     http_head_drop_hop_by_hop(h, upgrade);
-    if ((x->has_req_v &&
-         apply_actions(c, x->req_v.actions, x->req_v.delay_ms, &status, &reason, &delay) != 0) ||
-        (x->has_resp_v &&
-         apply_actions(c, x->resp_v.actions, x->resp_v.delay_ms, &status, &reason, &delay) != 0)) {
+    if (apply_rules(c, &status, &reason, &delay) != 0) {
         /* The answer the rule asks for cannot be built: say so, never drop
          * the header silently. */
         conn_fail(c, 502, "header_overflow");
@@ -764,20 +795,7 @@ static void send_response_head(struct conn *c)
         x->out_mode = OUT_NONE;
     } else {
         if (x->is_head || kind == CATALOG_BODY_NONE) {
-            /* No body to this client. HEAD keeps the representation's
-             * length; 304 may too; 204 and 1xx carry none (RFC 9110 §8.6). */
-            /* A HEAD answer says what a GET would have got, also when a
-             * rule rewrote the status (set-status keeps the body). */
-            int head_len = x->is_head && kind == CATALOG_BODY_ALLOWED;
-            int up_body = catalog_body(h->status) == CATALOG_BODY_ALLOWED;
-            x->out_mode = OUT_NONE;
-            x->resp_discard = 1;
-            if (head_len && !up_body)
-                sbuf_puts(out, "Content-Length: 0\r\n");
-            else if (cl && (head_len || (status == 304 && status == h->status)))
-                put_field(out, "Content-Length", cl);
-            else if (head_len && up_chunked && c->req.minor == 1)
-                sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
+            put_bodiless_framing(c, out, status, cl, up_chunked);
         } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
             /* 205, or a status that needs a body where the upstream sent
              * none (set-status 200 on a 204): an empty one. */
@@ -878,6 +896,8 @@ static int can_parse_response(struct conn *c)
            !c->hold_upstream && x->pace.bytes < PACE_QUEUE_MAX && x->truncate_left != 0;
 }
 
+static void after_parsing(struct conn *c);
+
 /* Feed pending upstream bytes to the response parser. */
 void relay_parse_responses(struct conn *c)
 {
@@ -947,8 +967,15 @@ void relay_parse_responses(struct conn *c)
             return;
         }
     }
-    if (c->phase != PH_EXCHANGE)
-        return;
+    if (c->phase == PH_EXCHANGE)
+        after_parsing(c);
+}
+
+/* Parsing stopped: send what it produced, let go of a used-up read chunk
+ * (then a pending EOF counts), and read again if the state allows. */
+static void after_parsing(struct conn *c)
+{
+    struct exchange *x = &c->x;
     conn_flush(c);
     if (c->phase != PH_EXCHANGE)
         return;
