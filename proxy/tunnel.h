@@ -29,7 +29,9 @@ struct tunnel_ops {
  * and write completions the owner passes on). Never NULL. */
 struct tunnel *tunnel_new(struct sender *to_client, struct upstream *up,
                           const struct tunnel_ops *ops, void *owner);
-void tunnel_free(struct tunnel *t); /* the upstream is released (closed) too */
+/* The upstream is released (closed) too. The caller must not touch T again;
+ * its memory goes once libuv has called back every pending shutdown. */
+void tunnel_free(struct tunnel *t);
 
 /* Client bytes C->data[pos..len) go to the upstream. */
 void tunnel_from_client(struct tunnel *t, struct chunk *c, size_t pos);
