@@ -177,12 +177,12 @@ def test_tunnel_target_half_close_then_client_reset_is_memory_safe(proxy_factory
     target = SteppedTarget()
     p = proxy_factory(args=["--connect-ports", str(target.port)])
     try:
-        for i in range(1, 41):
+        for i in range(1, 101):
             s = _tunnel(p, target)
             _frozen(p, lambda: target.do(i, "shut"), lambda: rst_close(s))
         assert p.proc.poll() is None
         s = _tunnel(p, target)
-        target.do(41, "rst")
+        target.do(101, "rst")
         s.close()
     finally:
         target.stop()
@@ -194,7 +194,7 @@ def test_tunnel_client_half_close_then_target_reset_is_memory_safe(proxy_factory
     target = SteppedTarget()
     p = proxy_factory(args=["--connect-ports", str(target.port)])
     try:
-        for i in range(1, 41):
+        for i in range(1, 101):
             s = _tunnel(p, target)
             _frozen(p, lambda: s.shutdown(socket.SHUT_WR), lambda: target.do(i, "rst"))
             s.close()
