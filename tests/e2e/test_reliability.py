@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 
+from backend import det_bytes
 from helpers import HttpConn, wait_exchanges, wait_until
 
 
@@ -555,3 +556,18 @@ def test_huge_connect_timeout_does_not_wrap_around(proxy_factory):
         for f in fillers:
             f.close()
         full.close()
+
+
+def test_throttled_answer_is_not_an_upstream_timeout(proxy_factory, backend, tmp_path):
+    """A throttle holds the upstream's bytes longer than --response-timeout:
+    the upstream is not late (its bytes wait for us), so the answer must
+    complete (before: cut mid-body and recorded as upstream `timeout`)."""
+    rules = tmp_path / "t.rules"
+    rules.write_text("rule t path /stream => throttle 64KB/s\n")
+    p = proxy_factory(upstream=backend.url,
+                      args=["--rules", str(rules), "--response-timeout", "500ms"])
+    with p.conn(timeout=20) as c:
+        r = c.exchange("GET", "/stream?size=200000", allow_incomplete=True)
+        assert r.complete and r.body == det_bytes(200000), (r.complete, len(r.body))
+    rows = wait_exchanges(p.db, lambda rs: len(rs) >= 1)
+    assert [(r["final_code"], r["error"]) for r in rows] == [(200, None)]
