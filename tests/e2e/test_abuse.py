@@ -1,0 +1,158 @@
+"""Limits that hold under abuse (DESIGN §12), through the real binary: the
+admin API's bounds, a 1 MiB PUT /rules, --max-connections across workers,
+--deny-dest and the proxy's own listeners, running out of file
+descriptors, start-up failures, audit writer errors, stopping under load,
+and --max-request-body."""
+
+import os
+import resource
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from helpers import HttpConn, check_synthesized, wait_exchanges, wait_until
+from rules_support import Admin
+
+
+def _rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _closed_within(sock, timeout):
+    """True when the peer closes SOCK (EOF or reset) within TIMEOUT; the
+    bytes read meanwhile are returned as the second value."""
+    sock.settimeout(0.2)
+    got = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            b = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            return True, got
+        if not b:
+            return True, got
+        got += b
+    return False, got
+
+
+# ---------- 1. admin API bounds ----------
+
+def test_admin_slowloris_is_closed_after_the_head_timeout(proxy_factory):
+    p = proxy_factory(args=["--header-timeout", "1s"])
+    s = socket.create_connection(("127.0.0.1", p.admin_port), timeout=5)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    t0 = time.monotonic()
+    for _ in range(3):  # a byte now and then, never the end of the head
+        time.sleep(0.3)
+        s.sendall(b"X-A: b\r\n")
+    closed, got = _closed_within(s, 4.0)
+    assert closed, "a slowloris admin client stayed connected"
+    assert 0.8 <= time.monotonic() - t0 <= 4.0
+    assert got.startswith(b"HTTP/1.1 408 "), got
+    s.close()
+    # A silent connection goes the same way.
+    s = socket.create_connection(("127.0.0.1", p.admin_port), timeout=5)
+    closed, _ = _closed_within(s, 4.0)
+    assert closed, "a silent admin connection stayed open"
+    s.close()
+    assert Admin(p).get("/healthz").status == 200
+
+
+def test_admin_refuses_connections_over_its_limit(proxy_factory):
+    p = proxy_factory()
+    held = []
+    for _ in range(64):
+        s = socket.create_connection(("127.0.0.1", p.admin_port), timeout=5)
+        held.append(s)
+    # All 64 are served.
+    held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert held[0].recv(4096).startswith(b"HTTP/1.1 200 ")
+    extra = socket.create_connection(("127.0.0.1", p.admin_port), timeout=5)
+    closed, got = _closed_within(extra, 3.0)
+    assert closed and got.startswith(b"HTTP/1.1 503 "), got
+    extra.close()
+    for s in held:
+        s.close()
+    assert wait_until(lambda: Admin(p).get("/healthz").status == 200, timeout=3.0)
+
+
+def test_admin_pipelining_non_reader_keeps_rss_bounded(proxy_factory):
+    p = proxy_factory()
+    time.sleep(0.3)
+    base = _rss_kib(p.pid)
+    s = socket.create_connection(("127.0.0.1", p.admin_port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 100  # the live page, ~7 KB each
+    sent = 0
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline and sent < 40000 * 27:
+        try:
+            sent += s.send(req)
+        except BlockingIOError:
+            time.sleep(0.01)
+    time.sleep(0.5)
+    grown = _rss_kib(p.pid) - base
+    # Unbounded, the proxy would hold ~7 KB of answer per request sent.
+    assert grown < 40 * 1024, "RSS grew by %d KiB after %d bytes of pipelined requests" % (
+        grown, sent)
+    # The proxy stays responsive to others meanwhile.
+    assert Admin(p).get("/healthz").status == 200
+    s.close()
+
+
+def test_admin_put_rules_over_1mib_is_413(proxy_factory):
+    p = proxy_factory()
+    r = Admin(p).put_rules("# " + "x" * (1024 * 1024 + 10) + "\n")
+    assert r.status == 413, r
+    assert Admin(p).put_rules("rule a => reset\n").status == 200
+
+
+# ---------- 2. PUT /rules of 1 MiB is linear ----------
+
+def test_put_rules_of_1mib_with_many_rules_is_quick(proxy_factory):
+    p = proxy_factory()
+    lines, size, i = [], 0, 0
+    while True:
+        line = "rule q%x => reset\n" % i
+        if size + len(line) > 1024 * 1024 - 64:
+            break
+        lines.append(line)
+        size += len(line)
+        i += 1
+    admin = Admin(p)
+    done = {}
+
+    def put():
+        t0 = time.monotonic()
+        done["r"] = admin.put_rules("".join(lines))
+        done["t"] = time.monotonic() - t0
+
+    t = threading.Thread(target=put)
+    t.start()
+    time.sleep(0.2)
+    # Meanwhile the main loop still answers.
+    t1 = time.monotonic()
+    assert admin.get("/healthz").status == 200
+    assert time.monotonic() - t1 < 2.5
+    t.join(30)
+    assert done["r"].status == 200, done["r"]
+    assert done["t"] < 2.5, "PUT /rules of %d rules took %.1fs" % (i, done["t"])
+    # A duplicate name far down is still found.
+    r = admin.put_rules("".join(lines[:20000]) + "rule q5 => reset\n")
+    assert r.status == 400 and "duplicate rule name 'q5'" in r.json()["error"], r
