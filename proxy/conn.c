@@ -1163,7 +1163,7 @@ int conn_accept(struct worker *w, uv_stream_t *server)
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
-    w->nconns++;
+    int total = worker_conn_opened(w);
     http_head_init(&c->req, REQ_HEAD_LIMIT);
     http_head_init(&c->resp, RESP_HEAD_LIMIT);
     sender_init(&c->out, (uv_stream_t *)&c->tcp, on_client_written);
@@ -1183,7 +1183,7 @@ int conn_accept(struct worker *w, uv_stream_t *server)
     uv_tcp_nodelay(&c->tcp, 1);
     c->phase = PH_IDLE;
     arm_timer(c, w->opts->header_timeout_ms);
-    if ((int)w->nconns > (w->opts->max_connections + w->nworkers - 1) / w->nworkers) {
+    if (total > w->opts->max_connections) {
         /* Over the limit: a short answer instead of silence. */
         answer_and_close(c, 503, "max_connections", "Retry-After: 1\r\n");
         return 0;

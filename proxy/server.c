@@ -58,6 +58,7 @@ struct server {
     int stopping;                /* 1: finishing exchanges; 2: a second signal, stop now */
     uv_async_t finished;         /* a worker's loop is ending */
     atomic_int workers_done;
+    atomic_int nconns;           /* client connections open across workers */
     char via_value[320];
     char via_token[300];
 };
@@ -116,8 +117,15 @@ static void worker_try_finish(struct worker *w)
     uv_async_send(&w->srv->finished);
 }
 
+int worker_conn_opened(struct worker *w)
+{
+    w->nconns++;
+    return atomic_fetch_add(&w->srv->nconns, 1) + 1;
+}
+
 void worker_conn_closed(struct worker *w)
 {
+    atomic_fetch_sub(&w->srv->nconns, 1);
     w->nconns--;
     metrics_set_connections(w->stats, w->nconns);
     worker_try_finish(w);

@@ -48,6 +48,11 @@ struct worker {
 void worker_record(struct worker *w, const struct audit_entry *e, const char *also_rule);
 /* Is the client address allowed by --allow? */
 int worker_client_allowed(const struct worker *w, const struct sockaddr *sa);
+/* A client connection opened: counts it on the worker and across all
+ * workers (--max-connections is one global limit, whatever the spread of
+ * SO_REUSEPORT). Returns the number open in the whole process, this one
+ * included. */
+int worker_conn_opened(struct worker *w);
 /* A connection closed; lets a stopping worker finish. */
 void worker_conn_closed(struct worker *w);
 

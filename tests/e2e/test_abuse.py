@@ -156,3 +156,29 @@ def test_put_rules_of_1mib_with_many_rules_is_quick(proxy_factory):
     # A duplicate name far down is still found.
     r = admin.put_rules("".join(lines[:20000]) + "rule q5 => reset\n")
     assert r.status == 400 and "duplicate rule name 'q5'" in r.json()["error"], r
+
+
+# ---------- 3. --max-connections is one limit across workers ----------
+
+@pytest.mark.parametrize("workers,limit", [(2, 10), (4, 12)])
+def test_max_connections_is_global_across_workers(proxy_factory, backend, workers, limit):
+    p = proxy_factory(upstream=backend.url,
+                      args=["--workers", str(workers), "--max-connections", str(limit)])
+    time.sleep(0.3)  # the readiness probe's connection is gone
+    held = []
+    for i in range(limit):
+        c = HttpConn(p.port)
+        r = c.exchange("GET", "/status/200?body=ok")
+        assert r.status == 200, "connection %d of %d refused (%d workers)" % (i + 1, limit,
+                                                                              workers)
+        held.append(c)
+    extra = HttpConn(p.port)
+    r = extra.read_response(timeout=5)
+    assert check_synthesized(r, 503, "Service Unavailable") == []
+    extra.sock.close()
+    held.pop().sock.close()
+    time.sleep(0.3)
+    c = HttpConn(p.port)
+    assert c.exchange("GET", "/status/200").status == 200
+    for c2 in held + [c]:
+        c2.sock.close()
