@@ -56,7 +56,10 @@ struct server {
     uv_timer_t reload_timer;
     int watching;
     int stopping;                /* 1: finishing exchanges; 2: a second signal, stop now */
-    uv_async_t finished;         /* a worker's loop is ending */
+    uv_async_t finished;         /* a worker's loop is ending; closed only after
+                                  * every worker was joined, since a worker
+                                  * sends it after counting itself done */
+    int main_closing;            /* the main loop's handles are closing */
     atomic_int workers_done;
     atomic_int nconns;           /* client connections open across workers */
     char via_value[320];
@@ -192,7 +195,6 @@ static void on_wake(uv_async_t *a)
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
-    uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     flush_records(w);
     rules_unref(w->rules);
@@ -371,15 +373,16 @@ static void close_main_handles(struct server *srv)
     uv_close((uv_handle_t *)&srv->sigterm, on_main_closed);
     uv_close((uv_handle_t *)&srv->sigint, on_main_closed);
     uv_close((uv_handle_t *)&srv->sighup, on_main_closed);
-    uv_close((uv_handle_t *)&srv->finished, on_main_closed);
 }
 
 /* Every worker's loop is ending: let the main loop end too. */
 static void on_worker_finished(uv_async_t *a)
 {
     struct server *srv = a->data;
-    if (atomic_load(&srv->workers_done) == srv->nworkers && !uv_is_closing((uv_handle_t *)a))
+    if (atomic_load(&srv->workers_done) == srv->nworkers && !srv->main_closing) {
+        srv->main_closing = 1;
         close_main_handles(srv);
+    }
 }
 
 /* The first SIGTERM/SIGINT stops accepting and lets exchanges in flight
@@ -476,6 +479,32 @@ static void cleanup(struct server *srv)
     pthread_mutex_destroy(&srv->rules_lock);
 }
 
+/* Start the worker threads. A thread that cannot be created stops start-up:
+ * the workers not started are wound down here on the main thread (their
+ * loops never ran), the started ones by the caller's begin_stop. Returns how
+ * many threads run. */
+static int start_workers(struct server *srv)
+{
+    int i = 0;
+    for (; i < srv->nworkers; i++) {
+        int rc = uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+        if (rc != 0) {
+            LOG(LOG_ERROR, "cannot start worker thread %d: %s", i, uv_strerror(rc));
+            break;
+        }
+    }
+    for (int j = i; j < srv->nworkers; j++) {
+        struct worker *w = &srv->workers[j];
+        w->stopping = 1;
+        uv_close((uv_handle_t *)&w->listener, on_worker_closed);
+        worker_try_finish(w);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        rules_unref(w->rules);
+        w->rules = NULL;
+    }
+    return i;
+}
+
 int server_run(struct run_options *opts)
 {
     struct server srv_storage, *srv = &srv_storage;
@@ -487,7 +516,7 @@ int server_run(struct run_options *opts)
     srv->pending = xcalloc((size_t)srv->nworkers, sizeof *srv->pending);
     srv->workers = xcalloc((size_t)srv->nworkers, sizeof *srv->workers);
     srv->metrics = metrics_new();
-    int status = 1;
+    int status = 1, ran = 0;
     /* A client that closes while we write must be an EPIPE for libuv, not
      * a signal that kills the process. */
     signal(SIGPIPE, SIG_IGN);
@@ -548,6 +577,14 @@ int server_run(struct run_options *opts)
             goto out;
         }
         w->listener.data = w;
+        /* Listen here, before the thread runs: a failure stops start-up. */
+        rc = uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
+        if (rc != 0) {
+            fprintf(stderr, "statusproxy: cannot listen on %s (worker %d): %s\n",
+                    opts->listen.text, i, uv_strerror(rc));
+            srv->nworkers = i + 1;
+            goto out;
+        }
     }
     via_identity(srv);
     if (opts->admin_enabled) {
@@ -585,6 +622,7 @@ int server_run(struct run_options *opts)
     srv->reload_timer.data = srv;
     uv_async_init(srv->loop, &srv->finished, on_worker_finished);
     srv->finished.data = srv;
+    uv_unref((uv_handle_t *)&srv->finished); /* the loop ends without waiting for it */
     if (opts->rules_path) {
         uv_fs_event_init(srv->loop, &srv->watch);
         srv->watch.data = srv;
@@ -592,20 +630,26 @@ int server_run(struct run_options *opts)
         watch_rules_file(srv);
     }
 
-    for (int i = 0; i < srv->nworkers; i++)
-        uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
-    LOG(LOG_INFO, "listening on %s (%s), %d worker%s%s%s", opts->listen.text,
+    int started = start_workers(srv);
+    if (started < srv->nworkers)
+        begin_stop(srv, "a worker thread could not start");
+    else
+        LOG(LOG_INFO, "listening on %s (%s), %d worker%s%s%s", opts->listen.text,
         opts->has_upstream ? opts->upstream_authority : "forward proxy", srv->nworkers,
         srv->nworkers == 1 ? "" : "s", opts->admin_enabled ? ", admin on " : "",
         opts->admin_enabled ? opts->admin.text : "");
 
     uv_run(srv->loop, UV_RUN_DEFAULT);
-    for (int i = 0; i < srv->nworkers; i++)
+    for (int i = 0; i < started; i++)
         uv_thread_join(&srv->workers[i].thread);
-    status = 0;
+    /* Every worker has sent its last wake-up: now `finished` may go. */
+    uv_close((uv_handle_t *)&srv->finished, on_main_closed);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    status = started == srv->nworkers ? 0 : 1;
+    ran = 1;
     LOG(LOG_INFO, "stopped; %llu records lost", (unsigned long long)server_dropped(srv));
 out:
-    if (status != 0) {
+    if (!ran) {
         /* Workers never started: close what was opened on their loops. */
         for (int i = 0; i < srv->nworkers; i++) {
             struct worker *w = &srv->workers[i];

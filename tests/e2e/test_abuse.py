@@ -182,3 +182,54 @@ def test_max_connections_is_global_across_workers(proxy_factory, backend, worker
     assert c.exchange("GET", "/status/200").status == 200
     for c2 in held + [c]:
         c2.sock.close()
+
+
+# ---------- 6. clear start-up failures ----------
+
+@pytest.mark.parametrize("workers", ["1", "4"])
+@pytest.mark.parametrize("which", ["--listen", "--admin"])
+def test_port_in_use_stops_start_up_with_exit_1(statusproxy_bin, tmp_path, which, workers):
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    port = held.getsockname()[1]
+    try:
+        from helpers import free_port
+        ports = {"--listen": free_port(), "--admin": free_port()}
+        ports[which] = port
+        p = subprocess.run([statusproxy_bin, "run", "--listen", "127.0.0.1:%d" % ports["--listen"],
+                            "--admin", "127.0.0.1:%d" % ports["--admin"], "--workers", workers,
+                            "--db", str(tmp_path / "sp.db")],
+                           capture_output=True, text=True, timeout=20)
+    finally:
+        held.close()
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert "127.0.0.1:%d" % port in p.stderr and "in use" in p.stderr.lower(), p.stderr
+    assert "AddressSanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+
+
+# ---------- 8. stopping under load ----------
+
+def test_stopping_four_workers_under_load_exits_0_every_time(proxy_factory, backend):
+    for round_ in range(8):
+        p = proxy_factory(upstream=backend.url, args=["--workers", "4"])
+        stop = threading.Event()
+
+        def load():
+            while not stop.is_set():
+                try:
+                    c = HttpConn(p.port, timeout=2)
+                    c.exchange("GET", "/status/200?body=x")
+                    c.sock.close()
+                except Exception:
+                    pass
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2 + 0.05 * round_)
+        problems = p.stop()
+        stop.set()
+        for t in threads:
+            t.join(5)
+        assert problems == [], "round %d: %s\n%s" % (round_, problems, p.stderr()[-3000:])
