@@ -295,6 +295,20 @@ static int authorized(struct admin_conn *ac)
     return diff == 0;
 }
 
+/* statusproxy_audit_errors_total{kind}: the audit writer's failed attempts. */
+static void append_audit_errors(struct sbuf *b, struct server *srv)
+{
+    uint64_t counts[AUDIT_ERR_COUNT];
+    server_audit_errors(srv, counts);
+    sbuf_puts(b, "# HELP statusproxy_audit_errors_total Failed attempts to write audit records, "
+                 "by kind (each retry counts).\n"
+                 "# TYPE statusproxy_audit_errors_total counter\n");
+    for (int k = 0; k < AUDIT_ERR_COUNT; k++)
+        sbuf_printf(b, "statusproxy_audit_errors_total{kind=\"%s\"} %llu\n",
+                    audit_error_kind_name((enum audit_error_kind)k),
+                    (unsigned long long)counts[k]);
+}
+
 static int path_is(const char *path, size_t len, const char *want)
 {
     return len == strlen(want) && memcmp(path, want, len) == 0;
@@ -399,9 +413,12 @@ static void route(struct admin_conn *ac)
     }
     if (path_is(path, len, "/metrics") && get) {
         char *text = metrics_prometheus(server_metrics(srv), server_dropped(srv));
-        respond(ac, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", NULL, text,
-                strlen(text));
+        struct sbuf b = {0};
+        sbuf_puts(&b, text);
         free(text);
+        append_audit_errors(&b, srv);
+        respond(ac, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
+        sbuf_free(&b);
         return;
     }
     if (path_is(path, len, "/stats") && get) {

@@ -37,6 +37,7 @@
 #define TICK_MS 100
 #define STOP_GRACE_MS 10000
 #define RELOAD_DEBOUNCE_MS 100
+#define AUDIT_WATCH_MS 250
 
 struct server {
     struct run_options *opts;
@@ -54,6 +55,9 @@ struct server {
     uv_signal_t sigterm, sigint, sighup;
     uv_fs_event_t watch;
     uv_timer_t reload_timer;
+    uv_timer_t audit_watch;      /* logs the audit writer's failures */
+    uint64_t audit_errors[AUDIT_ERR_COUNT]; /* counts seen by the last watch */
+    int audit_logged[AUDIT_ERR_COUNT];      /* kinds logged since the last success */
     int watching;
     int stopping;                /* 1: finishing exchanges; 2: a second signal, stop now */
     uv_async_t finished;         /* a worker's loop is ending; closed only after
@@ -373,6 +377,34 @@ static void close_main_handles(struct server *srv)
     uv_close((uv_handle_t *)&srv->sigterm, on_main_closed);
     uv_close((uv_handle_t *)&srv->sigint, on_main_closed);
     uv_close((uv_handle_t *)&srv->sighup, on_main_closed);
+    uv_close((uv_handle_t *)&srv->audit_watch, on_main_closed);
+}
+
+/* The audit writer retries a failing write for as long as it fails; log
+ * each kind of failure once when it starts, and once when writes succeed
+ * again, rather than once per retry. The counts go to /metrics. */
+static void on_audit_watch(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    uint64_t counts[AUDIT_ERR_COUNT];
+    char msg[256];
+    int failing = audit_last_error(srv->audit, msg, sizeof msg);
+    audit_error_counts(srv->audit, counts);
+    int logged = 0;
+    for (int k = 0; k < AUDIT_ERR_COUNT; k++) {
+        if (counts[k] > srv->audit_errors[k] && !srv->audit_logged[k]) {
+            LOG(LOG_WARN, "audit: cannot write to %s (%s): %s; retrying, records wait in memory",
+                srv->opts->db_path, audit_error_kind_name((enum audit_error_kind)k),
+                failing ? msg : "failed once");
+            srv->audit_logged[k] = 1;
+        }
+        srv->audit_errors[k] = counts[k];
+        logged |= srv->audit_logged[k];
+    }
+    if (!failing && logged) {
+        LOG(LOG_INFO, "audit: writing to %s again", srv->opts->db_path);
+        memset(srv->audit_logged, 0, sizeof srv->audit_logged);
+    }
 }
 
 /* Every worker's loop is ending: let the main loop end too. */
@@ -456,6 +488,11 @@ const struct run_options *server_options(struct server *srv)
 uint64_t server_dropped(struct server *srv)
 {
     return srv->audit ? audit_dropped(srv->audit) : 0;
+}
+
+void server_audit_errors(struct server *srv, uint64_t *counts)
+{
+    audit_error_counts(srv->audit, counts);
 }
 
 static void cleanup(struct server *srv)
@@ -620,6 +657,9 @@ int server_run(struct run_options *opts)
     uv_signal_start(&srv->sighup, on_signal, SIGHUP);
     uv_timer_init(srv->loop, &srv->reload_timer);
     srv->reload_timer.data = srv;
+    uv_timer_init(srv->loop, &srv->audit_watch);
+    srv->audit_watch.data = srv;
+    uv_timer_start(&srv->audit_watch, on_audit_watch, AUDIT_WATCH_MS, AUDIT_WATCH_MS);
     uv_async_init(srv->loop, &srv->finished, on_worker_finished);
     srv->finished.data = srv;
     uv_unref((uv_handle_t *)&srv->finished); /* the loop ends without waiting for it */

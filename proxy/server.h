@@ -60,6 +60,8 @@ void worker_conn_closed(struct worker *w);
 struct metrics *server_metrics(struct server *srv);
 /* Records the audit writer lost so far. */
 uint64_t server_dropped(struct server *srv);
+/* The audit writer's failed attempts per kind, into COUNTS[AUDIT_ERR_COUNT]. */
+void server_audit_errors(struct server *srv, uint64_t *counts);
 /* The rule set in force, with a reference for the caller (NULL when none). */
 struct rules *server_current_rules(struct server *srv);
 /* Parse TEXT and swap it in whole; on errors keep the old set and return -1

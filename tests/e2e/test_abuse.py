@@ -233,3 +233,40 @@ def test_stopping_four_workers_under_load_exits_0_every_time(proxy_factory, back
         for t in threads:
             t.join(5)
         assert problems == [], "round %d: %s\n%s" % (round_, problems, p.stderr()[-3000:])
+
+
+# ---------- 7. audit writer errors: logged once per kind, counted ----------
+
+def test_audit_lock_is_logged_once_and_counted(proxy_factory, backend):
+    from rules_support import parse_prometheus
+    p = proxy_factory(upstream=backend.url)
+    c = HttpConn(p.port)
+    assert c.exchange("GET", "/status/200").status == 200
+    assert wait_exchanges(p.db, lambda rs: len(rs) == 1)
+    holder = subprocess.Popen(["sqlite3", p.db], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        holder.stdin.write(".bail on\n.timeout 5000\nBEGIN EXCLUSIVE;\nSELECT 'locked';\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "locked"
+        for i in range(20):
+            assert c.exchange("GET", "/status/200?n=%d" % i).status == 200
+        time.sleep(3.0)  # the writer retries many times meanwhile
+        metrics = parse_prometheus(Admin(p).get("/metrics").body.decode())
+        busy = [v for n, labels, v in metrics["samples"]
+                if n == "statusproxy_audit_errors_total" and labels == {"kind": "busy"}]
+        assert busy and busy[0] > 1, metrics["samples"][-8:]
+        assert metrics["types"]["statusproxy_audit_errors_total"] == "counter"
+        holder.stdin.write("COMMIT;\n.quit\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=10) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert wait_exchanges(p.db, lambda rs: len(rs) == 21, timeout=10)
+    assert wait_until(lambda: "writing to %s again" % p.db in p.stderr(), timeout=3)
+    lines = [l for l in p.stderr().splitlines() if "audit: cannot write" in l]
+    assert len(lines) == 1, lines
+    assert "(busy)" in lines[0] and "locked" in lines[0], lines
+    c.sock.close()
