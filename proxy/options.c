@@ -33,6 +33,7 @@ const char options_help[] =
     "  --allow CIDR              clients allowed (repeatable) [loopback]\n"
     "  --proxy-auth USER:PASS    require Basic proxy authentication (forward mode)\n"
     "  --connect-ports LIST      ports CONNECT may reach, e.g. 443,8443 [443]\n"
+    "  --deny-dest CIDR          destinations forward mode refuses, after DNS (repeatable)\n"
     "  --allow-trace             answer TRACE with Max-Forwards: 0 (echo); else 405\n"
     "  --header-timeout D        request head must arrive within D, else 408 [10s]\n"
     "  --connect-timeout D       upstream connect timeout [5s]\n"
@@ -68,6 +69,9 @@ void options_free(struct run_options *o)
     free(o->proxy_auth);
     free(o->admin_token);
     free(o->connect_ports);
+    free(o->deny_dest);
+    o->deny_dest = NULL;
+    o->n_deny_dest = 0;
     o->allow = NULL;
     o->n_allow = 0;
     o->proxy_auth = o->admin_token = NULL;
@@ -224,7 +228,7 @@ static const char *const value_flags[] = {
     "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
-    "--max-connections", "--log-level",
+    "--max-connections", "--log-level", "--deny-dest",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -312,6 +316,22 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
             goto bad_empty;
         o->allow = xrealloc(o->allow, (o->n_allow + 1) * sizeof *o->allow);
         o->allow[o->n_allow++] = xstrdup(v);
+    } else if (strcmp(name, "--deny-dest") == 0) {
+        struct cidr block;
+        int rc = cidr_parse(v, strlen(v), &block);
+        if (rc != 0) {
+            char fixed[CIDR_STRLEN];
+            cidr_format(&block, fixed, sizeof fixed);
+            if (rc == CIDR_EHOSTBITS)
+                snprintf(err, errlen, "%s: '%s' has host bits set; did you mean %s?", name, v,
+                         fixed);
+            else
+                snprintf(err, errlen, "%s: expected a CIDR like 169.254.0.0/16, got '%s'", name,
+                         v);
+            return -1;
+        }
+        o->deny_dest = xrealloc(o->deny_dest, (o->n_deny_dest + 1) * sizeof *o->deny_dest);
+        o->deny_dest[o->n_deny_dest++] = block;
     } else if (strcmp(name, "--proxy-auth") == 0) {
         const char *colon = strchr(v, ':');
         if (!colon || colon == v) {

@@ -13,6 +13,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <ifaddrs.h>
 #include <stdatomic.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -52,6 +53,9 @@ struct server {
     struct rules **pending;      /* per worker: a set to adopt, or NULL */
     struct cidr *allow;
     size_t n_allow;
+    struct dest_policy dest;     /* read by the workers; fixed before they start */
+    struct sockaddr_storage own[2];
+    struct sockaddr_storage *local;
     uv_signal_t sigterm, sigint, sighup;
     uv_fs_event_t watch;
     uv_timer_t reload_timer;
@@ -96,6 +100,48 @@ int worker_client_allowed(const struct worker *w, const struct sockaddr *sa)
         if (cidr_contains(&srv->allow[i], sa))
             return 1;
     return 0;
+}
+
+enum dest_verdict worker_dest_check(const struct worker *w, const struct sockaddr *sa)
+{
+    return dest_check(&w->srv->dest, sa);
+}
+
+/* What forward mode may not reach: --deny-dest, our listen and admin
+ * addresses, and (for a wildcard bind) this host's interface addresses. */
+static void build_dest_policy(struct server *srv)
+{
+    const struct run_options *o = srv->opts;
+    struct dest_policy *d = &srv->dest;
+    d->deny = o->deny_dest;
+    d->n_deny = o->n_deny_dest;
+    srv->own[0] = o->listen.sa;
+    d->n_own = 1;
+    if (o->admin_enabled)
+        srv->own[d->n_own++] = o->admin.sa;
+    d->own = srv->own;
+    struct ifaddrs *ifs = NULL;
+    size_t n = 0;
+    if (getifaddrs(&ifs) == 0) {
+        for (struct ifaddrs *i = ifs; i; i = i->ifa_next)
+            n += i->ifa_addr && (i->ifa_addr->sa_family == AF_INET ||
+                                 i->ifa_addr->sa_family == AF_INET6);
+        srv->local = xcalloc(n ? n : 1, sizeof *srv->local);
+        n = 0;
+        for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+            if (!i->ifa_addr)
+                continue;
+            if (i->ifa_addr->sa_family == AF_INET)
+                memcpy(&srv->local[n++], i->ifa_addr, sizeof(struct sockaddr_in));
+            else if (i->ifa_addr->sa_family == AF_INET6)
+                memcpy(&srv->local[n++], i->ifa_addr, sizeof(struct sockaddr_in6));
+        }
+        freeifaddrs(ifs);
+    } else {
+        LOG(LOG_WARN, "cannot list this host's addresses; loopback still counts as ours");
+    }
+    d->local = srv->local;
+    d->n_local = n;
 }
 
 static void on_worker_closed(uv_handle_t *h)
@@ -513,6 +559,7 @@ static void cleanup(struct server *srv)
     audit_close(srv->audit);
     metrics_free(srv->metrics);
     free(srv->allow);
+    free(srv->local);
     pthread_mutex_destroy(&srv->rules_lock);
 }
 
@@ -624,6 +671,7 @@ int server_run(struct run_options *opts)
         }
     }
     via_identity(srv);
+    build_dest_policy(srv);
     if (opts->admin_enabled) {
         srv->admin = admin_start(srv, srv->loop, &opts->admin, err, sizeof err);
         if (!srv->admin) {

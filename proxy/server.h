@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "audit.h"
+#include "dest.h"
 #include "options.h"
 #include "rules.h"
 
@@ -48,6 +49,8 @@ struct worker {
 void worker_record(struct worker *w, const struct audit_entry *e, const char *also_rule);
 /* Is the client address allowed by --allow? */
 int worker_client_allowed(const struct worker *w, const struct sockaddr *sa);
+/* May forward mode connect to SA (resolved)? DEST_OK, DEST_DENIED or DEST_SELF. */
+enum dest_verdict worker_dest_check(const struct worker *w, const struct sockaddr *sa);
 /* A client connection opened: counts it on the worker and across all
  * workers (--max-connections is one global limit, whatever the spread of
  * SO_REUSEPORT). Returns the number open in the whole process, this one

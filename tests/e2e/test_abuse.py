@@ -270,3 +270,86 @@ def test_audit_lock_is_logged_once_and_counted(proxy_factory, backend):
     assert len(lines) == 1, lines
     assert "(busy)" in lines[0] and "locked" in lines[0], lines
     c.sock.close()
+
+
+# ---------- 4. --deny-dest after DNS; never the proxy's own listeners ----------
+
+def _forward(port, target, method="GET", host=None):
+    c = HttpConn(port)
+    authority = target.split("//", 1)[-1].split("/", 1)[0]
+    c.request(method, target, host=host or authority)
+    r = c.read_response(method=method, timeout=10)
+    c.sock.close()
+    return r
+
+
+def test_deny_dest_refuses_names_and_literals_after_dns(proxy_factory, backend):
+    bport = int(backend.url.rsplit(":", 1)[1].strip("/"))
+    p = proxy_factory(args=["--deny-dest", "127.0.0.0/8", "--deny-dest", "::1",
+                            "--connect-ports", str(bport)])
+    for target in ("http://localhost:%d/status/200" % bport,
+                   "http://127.0.0.1:%d/status/200" % bport,
+                   "http://[::ffff:127.0.0.1]:%d/status/200" % bport):
+        r = _forward(p.port, target)
+        assert r.status == 403, (target, r.status, r.body)
+    r = _forward(p.port, "localhost:%d" % bport, method="CONNECT")
+    assert r.status == 403, r
+    assert backend.requests == 0, "a denied destination was contacted"
+    rows = wait_exchanges(p.db, lambda rs: len(rs) == 4)
+    assert [r["error"] for r in rows] == ["dest_denied"] * 4
+    assert [r["final_code"] for r in rows] == [403] * 4
+    assert "address in --deny-dest" in p.stderr()
+
+
+def test_deny_dest_leaves_other_destinations_alone(proxy_factory, backend):
+    bport = int(backend.url.rsplit(":", 1)[1].strip("/"))
+    p = proxy_factory(args=["--deny-dest", "169.254.0.0/16", "--deny-dest", "10.0.0.0/8"])
+    r = _forward(p.port, "http://localhost:%d/status/200?body=ok" % bport)
+    assert (r.status, r.body) == (200, b"ok")
+    r = _forward(p.port, "http://169.254.169.254/latest/meta-data/")
+    assert r.status == 403
+
+
+def test_bad_deny_dest_exits_2_naming_the_flag(statusproxy_bin, tmp_path):
+    for bad in ("10.0.0.1/8", "nonsense"):
+        p = subprocess.run([statusproxy_bin, "run", "--deny-dest", bad, "--db",
+                            str(tmp_path / "x.db")], capture_output=True, text=True, timeout=10)
+        assert p.returncode == 2, p.stderr
+        assert p.stderr.count("\n") == 1 and "--deny-dest" in p.stderr, p.stderr
+
+
+def test_forward_mode_never_connects_to_own_admin_or_listener(proxy_factory):
+    p = proxy_factory()
+    # 0.0.0.0 reaches this host: before the check, the proxy fetched its own
+    # admin API for the client.
+    r = _forward(p.port, "http://0.0.0.0:%d/metrics" % p.admin_port)
+    assert r.status == 508, (r.status, r.body[:200])
+    r = _forward(p.port, "http://0.0.0.0:%d/x" % p.port)
+    assert r.status == 508
+    rows = wait_exchanges(p.db, lambda rs: len(rs) >= 2)
+    time.sleep(0.3)
+    rows = wait_exchanges(p.db, lambda rs: len(rs) >= 2)
+    # One record each: the proxy never received its own request.
+    assert [(r["error"], r["upstream_code"]) for r in rows] == [("loop", None)] * 2
+
+
+def test_forward_mode_self_check_with_a_name_and_a_wildcard_bind(statusproxy_bin, tmp_path):
+    from helpers import Proxy
+    name = socket.gethostname()
+    try:
+        socket.getaddrinfo(name, 80)
+    except OSError:
+        pytest.skip("the host name does not resolve")
+    p = Proxy(statusproxy_bin, str(tmp_path))
+    p.argv[p.argv.index("--listen") + 1] = "0.0.0.0:%d" % p.port
+    p.argv[p.argv.index("--admin") + 1] = "0.0.0.0:%d" % p.admin_port
+    p.start()
+    try:
+        # The host's own name reaches the wildcard listeners.
+        r = _forward(p.port, "http://%s:%d/metrics" % (name, p.admin_port))
+        assert r.status == 508, (r.status, r.body[:200])
+        r = _forward(p.port, "http://%s:%d/x" % (name, p.port))
+        assert r.status == 508, (r.status, r.body[:200])
+    finally:
+        problems = p.stop()
+    assert problems == [], problems
