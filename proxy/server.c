@@ -13,6 +13,8 @@
 #include "server.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <ifaddrs.h>
 #include <stdatomic.h>
 #include <netinet/in.h>
@@ -39,6 +41,8 @@
 #define STOP_GRACE_MS 10000
 #define RELOAD_DEBOUNCE_MS 100
 #define AUDIT_WATCH_MS 250
+#define FD_RESERVE 16               /* fds kept free for upstreams, logs, the db */
+#define ACCEPT_RETRY_MS 250         /* while out of fds, look again this often */
 
 struct server {
     struct run_options *opts;
@@ -166,6 +170,7 @@ static void worker_try_finish(struct worker *w)
     uv_close((uv_handle_t *)&w->wake, on_worker_closed);
     uv_close((uv_handle_t *)&w->tick, on_worker_closed);
     uv_close((uv_handle_t *)&w->stop_timer, on_worker_closed);
+    uv_close((uv_handle_t *)&w->accept_timer, on_worker_closed);
     atomic_fetch_add(&w->srv->workers_done, 1);
     uv_async_send(&w->srv->finished);
 }
@@ -184,17 +189,79 @@ void worker_conn_closed(struct worker *w)
     worker_try_finish(w);
 }
 
+/* Are file descriptors about to run out? The lowest free descriptor is
+ * about the number in use (the kernel hands out the lowest first). */
+static int fds_short(struct worker *w, int reserve)
+{
+    struct rlimit rl;
+    uv_os_fd_t lfd;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        uv_fileno((uv_handle_t *)&w->listener, &lfd) != 0)
+        return 0;
+    int fd = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return 1;
+    close(fd);
+    return (rlim_t)fd + (rlim_t)reserve >= rl.rlim_cur;
+}
+
+static void on_accept_retry(uv_timer_t *t);
+
+/* Out of file descriptors: stop accepting rather than spin on accept or
+ * drop clients. A connection libuv already accepted is left pending, which
+ * makes libuv stop watching the listener until uv_accept; the timer looks
+ * again and resumes once descriptors are free. Clients meanwhile wait in
+ * the kernel's backlog. */
+static void pause_accepting(struct worker *w)
+{
+    if (!w->accept_paused)
+        LOG(LOG_WARN, "worker %d: out of file descriptors; accepting paused", w->id);
+    w->accept_paused = 1;
+    uv_timer_start(&w->accept_timer, on_accept_retry, ACCEPT_RETRY_MS, 0);
+}
+
+static void accept_one(struct worker *w)
+{
+    int rc = conn_accept(w, (uv_stream_t *)&w->listener);
+    if (rc != 0)
+        LOG(LOG_DEBUG, "accept: %s", uv_strerror(rc));
+    metrics_set_connections(w->stats, w->nconns);
+}
+
+static void on_accept_retry(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    if (w->stopping)
+        return;
+    if (fds_short(w, 2 * FD_RESERVE)) { /* resume with room to spare: no flapping */
+        pause_accepting(w);
+        return;
+    }
+    w->accept_paused = 0;
+    LOG(LOG_INFO, "worker %d: file descriptors free again; accepting", w->id);
+    if (w->accept_pending) {
+        w->accept_pending = 0;
+        accept_one(w); /* libuv then watches the listener again */
+    }
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct worker *w = server->data;
+    if (status == UV_EMFILE || status == UV_ENFILE) {
+        pause_accepting(w);
+        return;
+    }
     if (status != 0) {
         LOG(LOG_WARN, "accept: %s", uv_strerror(status));
         return;
     }
-    int rc = conn_accept(w, server);
-    if (rc != 0)
-        LOG(LOG_DEBUG, "accept: %s", uv_strerror(rc));
-    metrics_set_connections(w->stats, w->nconns);
+    if (w->accept_paused || fds_short(w, FD_RESERVE)) {
+        w->accept_pending = 1;
+        pause_accepting(w);
+        return;
+    }
+    accept_one(w);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -694,6 +761,8 @@ int server_run(struct run_options *opts)
         uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
         uv_timer_init(&w->loop, &w->stop_timer);
         w->stop_timer.data = w;
+        uv_timer_init(&w->loop, &w->accept_timer);
+        w->accept_timer.data = w;
     }
 
     uv_signal_init(srv->loop, &srv->sigterm);

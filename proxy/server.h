@@ -30,6 +30,9 @@ struct worker {
     int wake_closed;             /* under the server's lock: wake may not be sent */
     uv_timer_t tick;             /* flushes record batches, publishes counters */
     uv_timer_t stop_timer;       /* bounds the graceful stop */
+    uv_timer_t accept_timer;     /* retries accepting while out of fds */
+    int accept_paused;           /* out of file descriptors: not accepting */
+    int accept_pending;          /* libuv holds an accepted connection for us */
     const struct run_options *opts;
     struct rules *rules;         /* current set, one reference; NULL when none */
     struct upstream_pool *pool;

@@ -353,3 +353,60 @@ def test_forward_mode_self_check_with_a_name_and_a_wildcard_bind(statusproxy_bin
     finally:
         problems = p.stop()
     assert problems == [], problems
+
+
+# ---------- 5. out of file descriptors: pause, never spin, resume ----------
+
+def test_out_of_fds_pauses_accepting_without_spinning(statusproxy_bin, tmp_path, backend):
+    from helpers import Proxy
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    p = Proxy(statusproxy_bin, str(tmp_path), upstream=backend.url)
+    p._err = open(p.stderr_path, "wb")
+    p._out = open(p.stdout_path, "wb")
+    p.proc = subprocess.Popen(p.argv, stdin=subprocess.DEVNULL, stdout=p._out, stderr=p._err,
+                              preexec_fn=low_limit)
+    held = []
+    try:
+        p._wait_listening(10)
+        time.sleep(0.3)
+        for _ in range(100):  # well past 64 descriptors
+            held.append(socket.create_connection(("127.0.0.1", p.port), timeout=5))
+        time.sleep(0.5)
+        assert p.proc.poll() is None, "the proxy exited when fds ran out"
+        c0 = _cpu_seconds(p.pid)
+        time.sleep(2.0)
+        used = _cpu_seconds(p.pid) - c0
+        assert used < 0.5, "%.2f s of CPU in 2 s while out of fds (spinning)" % used
+        assert "accepting paused" in p.stderr()
+        # The connections past the limit waited; none was dropped.
+        for s in held[-5:]:
+            s.settimeout(0.1)
+            try:
+                assert s.recv(1) != b"", "a waiting client was closed"
+            except socket.timeout:
+                pass
+        for s in held[:95]:
+            s.close()
+        # The last client, which waited in the backlog, is served now.
+        last = held[-1]
+        last.settimeout(10)
+        last.sendall(b"GET /status/200?body=late HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while not got.endswith(b"late"):
+            b = last.recv(4096)
+            assert b, "no answer: %r" % got
+            got += b
+        assert got.startswith(b"HTTP/1.1 200 "), got
+        for s in held[95:]:
+            s.close()
+        c = HttpConn(p.port)
+        assert c.exchange("GET", "/status/200").status == 200
+        c.sock.close()
+    finally:
+        for s in held:
+            s.close()
+        problems = p.stop()
+    assert problems == [], problems
