@@ -226,6 +226,14 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     c->x.req_body_bytes += len;
+    uint64_t limit = c->w->opts->max_request_body;
+    if (limit && c->x.req_body_bytes > limit) {
+        /* A chunked body grew past --max-request-body: cut the exchange
+         * (413 if no answer began) before this piece goes upstream. */
+        conn_set_error(c, "body_too_large");
+        c->parse_status = 413;
+        return HPE_USER;
+    }
     if (c->x.sink == SINK_UPSTREAM && c->x.up)
         relay_forward_body(c, at, len);
     if (http_chunk_piece_done((p->flags & F_CHUNKED) != 0, p->content_length, at + len, c->in->data + c->in->len, &c->req_crlf) != 0) {
@@ -963,6 +971,12 @@ static void on_request_head(struct conn *c)
         x->sink = SINK_DISCARD;
         if (x->expect_continue && x->req_has_body)
             c->close_after = 1;
+        return;
+    }
+    uint64_t limit = c->w->opts->max_request_body;
+    if (limit && !x->req_chunked && x->req_length > limit) {
+        conn_set_error(c, "body_too_large");
+        refuse_request(c, 413, "request body over --max-request-body");
         return;
     }
     if (c->w->opts->fault_headers)

@@ -40,6 +40,7 @@ const char options_help[] =
     "  --response-timeout D      upstream response timeout, then 504 [60s]\n"
     "  --idle-timeout D          idle keep-alive connections are closed after D [60s]\n"
     "  --max-connections N       client connections at most [10000]\n"
+    "  --max-request-body SIZE   request bodies larger than SIZE get 413 [unlimited]\n"
     "  --log-level LEVEL         error|warn|info|debug [info]\n"
     "Durations: 250ms, 5s, 2m, 1h, 7d.\n";
 
@@ -228,7 +229,7 @@ static const char *const value_flags[] = {
     "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
-    "--max-connections", "--log-level", "--deny-dest",
+    "--max-connections", "--log-level", "--deny-dest", "--max-request-body",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -316,6 +317,13 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
             goto bad_empty;
         o->allow = xrealloc(o->allow, (o->n_allow + 1) * sizeof *o->allow);
         o->allow[o->n_allow++] = xstrdup(v);
+    } else if (strcmp(name, "--max-request-body") == 0) {
+        if (units_parse_bytes(v, strlen(v), &o->max_request_body) != 0 ||
+            o->max_request_body == 0) {
+            snprintf(err, errlen, "%s: expected a size like 10MB or 65536 (not 0), got '%s'", name,
+                     v);
+            return -1;
+        }
     } else if (strcmp(name, "--deny-dest") == 0) {
         struct cidr block;
         int rc = cidr_parse(v, strlen(v), &block);

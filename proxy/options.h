@@ -44,6 +44,7 @@ struct run_options {
     char *admin_token;        /* or NULL */
     uint64_t header_timeout_ms, connect_timeout_ms, response_timeout_ms, idle_timeout_ms;
     int max_connections;
+    uint64_t max_request_body; /* bytes; 0: unlimited */
     struct cidr *deny_dest;   /* --deny-dest blocks (forward mode, after DNS) */
     size_t n_deny_dest;
     int *connect_ports;       /* ports CONNECT may reach; default 443 */

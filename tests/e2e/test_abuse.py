@@ -4,6 +4,7 @@ admin API's bounds, a 1 MiB PUT /rules, --max-connections across workers,
 descriptors, start-up failures, audit writer errors, stopping under load,
 and --max-request-body."""
 
+import json
 import os
 import resource
 import socket
@@ -410,3 +411,43 @@ def test_out_of_fds_pauses_accepting_without_spinning(statusproxy_bin, tmp_path,
             s.close()
         problems = p.stop()
     assert problems == [], problems
+
+
+# ---------- 10. --max-request-body ----------
+
+def test_max_request_body_refuses_a_known_length_before_forwarding(proxy_factory, backend):
+    p = proxy_factory(upstream=backend.url, args=["--max-request-body", "1KB"])
+    c = HttpConn(p.port)
+    r = c.exchange("POST", "/sink", body=b"x" * 1024)
+    assert r.status == 200, r
+    c.request("POST", "/sink", headers=[("Expect", "100-continue")], content_length=5000,
+              body=iter([]))
+    r = c.read_response(timeout=5)
+    assert check_synthesized(r, 413, r.reason) == [], r
+    assert "max-request-body" in (r.get("X-Statusproxy-Error") or "")
+    c.sock.close()
+    assert backend.requests == 1, "the refused request reached the backend"
+    rows = wait_exchanges(p.db, lambda rs: len(rs) == 2)
+    assert (rows[1]["final_code"], rows[1]["error"]) == (413, "body_too_large")
+
+
+def test_max_request_body_cuts_a_chunked_body_that_grows_past_it(proxy_factory, backend):
+    p = proxy_factory(upstream=backend.url, args=["--max-request-body", "4KB"])
+    c = HttpConn(p.port)
+    c.send(b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(3):
+        c.send(b"400\r\n" + b"y" * 1024 + b"\r\n")
+        time.sleep(0.1)
+    c.send(b"800\r\n" + b"z" * 2048 + b"\r\n")  # now 5 KiB: over the limit
+    r = c.read_response(timeout=5)
+    assert r.status == 413, r
+    assert c.closed_by_peer(3.0)
+    c.sock.close()
+    rows = wait_exchanges(p.db, lambda rs: len(rs) == 1)
+    assert (rows[0]["final_code"], rows[0]["error"]) == (413, "body_too_large")
+    # Without the flag, bodies are not limited.
+    q = proxy_factory(upstream=backend.url)
+    c = HttpConn(q.port)
+    r = c.exchange("POST", "/sink", body=b"w" * (3 * 1024 * 1024))
+    assert r.status == 200 and json.loads(r.body)["body_len"] == 3 * 1024 * 1024, r.body
+    c.sock.close()
