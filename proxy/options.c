@@ -243,7 +243,38 @@ static int duration_flag(const char *name, const char *value, uint64_t *out, int
     return 0;
 }
 
-static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
+static int apply_max_request_body(struct run_options *o, const char *name, const char *v,
+                                  char *err, size_t errlen)
+{
+    if (units_parse_bytes(v, strlen(v), &o->max_request_body) != 0 || o->max_request_body == 0) {
+        snprintf(err, errlen, "%s: expected a size like 10MB or 65536 (not 0), got '%s'", name, v);
+        return -1;
+    }
+    return 0;
+}
+
+/* --deny-dest CIDR, repeatable; a block with host bits set gets a hint. */
+static int apply_deny_dest(struct run_options *o, const char *name, const char *v, char *err,
+                           size_t errlen)
+{
+    struct cidr block;
+    int rc = cidr_parse(v, strlen(v), &block);
+    if (rc != 0) {
+        char fixed[CIDR_STRLEN];
+        cidr_format(&block, fixed, sizeof fixed);
+        if (rc == CIDR_EHOSTBITS)
+            snprintf(err, errlen, "%s: '%s' has host bits set; did you mean %s?", name, v, fixed);
+        else
+            snprintf(err, errlen, "%s: expected a CIDR like 169.254.0.0/16, got '%s'", name, v);
+        return -1;
+    }
+    o->deny_dest = xrealloc(o->deny_dest, (o->n_deny_dest + 1) * sizeof *o->deny_dest);
+    o->deny_dest[o->n_deny_dest++] = block;
+    return 0;
+}
+
+static int apply_core(struct run_options *o, const char *name, const char *v, char *err,
+                      size_t errlen)
 {
     const char *why;
     if (strcmp(name, "--listen") == 0) {
@@ -317,29 +348,6 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
             goto bad_empty;
         o->allow = xrealloc(o->allow, (o->n_allow + 1) * sizeof *o->allow);
         o->allow[o->n_allow++] = xstrdup(v);
-    } else if (strcmp(name, "--max-request-body") == 0) {
-        if (units_parse_bytes(v, strlen(v), &o->max_request_body) != 0 ||
-            o->max_request_body == 0) {
-            snprintf(err, errlen, "%s: expected a size like 10MB or 65536 (not 0), got '%s'", name,
-                     v);
-            return -1;
-        }
-    } else if (strcmp(name, "--deny-dest") == 0) {
-        struct cidr block;
-        int rc = cidr_parse(v, strlen(v), &block);
-        if (rc != 0) {
-            char fixed[CIDR_STRLEN];
-            cidr_format(&block, fixed, sizeof fixed);
-            if (rc == CIDR_EHOSTBITS)
-                snprintf(err, errlen, "%s: '%s' has host bits set; did you mean %s?", name, v,
-                         fixed);
-            else
-                snprintf(err, errlen, "%s: expected a CIDR like 169.254.0.0/16, got '%s'", name,
-                         v);
-            return -1;
-        }
-        o->deny_dest = xrealloc(o->deny_dest, (o->n_deny_dest + 1) * sizeof *o->deny_dest);
-        o->deny_dest[o->n_deny_dest++] = block;
     } else if (strcmp(name, "--proxy-auth") == 0) {
         const char *colon = strchr(v, ':');
         if (!colon || colon == v) {
@@ -377,6 +385,16 @@ bad_addr:
 bad_empty:
     snprintf(err, errlen, "%s: expected a non-empty value", name);
     return -1;
+}
+
+/* Set flag NAME to V. */
+static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
+{
+    if (strcmp(name, "--max-request-body") == 0)
+        return apply_max_request_body(o, name, v, err, errlen);
+    if (strcmp(name, "--deny-dest") == 0)
+        return apply_deny_dest(o, name, v, err, errlen);
+    return apply_core(o, name, v, err, errlen);
 }
 
 int options_parse(struct run_options *o, int argc, char **argv, char *err, size_t errlen)

@@ -389,7 +389,7 @@ static int check_dest(const struct sockaddr *sa, void *owner)
     struct conn *c = owner;
     if (!c->x.forward_mode)
         return 0;
-    switch (worker_dest_check(c->w, sa)) {
+    switch (dest_check(c->w->dest, sa)) {
     case DEST_DENIED: return RELAY_EDEST_DENIED;
     case DEST_SELF: return RELAY_EDEST_SELF;
     default: return 0;

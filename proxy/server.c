@@ -106,11 +106,6 @@ int worker_client_allowed(const struct worker *w, const struct sockaddr *sa)
     return 0;
 }
 
-enum dest_verdict worker_dest_check(const struct worker *w, const struct sockaddr *sa)
-{
-    return dest_check(&w->srv->dest, sa);
-}
-
 /* What forward mode may not reach: --deny-dest, our listen and admin
  * addresses, and (for a wildcard bind) this host's interface addresses. */
 static void build_dest_policy(struct server *srv)
@@ -630,6 +625,63 @@ static void cleanup(struct server *srv)
     pthread_mutex_destroy(&srv->rules_lock);
 }
 
+/* Each worker's loop and listening socket. Listening happens here, before
+ * any thread runs, so that a failure stops start-up (with a message). */
+static int open_workers(struct server *srv)
+{
+    struct run_options *opts = srv->opts;
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        w->srv = srv;
+        w->id = i;
+        w->nworkers = srv->nworkers;
+        w->opts = opts;
+        uv_loop_init(&w->loop);
+        w->stats = metrics_local_new();
+        int rc = open_listener(&w->loop, &w->listener, &opts->listen);
+        if (rc != 0) {
+            fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", opts->listen.text,
+                    uv_strerror(rc));
+            srv->nworkers = i + 1;
+            return -1;
+        }
+        w->listener.data = w;
+        /* Listen here, before the thread runs: a failure stops start-up. */
+        rc = uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
+        if (rc != 0) {
+            fprintf(stderr, "statusproxy: cannot listen on %s (worker %d): %s\n",
+                    opts->listen.text, i, uv_strerror(rc));
+            srv->nworkers = i + 1;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The rest of each worker's state, once the listeners are open. */
+static void init_workers(struct server *srv)
+{
+    const struct run_options *opts = srv->opts;
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        w->via_value = srv->via_value;
+        w->via_token = srv->via_token;
+        w->dest = &srv->dest;
+        w->rules = srv->current ? rules_ref(srv->current) : NULL;
+        w->pool = upstream_pool_new(&w->loop, opts->connect_timeout_ms, opts->idle_timeout_ms);
+        w->batch = audit_batch_new();
+        uv_async_init(&w->loop, &w->wake, on_wake);
+        w->wake.data = w;
+        uv_timer_init(&w->loop, &w->tick);
+        w->tick.data = w;
+        uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
+        uv_timer_init(&w->loop, &w->stop_timer);
+        w->stop_timer.data = w;
+        uv_timer_init(&w->loop, &w->accept_timer);
+        w->accept_timer.data = w;
+    }
+}
+
 /* Start the worker threads. A thread that cannot be created stops start-up:
  * the workers not started are wound down here on the main thread (their
  * loops never ran), the started ones by the caller's begin_stop. Returns how
@@ -712,31 +764,8 @@ int server_run(struct run_options *opts)
         goto out;
     }
 
-    for (int i = 0; i < srv->nworkers; i++) {
-        struct worker *w = &srv->workers[i];
-        w->srv = srv;
-        w->id = i;
-        w->nworkers = srv->nworkers;
-        w->opts = opts;
-        uv_loop_init(&w->loop);
-        w->stats = metrics_local_new();
-        rc = open_listener(&w->loop, &w->listener, &opts->listen);
-        if (rc != 0) {
-            fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", opts->listen.text,
-                    uv_strerror(rc));
-            srv->nworkers = i + 1;
-            goto out;
-        }
-        w->listener.data = w;
-        /* Listen here, before the thread runs: a failure stops start-up. */
-        rc = uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
-        if (rc != 0) {
-            fprintf(stderr, "statusproxy: cannot listen on %s (worker %d): %s\n",
-                    opts->listen.text, i, uv_strerror(rc));
-            srv->nworkers = i + 1;
-            goto out;
-        }
-    }
+    if (open_workers(srv) != 0)
+        goto out;
     via_identity(srv);
     build_dest_policy(srv);
     if (opts->admin_enabled) {
@@ -747,23 +776,7 @@ int server_run(struct run_options *opts)
             goto out;
         }
     }
-    for (int i = 0; i < srv->nworkers; i++) {
-        struct worker *w = &srv->workers[i];
-        w->via_value = srv->via_value;
-        w->via_token = srv->via_token;
-        w->rules = srv->current ? rules_ref(srv->current) : NULL;
-        w->pool = upstream_pool_new(&w->loop, opts->connect_timeout_ms, opts->idle_timeout_ms);
-        w->batch = audit_batch_new();
-        uv_async_init(&w->loop, &w->wake, on_wake);
-        w->wake.data = w;
-        uv_timer_init(&w->loop, &w->tick);
-        w->tick.data = w;
-        uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
-        uv_timer_init(&w->loop, &w->stop_timer);
-        w->stop_timer.data = w;
-        uv_timer_init(&w->loop, &w->accept_timer);
-        w->accept_timer.data = w;
-    }
+    init_workers(srv);
 
     uv_signal_init(srv->loop, &srv->sigterm);
     uv_signal_init(srv->loop, &srv->sigint);

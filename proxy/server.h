@@ -38,6 +38,7 @@ struct worker {
     struct upstream_pool *pool;
     const char *via_value;       /* "1.1 HOST:PORT (statusproxy)" */
     const char *via_token;       /* "HOST:PORT", this proxy's received-by */
+    const struct dest_policy *dest; /* where forward mode may connect (dest_check) */
     struct conn *conns;          /* live client connections */
     unsigned nconns;
     uint64_t next_conn_id;
@@ -52,8 +53,6 @@ struct worker {
 void worker_record(struct worker *w, const struct audit_entry *e, const char *also_rule);
 /* Is the client address allowed by --allow? */
 int worker_client_allowed(const struct worker *w, const struct sockaddr *sa);
-/* May forward mode connect to SA (resolved)? DEST_OK, DEST_DENIED or DEST_SELF. */
-enum dest_verdict worker_dest_check(const struct worker *w, const struct sockaddr *sa);
 /* A client connection opened: counts it on the worker and across all
  * workers (--max-connections is one global limit, whatever the spread of
  * SO_REUSEPORT). Returns the number open in the whole process, this one
