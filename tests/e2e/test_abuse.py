@@ -309,6 +309,11 @@ def test_deny_dest_leaves_other_destinations_alone(proxy_factory, backend):
     assert (r.status, r.body) == (200, b"ok")
     r = _forward(p.port, "http://169.254.169.254/latest/meta-data/")
     assert r.status == 403
+    # The configured --upstream is the operator's choice, not a client's.
+    q = proxy_factory(upstream=backend.url, args=["--deny-dest", "127.0.0.0/8"])
+    c = HttpConn(q.port)
+    assert c.exchange("GET", "/status/200?body=gw").body == b"gw"
+    c.sock.close()
 
 
 def test_bad_deny_dest_exits_2_naming_the_flag(statusproxy_bin, tmp_path):
