@@ -117,6 +117,16 @@ def test_admin_pipelining_non_reader_keeps_rss_bounded(proxy_factory):
     s.close()
 
 
+def test_admin_head_over_16kib_is_431(proxy_factory):
+    p = proxy_factory()
+    s = socket.create_connection(("127.0.0.1", p.admin_port), timeout=5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    closed, got = _closed_within(s, 3.0)
+    assert got.startswith(b"HTTP/1.1 431 "), got
+    assert closed
+    s.close()
+
+
 def test_admin_put_rules_over_1mib_is_413(proxy_factory):
     p = proxy_factory()
     r = Admin(p).put_rules("# " + "x" * (1024 * 1024 + 10) + "\n")
