@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ca_cli.h"
 #include "catalog.h"
 #include "db.h"
 #include "log.h"
@@ -21,6 +22,7 @@ static const char usage_text[] =
     "       statusproxy rules check FILE       validate a rule file\n"
     "       statusproxy migrate --db FILE      apply pending migrations\n"
     "       statusproxy codes [--format json]  the status catalogue\n"
+    "       statusproxy ca init [--dir DIR]    create the local CA for HTTPS\n"
     "Run 'statusproxy run --help' for the proxy's options.\n";
 
 static int cmd_codes(int argc, char **argv)
@@ -229,6 +231,8 @@ int main(int argc, char **argv)
         return cmd_migrate(argc - 2, argv + 2);
     if (strcmp(cmd, "report") == 0)
         return cmd_report(argc - 2, argv + 2);
+    if (strcmp(cmd, "ca") == 0)
+        return ca_cli_main(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         fputs(usage_text, stdout);
         return 0;
