@@ -107,10 +107,11 @@ static int add_ext(X509 *x, X509 *issuer, int nid, const char *value)
  * relative to now. */
 static X509 *new_cert(const char *subject_cn, EVP_PKEY *pubkey, long before, long after)
 {
+    time_t now = time(NULL); /* one reading, so the validity is exact */
     X509 *x = X509_new();
     if (!x || !X509_set_version(x, X509_VERSION_3) || set_random_serial(x) != 0 ||
-        !X509_gmtime_adj(X509_getm_notBefore(x), before) ||
-        !X509_gmtime_adj(X509_getm_notAfter(x), after) || !X509_set_pubkey(x, pubkey))
+        !X509_time_adj_ex(X509_getm_notBefore(x), 0, before, &now) ||
+        !X509_time_adj_ex(X509_getm_notAfter(x), 0, after, &now) || !X509_set_pubkey(x, pubkey))
         goto fail;
     X509_NAME *n = X509_get_subject_name(x);
     if (!X509_NAME_add_entry_by_txt(n, "O", MBSTRING_UTF8, (const unsigned char *)"statusproxy",
