@@ -98,6 +98,14 @@ def test_ca_init_refuses_when_only_the_certificate_exists(tmp_path):
     assert (d / "ca.pem").read_text() == "not mine\n"
 
 
+def test_ca_init_missing_parent_is_an_error(tmp_path):
+    d = tmp_path / "no" / "such" / "dir"
+    out = ca_init("--dir", str(d))
+    assert out.returncode == 1
+    assert str(d) in out.stderr and "cannot create the directory" in out.stderr
+    assert not (tmp_path / "no").exists()
+
+
 @pytest.mark.parametrize("args,flag", [
     (["--bogus"], "--bogus"),
     (["--dir"], "--dir"),
