@@ -30,6 +30,7 @@
 #define CA_LIFETIME_S (3650L * 24 * 3600)
 #define NAME_MAX_LEN 253
 #define HASH_BUCKETS_MIN 64
+#define HASH_BUCKETS_MAX (1u << 20) /* chains get longer past this; memory stays sane */
 
 /* One cached leaf: in a hash chain by name and in the recency list. */
 struct leaf {
@@ -342,7 +343,7 @@ struct tls_ca *tls_ca_load(const char *dir, size_t cache_max, char *err, size_t 
     ca->leaf_key = leaf_key;
     ca->max = cache_max ? cache_max : TLS_CA_CACHE_DEFAULT;
     ca->nbuckets = HASH_BUCKETS_MIN;
-    while (ca->nbuckets < ca->max)
+    while (ca->nbuckets < ca->max && ca->nbuckets < HASH_BUCKETS_MAX)
         ca->nbuckets *= 2;
     ca->buckets = xcalloc(ca->nbuckets, sizeof *ca->buckets);
     pthread_mutex_init(&ca->lock, NULL);
