@@ -1,0 +1,44 @@
+/*
+ * route — an exchange's route: its path with the id-like segments replaced
+ * (DESIGN §11), so that /users/123 and /users/456 count as /users/{n}.
+ * Decimal numbers become {n}, UUIDs {uuid}, hex strings of 8+ characters
+ * with a digit {hex}, other segments of 16+ characters mixing letters and
+ * digits {token}; a user pattern (run --route) that matches the whole path
+ * wins and is the route as written. A cap (route_cap) bounds the distinct
+ * routes per host, the rest counting as {other}. Pure: no SQLite, no loop.
+ */
+#ifndef STATUSPROXY_ROUTE_H
+#define STATUSPROXY_ROUTE_H
+
+#include <stddef.h>
+
+#define ROUTE_MAX 1023          /* longer routes are cut, like paths */
+#define ROUTE_OTHER "{other}"
+#define ROUTE_DEFAULT_MAX 1000  /* --max-routes */
+
+/* User patterns, in the order given; the first that matches wins. */
+struct route_patterns;
+
+struct route_patterns *route_patterns_new(void);
+/* Add PATTERN (e.g. "/users/{id}/orders", or "/static/" then "*"). Returns 0, or -1 with a
+ * message in ERR (it must start with '/', '*' only as the last segment). */
+int route_patterns_add(struct route_patterns *p, const char *pattern, char *err, size_t errlen);
+size_t route_patterns_count(const struct route_patterns *p);
+void route_patterns_free(struct route_patterns *p);
+
+/* Write the route of PATH[0..len) (without the query) to OUT, NUL-terminated
+ * and cut to CAP - 1 bytes; P may be NULL. Returns the route's length. */
+size_t route_template(const struct route_patterns *p, const char *path, size_t len, char *out,
+                      size_t cap);
+
+/* Distinct routes seen per host, at most MAX each. */
+struct route_cap;
+
+struct route_cap *route_cap_new(size_t max);
+/* 1 when ROUTE of HOST is kept (seen before, or a new one under the cap),
+ * 0 when it must count as {other}. */
+int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const char *route,
+                    size_t rlen);
+void route_cap_free(struct route_cap *c);
+
+#endif
