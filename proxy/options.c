@@ -39,6 +39,8 @@ const char options_help[] =
     "  --response-timeout D      upstream response timeout, then 504 [60s]\n"
     "  --idle-timeout D          idle keep-alive connections are closed after D [60s]\n"
     "  --max-connections N       client connections at most [10000]\n"
+    "  --route PATTERN           a route template, /users/{id} or /static/* (repeatable)\n"
+    "  --max-routes N            distinct routes per host in the aggregates [1000]\n"
     "  --log-level LEVEL         error|warn|info|debug [info]\n"
     "Durations: 250ms, 5s, 2m, 1h, 7d.\n";
 
@@ -57,6 +59,7 @@ void options_defaults(struct run_options *o)
     o->response_timeout_ms = 60000;
     o->idle_timeout_ms = 60000;
     o->max_connections = 10000;
+    o->max_routes = ROUTE_DEFAULT_MAX;
     o->log_level = LOG_INFO;
 }
 
@@ -68,6 +71,8 @@ void options_free(struct run_options *o)
     free(o->proxy_auth);
     free(o->admin_token);
     free(o->connect_ports);
+    route_patterns_free(o->routes);
+    o->routes = NULL;
     o->allow = NULL;
     o->n_allow = 0;
     o->proxy_auth = o->admin_token = NULL;
@@ -224,7 +229,7 @@ static const char *const value_flags[] = {
     "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
-    "--max-connections", "--log-level",
+    "--max-connections", "--log-level", "--route", "--max-routes",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -307,6 +312,15 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
             snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
             return -1;
         }
+    } else if (strcmp(name, "--max-routes") == 0) {
+        if (parse_count(v, 1, 1000000, &o->max_routes) != 0) {
+            snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
+            return -1;
+        }
+    } else if (strcmp(name, "--route") == 0) {
+        if (!o->routes)
+            o->routes = route_patterns_new();
+        return route_patterns_add(o->routes, v, err, errlen);
     } else if (strcmp(name, "--allow") == 0) {
         if (!*v)
             goto bad_empty;

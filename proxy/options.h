@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "audit.h"
+#include "route.h"
 
 /* An address to listen on, as given and as parsed. */
 struct listen_addr {
@@ -46,6 +47,8 @@ struct run_options {
     int *connect_ports;       /* ports CONNECT may reach; default 443 */
     size_t n_connect_ports;
     int log_level;            /* enum log_level */
+    struct route_patterns *routes; /* --route, or NULL; owned */
+    int max_routes;           /* --max-routes */
 };
 
 /* Fill O with the defaults of DESIGN §1. */

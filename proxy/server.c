@@ -517,7 +517,8 @@ int server_run(struct run_options *opts)
     }
 
     char err[512];
-    struct audit_config acfg = {opts->db_path, opts->log_exchanges, opts->retain_ms, 0};
+    struct audit_config acfg = {opts->db_path, opts->log_exchanges, opts->retain_ms, 0,
+                                opts->routes, (size_t)opts->max_routes};
     srv->audit = audit_open(&acfg, err, sizeof err);
     if (!srv->audit) {
         fprintf(stderr, "statusproxy: --db %s: %s\n", opts->db_path, err);
