@@ -107,6 +107,7 @@ struct audit {
     size_t agg_nhists;              /* allocated (kept from batch to batch) */
     uint8_t *hist_buf;              /* one encoded histogram (HIST_MAX_ENCODED) */
     const struct route_patterns *patterns;
+    pthread_mutex_t cap_mu;         /* the cap is read by audit_routes_json */
     struct route_cap *cap;
     char *routes;                   /* the routes of the batches being written, back to back */
     size_t routes_len, routes_cap;
@@ -666,6 +667,7 @@ static int flush_minutes(struct audit *a)
 static int write_minutes(struct audit *a, const struct audit_batch *list)
 {
     size_t i = 0;
+    pthread_mutex_lock(&a->cap_mu);
     for (const struct audit_batch *b = list; b; b = b->next) {
         for (size_t off = 0; off < b->len; i++) {
             const struct packed *p = record_at(b, off);
@@ -685,6 +687,7 @@ static int write_minutes(struct audit *a, const struct audit_batch *list)
             hist_add(a->agg_hists[g->order], p->duration_us > 0 ? (uint64_t)p->duration_us : 0, 1);
         }
     }
+    pthread_mutex_unlock(&a->cap_mu);
     return flush_minutes(a);
 }
 
@@ -870,6 +873,7 @@ static void free_writer_state(struct audit *a)
     free(a->agg_hists);
     free(a->hist_buf);
     route_cap_free(a->cap);
+    pthread_mutex_destroy(&a->cap_mu);
     free(a->routes);
     free(a->route_at);
     free(a->aggs);
@@ -904,6 +908,7 @@ struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errle
     a->tail = &a->head;
     a->patterns = cfg->routes;
     a->cap = route_cap_new(cfg->max_routes);
+    pthread_mutex_init(&a->cap_mu, NULL);
     a->hist_buf = xmalloc(HIST_MAX_ENCODED);
     atomic_init(&a->dropped, 0);
 
@@ -1049,6 +1054,38 @@ int audit_last_error(struct audit *a, char *buf, size_t len)
         snprintf(buf, len, "%s", a->error);
     pthread_mutex_unlock(&a->mu);
     return failing;
+}
+
+char *audit_routes_json(struct audit *a, size_t top)
+{
+    struct route_count *rc = xcalloc(top + 1, sizeof *rc);
+    struct sbuf o = {0};
+    pthread_mutex_lock(&a->cap_mu);
+    size_t n = route_cap_top(a->cap, rc, top);
+    /* Grouped by host, each host where its busiest route ranks. */
+    sbuf_putc(&o, '{');
+    for (size_t i = 0; i < n; i++) {
+        size_t first = 0;
+        while (strcmp(rc[first].host, rc[i].host) != 0)
+            first++;
+        if (first != i)
+            continue;
+        sbuf_printf(&o, "%s\"", o.len > 1 ? ", " : "");
+        sbuf_json_escape(&o, rc[i].host, strlen(rc[i].host));
+        sbuf_puts(&o, "\": {");
+        for (size_t j = i; j < n; j++) {
+            if (strcmp(rc[j].host, rc[i].host) != 0)
+                continue;
+            sbuf_printf(&o, "%s\"", j > i ? ", " : "");
+            sbuf_json_escape(&o, rc[j].route, strlen(rc[j].route));
+            sbuf_printf(&o, "\": %llu", (unsigned long long)rc[j].count);
+        }
+        sbuf_putc(&o, '}');
+    }
+    pthread_mutex_unlock(&a->cap_mu);
+    sbuf_putc(&o, '}');
+    free(rc);
+    return sbuf_steal(&o);
 }
 
 static void free_list(struct audit_batch *list)

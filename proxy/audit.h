@@ -126,6 +126,11 @@ void audit_flush(struct audit *a);
  * caller to log: this module never logs. */
 int audit_last_error(struct audit *a, char *buf, size_t len);
 
+/* The TOP routes with the most exchanges since the audit opened, as a JSON
+ * object {"host": {"route": count, ...}, ...} (malloc'd, the caller's to
+ * free). Counted by the writer: up to a write interval behind. */
+char *audit_routes_json(struct audit *a, size_t top);
+
 /* Write everything queued, stop the writer, close the database. NULL is fine. */
 void audit_close(struct audit *a);
 

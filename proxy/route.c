@@ -176,9 +176,10 @@ size_t route_template(const struct route_patterns *p, const char *path, size_t l
 /* ---- the cap ---- */
 
 struct cap_entry {
-    char *key;          /* host '\0' route; NULL: free */
-    size_t klen;
+    char *key;          /* host '\0' route '\0'; NULL: free */
+    size_t klen;        /* without the last '\0' */
     uint64_t hash;
+    uint64_t count;
 };
 
 struct host_count {
@@ -255,8 +256,9 @@ static void set_grow(struct route_cap *c)
     c->set_cap = ncap;
 }
 
-int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const char *route,
-                    size_t rlen)
+/* The entry of ROUTE of HOST, added when missing and ADD (else NULL). */
+static struct cap_entry *entry(struct route_cap *c, const char *host, size_t hlen,
+                               const char *route, size_t rlen, int add)
 {
     uint64_t h = fnv(fnv(14695981039346656037ull, host, hlen) ^ 0xff, route, rlen);
     size_t klen = hlen + 1 + rlen;
@@ -264,22 +266,63 @@ int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const ch
         set_grow(c);
     size_t j = h & (c->set_cap - 1);
     for (; c->set[j].key; j = (j + 1) & (c->set_cap - 1)) {
-        const struct cap_entry *e = &c->set[j];
+        struct cap_entry *e = &c->set[j];
         if (e->hash == h && e->klen == klen && memcmp(e->key, host, hlen) == 0 &&
             e->key[hlen] == '\0' && memcmp(e->key + hlen + 1, route, rlen) == 0)
-            return 1;
+            return e;
     }
-    struct host_count *hc = host_slot(c, host, hlen);
-    if (hc->n >= c->max)
-        return 0;
-    hc->n++;
-    char *key = xmalloc(klen);
+    if (!add)
+        return NULL;
+    char *key = xmalloc(klen + 1);
     memcpy(key, host, hlen);
     key[hlen] = '\0';
     memcpy(key + hlen + 1, route, rlen);
-    c->set[j] = (struct cap_entry){key, klen, h};
+    key[klen] = '\0';
+    c->set[j] = (struct cap_entry){key, klen, h, 0};
     c->set_n++;
-    return 1;
+    return &c->set[j];
+}
+
+int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const char *route,
+                    size_t rlen)
+{
+    struct cap_entry *e = entry(c, host, hlen, route, rlen, 0);
+    int kept = 1;
+    if (!e) {
+        struct host_count *hc = host_slot(c, host, hlen);
+        if (hc->n < c->max) {
+            hc->n++;
+        } else {
+            route = ROUTE_OTHER;
+            rlen = strlen(ROUTE_OTHER);
+            kept = 0;
+        }
+        e = entry(c, host, hlen, route, rlen, 1);
+    }
+    e->count++;
+    return kept;
+}
+
+size_t route_cap_top(const struct route_cap *c, struct route_count *out, size_t n)
+{
+    size_t got = 0;
+    for (size_t i = 0; i < c->set_cap; i++) {
+        const struct cap_entry *e = &c->set[i];
+        if (!e->key)
+            continue;
+        /* Insertion into the sorted OUT[0..got), keeping the N largest. */
+        size_t k = got < n ? got++ : n;
+        if (k == n && (n == 0 || out[n - 1].count >= e->count))
+            continue;
+        if (k == n)
+            k = n - 1;
+        while (k > 0 && out[k - 1].count < e->count) {
+            out[k] = out[k - 1];
+            k--;
+        }
+        out[k] = (struct route_count){e->key, e->key + strlen(e->key) + 1, e->count};
+    }
+    return got;
 }
 
 void route_cap_free(struct route_cap *c)

@@ -11,6 +11,7 @@
 #define STATUSPROXY_ROUTE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #define ROUTE_MAX 1023          /* longer routes are cut, like paths */
 #define ROUTE_OTHER "{other}"
@@ -31,14 +32,25 @@ void route_patterns_free(struct route_patterns *p);
 size_t route_template(const struct route_patterns *p, const char *path, size_t len, char *out,
                       size_t cap);
 
-/* Distinct routes seen per host, at most MAX each. */
+/* Distinct routes seen per host, at most MAX each, with the exchanges each
+ * counted (those beyond the cap under ROUTE_OTHER). */
 struct route_cap;
 
 struct route_cap *route_cap_new(size_t max);
-/* 1 when ROUTE of HOST is kept (seen before, or a new one under the cap),
- * 0 when it must count as {other}. */
+/* Count one exchange of ROUTE of HOST. 1 when the route is kept (seen
+ * before, or a new one under the cap), 0 when it counts as {other}. */
 int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const char *route,
                     size_t rlen);
+
+/* One counted route; host and route point into the cap (valid until its
+ * next change). */
+struct route_count {
+    const char *host, *route;   /* NUL-terminated */
+    uint64_t count;
+};
+/* The N routes with the most exchanges (fewer when fewer exist), most
+ * first, into OUT[0..n). Returns how many. */
+size_t route_cap_top(const struct route_cap *c, struct route_count *out, size_t n);
 void route_cap_free(struct route_cap *c);
 
 #endif

@@ -442,6 +442,13 @@ const struct run_options *server_options(struct server *srv)
     return srv->opts;
 }
 
+#define STATS_TOP_ROUTES 20
+
+char *server_routes_json(struct server *srv)
+{
+    return srv->audit ? audit_routes_json(srv->audit, STATS_TOP_ROUTES) : xstrdup("{}");
+}
+
 uint64_t server_dropped(struct server *srv)
 {
     return srv->audit ? audit_dropped(srv->audit) : 0;

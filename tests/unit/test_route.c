@@ -92,6 +92,30 @@ static void test_cap_per_host(void)
     route_cap_free(c);
 }
 
+static void test_cap_counts_and_top(void)
+{
+    struct route_cap *c = route_cap_new(2);
+    for (int i = 0; i < 5; i++)
+        route_cap_admit(c, "a", 1, "/x", 2);
+    for (int i = 0; i < 3; i++)
+        route_cap_admit(c, "a", 1, "/y", 2);
+    for (int i = 0; i < 4; i++)
+        route_cap_admit(c, "a", 1, i % 2 ? "/z" : "/w", 2); /* beyond the cap */
+    route_cap_admit(c, "b", 1, "/x", 2);
+    struct route_count top[3];
+    CHECK_INT(route_cap_top(c, top, 3), 3);
+    CHECK_STR(top[0].route, "/x");
+    CHECK_STR(top[0].host, "a");
+    CHECK_INT(top[0].count, 5);
+    CHECK_STR(top[1].route, ROUTE_OTHER);
+    CHECK_INT(top[1].count, 4);
+    CHECK_STR(top[2].route, "/y");
+    struct route_count all[10];
+    CHECK_INT(route_cap_top(c, all, 10), 4);
+    CHECK_INT(all[3].count, 1);
+    route_cap_free(c);
+}
+
 int main(void)
 {
     RUN(test_numbers);
@@ -101,5 +125,6 @@ int main(void)
     RUN(test_user_patterns);
     RUN(test_cut_to_capacity);
     RUN(test_cap_per_host);
+    RUN(test_cap_counts_and_top);
     return unit_summary("route");
 }
