@@ -243,9 +243,38 @@ static int duration_flag(const char *name, const char *value, uint64_t *out, int
     return 0;
 }
 
+static void set_upstream_authority(struct run_options *o)
+{
+    o->has_upstream = 1;
+    if (strchr(o->upstream_host, ':'))
+        snprintf(o->upstream_authority, sizeof o->upstream_authority, "[%s]:%d",
+                 o->upstream_host, o->upstream_port);
+    else
+        snprintf(o->upstream_authority, sizeof o->upstream_authority, "%s:%d", o->upstream_host,
+                 o->upstream_port);
+}
+
+/* --route and --max-routes (DESIGN §11). */
+static int route_flag(struct run_options *o, const char *name, const char *v, char *err,
+                      size_t errlen)
+{
+    if (strcmp(name, "--max-routes") == 0) {
+        if (parse_count(v, 1, 1000000, &o->max_routes) != 0) {
+            snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
+            return -1;
+        }
+        return 0;
+    }
+    if (!o->routes)
+        o->routes = route_patterns_new();
+    return route_patterns_add(o->routes, v, err, errlen);
+}
+
 static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
 {
     const char *why;
+    if (strcmp(name, "--route") == 0 || strcmp(name, "--max-routes") == 0)
+        return route_flag(o, name, v, err, errlen);
     if (strcmp(name, "--listen") == 0) {
         if (options_parse_listen(v, &o->listen) != 0)
             goto bad_addr;
@@ -265,13 +294,7 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
             snprintf(err, errlen, "%s: %s, got '%s'", name, why, v);
             return -1;
         }
-        o->has_upstream = 1;
-        if (strchr(o->upstream_host, ':'))
-            snprintf(o->upstream_authority, sizeof o->upstream_authority, "[%s]:%d",
-                     o->upstream_host, o->upstream_port);
-        else
-            snprintf(o->upstream_authority, sizeof o->upstream_authority, "%s:%d",
-                     o->upstream_host, o->upstream_port);
+        set_upstream_authority(o);
     } else if (strcmp(name, "--rules") == 0) {
         o->rules_path = v;
     } else if (strcmp(name, "--db") == 0) {
@@ -312,15 +335,6 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
             snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
             return -1;
         }
-    } else if (strcmp(name, "--max-routes") == 0) {
-        if (parse_count(v, 1, 1000000, &o->max_routes) != 0) {
-            snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
-            return -1;
-        }
-    } else if (strcmp(name, "--route") == 0) {
-        if (!o->routes)
-            o->routes = route_patterns_new();
-        return route_patterns_add(o->routes, v, err, errlen);
     } else if (strcmp(name, "--allow") == 0) {
         if (!*v)
             goto bad_empty;

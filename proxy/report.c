@@ -18,6 +18,7 @@
 
 #include "catalog.h"
 #include "db.h"
+#include "report_group.h"
 #include "report_html.h"
 #include "report_retry.h"
 #include "sqlfn.h"
@@ -320,6 +321,48 @@ int report_assert_parse(const char *expr, struct report_assert *a, char *err, si
     return -1;
 }
 
+/* Defaults, and room for ARGC values of each repeatable flag. */
+static void options_init(struct report_options *o, int argc)
+{
+    memset(o, 0, sizeof *o);
+    o->dbs = xcalloc((size_t)argc + 1, sizeof *o->dbs);
+    o->baselines = xcalloc((size_t)argc + 1, sizeof *o->baselines);
+    o->asserts = xcalloc((size_t)argc + 1, sizeof *o->asserts);
+    o->since_ms = o->base_since_ms = INT64_MIN;
+    o->until_ms = o->base_until_ms = INT64_MAX;
+}
+
+/* Flags that only make sense together. RANGE: --since and --until were both
+ * given; BASE_SET: 1 --baseline-since, 2 --baseline-until. */
+static int check_combination(struct report_options *o, int range, int base_set, char *err,
+                             size_t errlen)
+{
+    if (o->ndbs == 0) {
+        snprintf(err, errlen, "--db: required (the database to report on)");
+        return -1;
+    }
+    if (range && o->until_ms <= o->since_ms) {
+        snprintf(err, errlen, "--until: must be later than --since");
+        return -1;
+    }
+    if (base_set && base_set != 3) {
+        snprintf(err, errlen, "%s: needs %s too",
+                 base_set == 1 ? "--baseline-since" : "--baseline-until",
+                 base_set == 1 ? "--baseline-until" : "--baseline-since");
+        return -1;
+    }
+    o->base_window = base_set == 3;
+    if (o->base_window && o->base_until_ms <= o->base_since_ms) {
+        snprintf(err, errlen, "--baseline-until: must be later than --baseline-since");
+        return -1;
+    }
+    if (o->view == REPORT_BY_RETRY && (o->nbaselines || o->base_window)) {
+        snprintf(err, errlen, "--baseline: not available with --by retry");
+        return -1;
+    }
+    return 0;
+}
+
 int report_parse_args(int argc, char **argv, int64_t now_ms, struct report_options *o, char *err,
                       size_t errlen)
 {
@@ -327,14 +370,7 @@ int report_parse_args(int argc, char **argv, int64_t now_ms, struct report_optio
                                         "--host",  "--top",      "--format",         "--route",
                                         "--baseline", "--baseline-since", "--baseline-until",
                                         "--assert"};
-    memset(o, 0, sizeof *o);
-    o->dbs = xcalloc((size_t)argc + 1, sizeof *o->dbs);
-    o->baselines = xcalloc((size_t)argc + 1, sizeof *o->baselines);
-    o->asserts = xcalloc((size_t)argc + 1, sizeof *o->asserts);
-    o->since_ms = INT64_MIN;
-    o->until_ms = INT64_MAX;
-    o->base_since_ms = INT64_MIN;
-    o->base_until_ms = INT64_MAX;
+    options_init(o, argc);
     int since_set = 0, until_set = 0, base_set = 0;
     for (int i = 0; i < argc; i++) {
         /* "--flag value" or "--flag=value". */
@@ -420,28 +456,8 @@ int report_parse_args(int argc, char **argv, int64_t now_ms, struct report_optio
                 goto fail;
         }
     }
-    if (base_set && base_set != 3) {
-        snprintf(err, errlen, "%s: needs %s too", base_set == 1 ? "--baseline-since" :
-                 "--baseline-until", base_set == 1 ? "--baseline-until" : "--baseline-since");
+    if (check_combination(o, since_set && until_set, base_set, err, errlen) != 0)
         goto fail;
-    }
-    o->base_window = base_set == 3;
-    if (o->base_window && o->base_until_ms <= o->base_since_ms) {
-        snprintf(err, errlen, "--baseline-until: must be later than --baseline-since");
-        goto fail;
-    }
-    if (o->view == REPORT_BY_RETRY && (o->nbaselines || o->base_window)) {
-        snprintf(err, errlen, "--baseline: not available with --by retry");
-        goto fail;
-    }
-    if (o->ndbs == 0) {
-        snprintf(err, errlen, "--db: required (the database to report on)");
-        goto fail;
-    }
-    if (since_set && until_set && o->until_ms <= o->since_ms) {
-        snprintf(err, errlen, "--until: must be later than --since");
-        goto fail;
-    }
     return 0;
 fail:
     report_options_free(o);
@@ -561,49 +577,50 @@ static void minute_bounds(const struct report_options *o, int64_t *lo, int64_t *
         *hi = o->until_ms / 1000 + (o->until_ms % 1000 > 0); /* minute * 1000 < until */
 }
 
-/* Copy SRC's aggregates in the range, grouped to COLS, into MEM's cells as PART. */
-static int copy_part(sqlite3 *src, sqlite3 *mem, const struct report_options *o, unsigned cols,
-                     int part, const char *path, char *err, size_t errlen)
+/* The query of SRC's aggregate rows in the range for COLS: the six key
+ * columns (NULL when not wanted; absent values as NULL), count and hist.
+ * Malloc'd. */
+static char *part_query(sqlite3 *src, const struct report_options *o, unsigned cols)
 {
-    /* Group by the stored columns (absent values are -1 and '' there) and
-     * turn absent values into NULL only on the few grouped rows. */
     static const struct {
         unsigned col;
-        const char *expr, *key;
+        const char *expr;
     } fields[] = {
-        {COL_MINUTE, "minute", "minute"},
-        {COL_HOST, "host", "host"},
-        {COL_UPSTREAM, "NULLIF(upstream_code, -1)", "upstream_code"},
-        {COL_FINAL, "NULLIF(final_code, -1)", "final_code"},
-        {COL_RULE, "NULLIF(rule, '')", "rule"},
-        {COL_ROUTE, "NULLIF(route, '')", "route"},
+        {COL_MINUTE, "minute"},
+        {COL_HOST, "host"},
+        {COL_UPSTREAM, "NULLIF(upstream_code, -1)"},
+        {COL_FINAL, "NULLIF(final_code, -1)"},
+        {COL_RULE, "NULLIF(rule, '')"},
+        {COL_ROUTE, "NULLIF(route, '')"},
     };
-    struct sbuf q = {0}, keys = {0};
-    sbuf_puts(&q, "SELECT ");
     /* A file older than schema 4 (read-only: never migrated here) has no
      * routes nor histograms: its rows count with route NULL and no durations. */
     int v4 = db_version(src) >= 4;
-    if (!v4)
-        cols &= ~(unsigned)COL_HIST;
+    struct sbuf q = {0};
+    sbuf_puts(&q, "SELECT ");
     for (size_t i = 0; i < ARRAY_LEN(fields); i++) {
         int want = cols & fields[i].col && (v4 || fields[i].col != COL_ROUTE);
         sbuf_printf(&q, "%s, ", want ? fields[i].expr : "NULL");
-        if (want)
-            sbuf_printf(&keys, "%s%s", keys.len ? ", " : "", fields[i].key);
     }
-    sbuf_printf(&q,
-                "sum(count), %s FROM minute_stats WHERE minute >= ?1 AND minute < ?2%s%s"
-                " GROUP BY %s",
-                cols & COL_HIST ? "sp_hist_sum(hist)" : "NULL",
+    sbuf_printf(&q, "count, %s FROM minute_stats WHERE minute >= ?1 AND minute < ?2%s%s",
+                v4 && cols & COL_HIST ? "hist" : "NULL",
                 o->host_glob ? " AND sp_glob(?3, host)" : "",
-                o->route_glob ? (v4 ? " AND sp_glob(?4, route)" : " AND sp_glob(?4, '')") : "",
-                keys.data);
-    sbuf_free(&keys);
-    char *sql = sbuf_steal(&q);
+                o->route_glob ? (v4 ? " AND sp_glob(?4, route)" : " AND sp_glob(?4, '')") : "");
+    return sbuf_steal(&q);
+}
+
+/* Copy SRC's aggregates in the range, summed by the columns COLS, into
+ * MEM's cells as PART. The rows are read in storage order and summed in
+ * memory (report_group.c): no sort. */
+static int copy_part(sqlite3 *src, sqlite3 *mem, const struct report_options *o, unsigned cols,
+                     int part, const char *path, char *err, size_t errlen)
+{
+    char *sql = part_query(src, o, cols);
     sqlite3_stmt *sel = NULL, *ins = NULL;
+    struct report_group *g = report_group_new();
     int64_t lo, hi;
     minute_bounds(o, &lo, &hi);
-    int rc = -1;
+    int rc = -1, step;
     if (sqlite3_prepare_v2(src, sql, -1, &sel, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(src));
         goto done;
@@ -620,22 +637,19 @@ static int copy_part(sqlite3 *src, sqlite3 *mem, const struct report_options *o,
     if (o->route_glob)
         sqlite3_bind_text(sel, 4, o->route_glob, -1, SQLITE_STATIC);
     sqlite3_bind_int(ins, 1, part);
-    int step;
-    while ((step = sqlite3_step(sel)) == SQLITE_ROW) {
-        for (int c = 0; c < 8; c++)
-            sqlite3_bind_value(ins, c + 2, sqlite3_column_value(sel, c));
-        if (sqlite3_step(ins) != SQLITE_DONE) {
-            snprintf(err, errlen, "merging %s: %s", path, sqlite3_errmsg(mem));
-            goto done;
-        }
-        sqlite3_reset(ins);
-    }
+    while ((step = sqlite3_step(sel)) == SQLITE_ROW)
+        report_group_add(g, sel, 6);
     if (step != SQLITE_DONE) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(src));
         goto done;
     }
+    if (report_group_flush(g, ins, 6) != 0) {
+        snprintf(err, errlen, "merging %s: %s", path, sqlite3_errmsg(mem));
+        goto done;
+    }
     rc = 0;
 done:
+    report_group_free(g);
     sqlite3_finalize(sel);
     sqlite3_finalize(ins);
     free(sql);

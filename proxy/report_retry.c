@@ -31,6 +31,7 @@ struct report_retry {
     size_t n, cap;
     uint32_t *index;        /* open addressing over keys; 0: free, else position + 1 */
     size_t index_cap;
+    uint64_t scanned;       /* raw rows read: the footer's exchange count */
 };
 
 struct report_retry *report_retry_new(void)
@@ -165,6 +166,7 @@ int report_retry_scan(struct report_retry *rt, sqlite3 *src, const struct report
     struct sbuf key = {0};
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rt->scanned++;
         sbuf_reset(&key);
         for (int c = 0; c < 4; c++) {
             sbuf_append(&key, (const char *)sqlite3_column_text(st, c),
@@ -235,7 +237,7 @@ void report_retry_result(const struct report_retry *rt, size_t top, struct repor
         if (k->min_gap_ms >= 0)
             row[7] = (struct report_value){.type = REPORT_INT, .i = k->min_gap_ms};
         row[8] = (struct report_value){.type = REPORT_BOOL, .i = k->recovered};
-        out->total += (uint64_t)k->failures;
     }
+    out->total = rt->scanned;
     free(order);
 }
