@@ -11,6 +11,7 @@
 #include "report.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -989,15 +990,18 @@ void report_write_csv(const struct report_result *r, struct sbuf *out)
 
 /* Text for a terminal: absent values as "-", shares as percentages, and no
  * control characters (a Host header is outside data). */
-static char *cell_text(const struct report_value *v, int is_share)
+static char *cell_text(const struct report_value *v, const char *col)
 {
+    int is_share = strstr(col, "share") != NULL;
     switch (v->type) {
     case REPORT_NULL:
         return xstrdup("-");
     case REPORT_INT:
         return xasprintf("%lld", (long long)v->i);
     case REPORT_REAL:
-        return is_share ? xasprintf("%.1f%%", v->r * 100.0) : xasprintf("%g", v->r);
+        if (is_share)
+            return xasprintf(strncmp(col, "delta", 5) == 0 ? "%+.1f%%" : "%.1f%%", v->r * 100.0);
+        return xasprintf("%g", v->r);
     case REPORT_BOOL:
         return xstrdup(v->i ? "yes" : "no");
     case REPORT_TEXT:
@@ -1043,7 +1047,7 @@ void report_write_table(const struct report_result *r, struct sbuf *out)
         right[c] = 1;
         for (size_t i = 0; i < nr; i++) {
             const struct report_value *v = &r->cells[i * nc + c];
-            text[i * nc + c] = cell_text(v, (int)c == share_col);
+            text[i * nc + c] = cell_text(v, r->cols[c]);
             size_t w = strlen(text[i * nc + c]);
             if (w > width[c])
                 width[c] = w;
@@ -1165,8 +1169,9 @@ static void put_deltas(struct report_result *out, size_t r, size_t first, int64_
     if (out->ncols - first < 5)
         return;
     row[3] = bp && bp->type == REPORT_REAL ? *bp : (struct report_value){0};
+    /* Rounded to the microsecond the percentiles are counted in. */
     row[4] = p && bp && p->type == REPORT_REAL && bp->type == REPORT_REAL
-                 ? num_real(p->r - bp->r) : (struct report_value){0};
+                 ? num_real(round((p->r - bp->r) * 1000) / 1000) : (struct report_value){0};
 }
 
 /* CUR with base_count, base_share, delta_share (and base_p99_ms,
