@@ -25,10 +25,45 @@ def bucket_value(us):
     return (16 + sub) * width + width // 2
 
 
+def route_of(path):
+    """DESIGN §11's route of PATH (no user patterns), written apart from the C."""
+    import re
+    def seg(x):
+        if x.isdigit():
+            return "{n}"
+        if re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                        r"[0-9a-fA-F]{12}", x):
+            return "{uuid}"
+        if len(x) >= 8 and re.fullmatch(r"[0-9a-fA-F]+", x) and re.search(r"\d", x):
+            return "{hex}"
+        if len(x) >= 16 and re.fullmatch(r"[A-Za-z0-9_-]+", x) and re.search(r"\d", x) \
+                and re.search(r"[A-Za-z]", x):
+            return "{token}"
+        return x
+    return "/".join(seg(x) for x in path.split("/")) if path else "/"
+
+
+class AnyMs:
+    """Stands for a percentile the model cannot know (durations of real
+    traffic that left no raw row): equal to any number of milliseconds."""
+
+    def __eq__(self, other):
+        return isinstance(other, float)
+
+    def __repr__(self):
+        return "<any ms>"
+
+
+ANY_MS = AnyMs()
+
+
 def percentile_ms(durations, q):
-    """Nearest-rank quantile Q of DURATIONS (µs) as the report gives it, in ms."""
+    """Nearest-rank quantile Q of DURATIONS (µs) as the report gives it, in ms;
+    ANY_MS when a duration is unknown (None)."""
     if not durations:
         return None
+    if any(d is None for d in durations):
+        return ANY_MS
     kept = sorted(bucket_value(d) for d in durations)
     rank = max(1, min(len(kept), math.ceil(q * len(kept))))
     return kept[rank - 1] / 1000.0
@@ -44,7 +79,7 @@ def with_pcts(rows, key, recs, keyof):
     """Add p50/p95/p99 to ROWS (their key field(s) KEY) from RECS grouped by KEYOF."""
     groups = {}
     for r in recs:
-        groups.setdefault(keyof(r), []).append(r["duration_us"])
+        groups.setdefault(keyof(r), []).append(r.get("duration_us"))
     for row in rows:
         add_percentiles(row, groups.get(tuple(row[k] for k in key), []))
     return rows
@@ -99,14 +134,14 @@ def expected_rows(view, recs, names=None):
     if view == "route":
         rows = {}
         for r in recs:
-            k = (r["host"], r["route"])
+            k = (r["host"], r.get("route"))
             row = rows.setdefault(k, {"host": k[0], "route": k[1], "count": 0, "1xx": 0,
                                       "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0})
             row["count"] += 1
             if klass(r["final"]) in CLASSES:
                 row[klass(r["final"])] += 1
         rows = with_pcts(list(rows.values()), ("host", "route"), recs,
-                         lambda r: (r["host"], r["route"]))
+                         lambda r: (r["host"], r.get("route")))
         return sorted(rows, key=lambda r: (-r["count"], r["host"], r["route"] is None,
                                            r["route"] or ""))
     if view == "rewrite":
