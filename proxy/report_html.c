@@ -85,6 +85,9 @@ static const char page_head[] =
     ".swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:5px;"
     "vertical-align:-1px}\n"
     "details summary{cursor:pointer;color:#1d4ed8}\n"
+    ".periods{display:flex;flex-wrap:wrap;gap:16px}.periods svg{max-width:100%;height:auto}\n"
+    ".latency{display:flex;flex-wrap:wrap;gap:12px 24px;margin:12px 0}\n"
+    ".route-latency{margin:0}.route-latency figcaption{font-size:12px;color:#374151}\n"
     "</style>\n</head>\n<body>\n";
 
 /* A round step for the y axis: 1, 2 or 5 times a power of ten, >= MAX/4. */
