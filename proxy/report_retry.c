@@ -137,8 +137,9 @@ static int has_raw_rows(sqlite3 *src)
     return any;
 }
 
-int report_retry_scan(struct report_retry *rt, sqlite3 *src, const struct report_options *o,
-                      uint64_t *raw, char *err, size_t errlen)
+/* Prepare the raw-row query of SRC in O's range and filters into *ST. */
+static int prepare_scan(sqlite3 *src, const struct report_options *o, sqlite3_stmt **st,
+                        char *err, size_t errlen)
 {
     char sql[640], route_filter[80] = "";
     /* Files older than schema 4 have no route nor Retry-After columns. */
@@ -151,39 +152,80 @@ int report_retry_scan(struct report_retry *rt, sqlite3 *src, const struct report
              " %s FROM exchanges WHERE start_ms >= ?1 AND start_ms < ?2%s%s ORDER BY id",
              route, v4 ? "coalesce(retry_after_ms, 0)" : "0",
              o->host_glob ? " AND sp_glob(?3, host)" : "", route_filter);
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(src, sql, -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(src, sql, -1, st, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "retry query: %s", sqlite3_errmsg(src));
         return -1;
     }
-    *raw += (uint64_t)has_raw_rows(src);
-    sqlite3_bind_int64(st, 1, o->since_ms);
-    sqlite3_bind_int64(st, 2, o->until_ms);
+    sqlite3_bind_int64(*st, 1, o->since_ms);
+    sqlite3_bind_int64(*st, 2, o->until_ms);
     if (o->host_glob)
-        sqlite3_bind_text(st, 3, o->host_glob, -1, SQLITE_STATIC);
+        sqlite3_bind_text(*st, 3, o->host_glob, -1, SQLITE_STATIC);
     if (o->route_glob)
-        sqlite3_bind_text(st, 4, o->route_glob, -1, SQLITE_STATIC);
-    struct sbuf key = {0};
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        rt->scanned++;
-        sbuf_reset(&key);
-        for (int c = 0; c < 4; c++) {
-            sbuf_append(&key, (const char *)sqlite3_column_text(st, c),
-                        (size_t)sqlite3_column_bytes(st, c));
-            if (c < 3)
-                sbuf_putc(&key, '\0');
+        sqlite3_bind_text(*st, 4, o->route_glob, -1, SQLITE_STATIC);
+    return 0;
+}
+
+/* Feed the current row of ST to RT. */
+static void observe_row(struct report_retry *rt, sqlite3_stmt *st, struct sbuf *key)
+{
+    rt->scanned++;
+    sbuf_reset(key);
+    for (int c = 0; c < 4; c++) {
+        sbuf_append(key, (const char *)sqlite3_column_text(st, c),
+                    (size_t)sqlite3_column_bytes(st, c));
+        if (c < 3)
+            sbuf_putc(key, '\0');
+    }
+    int64_t start = sqlite3_column_int64(st, 4);
+    int64_t end = start + sqlite3_column_int64(st, 5) / 1000;
+    observe(rt, key->data, key->len, start, end, sqlite3_column_int(st, 6),
+            sqlite3_column_int64(st, 7));
+}
+
+/* Several files may hold the same period (one per proxy): their rows are
+ * merged by start time, each file read in the order written, so a failure
+ * seen by one proxy and its retry seen by another count as they happened. */
+int report_retry_scan(struct report_retry *rt, sqlite3 *const *srcs, size_t n,
+                      const struct report_options *o, uint64_t *raw, char *err, size_t errlen)
+{
+    sqlite3_stmt **st = xcalloc(n + 1, sizeof *st);
+    int *live = xcalloc(n + 1, sizeof *live);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        rc = prepare_scan(srcs[i], o, &st[i], err, errlen);
+        *raw += rc == 0 ? (uint64_t)has_raw_rows(srcs[i]) : 0;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        int s = sqlite3_step(st[i]);
+        live[i] = s == SQLITE_ROW;
+        if (s != SQLITE_ROW && s != SQLITE_DONE) {
+            snprintf(err, errlen, "retry query: %s", sqlite3_errmsg(srcs[i]));
+            rc = -1;
         }
-        int64_t start = sqlite3_column_int64(st, 4);
-        int64_t end = start + sqlite3_column_int64(st, 5) / 1000;
-        observe(rt, key.data, key.len, start, end, sqlite3_column_int(st, 6),
-                sqlite3_column_int64(st, 7));
+    }
+    struct sbuf key = {0};
+    while (rc == 0) {
+        size_t next = n;    /* the file whose next row starts first */
+        for (size_t i = 0; i < n; i++)
+            if (live[i] && (next == n || sqlite3_column_int64(st[i], 4) <
+                                             sqlite3_column_int64(st[next], 4)))
+                next = i;
+        if (next == n)
+            break;
+        observe_row(rt, st[next], &key);
+        int s = sqlite3_step(st[next]);
+        live[next] = s == SQLITE_ROW;
+        if (s != SQLITE_ROW && s != SQLITE_DONE) {
+            snprintf(err, errlen, "retry query: %s", sqlite3_errmsg(srcs[next]));
+            rc = -1;
+        }
     }
     sbuf_free(&key);
-    if (rc != SQLITE_DONE)
-        snprintf(err, errlen, "retry query: %s", sqlite3_errmsg(src));
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : -1;
+    for (size_t i = 0; i < n; i++)
+        sqlite3_finalize(st[i]);
+    free(st);
+    free(live);
+    return rc;
 }
 
 static int by_failures(const void *a, const void *b)

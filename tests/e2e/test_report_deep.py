@@ -369,3 +369,32 @@ def test_migrate_schema_3_database(tmp_path):
     assert [(r["route"], r["count"]) for r in rows] == [(None, 2), ("/users/{n}", 1)]
     retry = rjson("--db", db, "--by", "retry")
     assert [(r["route"], r["failures"]) for r in retry] == [("/items/{uuid}", 1)]
+
+
+def rrec(ms, code, client="10.0.0.9", path="/r/1", ra_ms=0):
+    return "%d\t%s\tGET\th.example\t%s\t%d\t%d\t-\t-\t-\t1000\t10\t10\t%d\n" % (
+        ms, client, path, code, code, ra_ms)
+
+
+def test_retry_view_merges_databases_by_time(tmp_path):
+    # Two proxies saw the same client in the same period: the retry view of
+    # both files must read their rows in time order, as one file would.
+    a, b, one = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "one.db"
+    lines_a = [rrec(T + 10_000, 503, ra_ms=5000),               # failure, via proxy A
+               rrec(T + 40_000, 200, client="10.0.0.8")]        # another client recovers
+    lines_b = [rrec(T + 1_000, 200),                            # before any failure
+               rrec(T + 12_000, 200),                           # premature retry, via B
+               rrec(T + 20_000, 503, client="10.0.0.8")]
+    feed_lines(a, lines_a)
+    feed_lines(b, lines_b)
+    feed_lines(one, sorted(lines_a + lines_b, key=lambda l: int(l.split("\t")[0])))
+    want = rjson("--db", one, "--by", "retry")
+    got = rjson("--db", a, "--db", b, "--by", "retry")
+    assert got == want
+    rows = {r["client"]: r for r in got}
+    assert (rows["10.0.0.9"]["retries"], rows["10.0.0.9"]["premature"],
+            rows["10.0.0.9"]["min_gap_ms"], rows["10.0.0.9"]["recovered"]) == (1, 1, 1999, True)
+    assert (rows["10.0.0.8"]["failures"], rows["10.0.0.8"]["retries"],
+            rows["10.0.0.8"]["recovered"]) == (1, 1, True)
+    # The files in the other order: the same rows.
+    assert rjson("--db", b, "--db", a, "--by", "retry") == want
