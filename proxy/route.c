@@ -284,7 +284,7 @@ static struct cap_entry *entry(struct route_cap *c, const char *host, size_t hle
 }
 
 int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const char *route,
-                    size_t rlen)
+                    size_t rlen, uint64_t n)
 {
     struct cap_entry *e = entry(c, host, hlen, route, rlen, 0);
     int kept = 1;
@@ -299,7 +299,7 @@ int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const ch
         }
         e = entry(c, host, hlen, route, rlen, 1);
     }
-    e->count++;
+    e->count += n;
     return kept;
 }
 

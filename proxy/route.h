@@ -37,10 +37,11 @@ size_t route_template(const struct route_patterns *p, const char *path, size_t l
 struct route_cap;
 
 struct route_cap *route_cap_new(size_t max);
-/* Count one exchange of ROUTE of HOST. 1 when the route is kept (seen
- * before, or a new one under the cap), 0 when it counts as {other}. */
+/* Count N exchanges of ROUTE of HOST (N may be 0: only the verdict, for
+ * exchanges counted before). 1 when the route is kept (seen before, or a
+ * new one under the cap), 0 when it counts as {other}. */
 int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const char *route,
-                    size_t rlen);
+                    size_t rlen, uint64_t n);
 
 /* One counted route; host and route point into the cap (valid until its
  * next change). */

@@ -79,15 +79,15 @@ static void test_cut_to_capacity(void)
 static void test_cap_per_host(void)
 {
     struct route_cap *c = route_cap_new(2);
-    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2), 1);
-    CHECK_INT(route_cap_admit(c, "a", 1, "/y", 2), 1);
-    CHECK_INT(route_cap_admit(c, "a", 1, "/z", 2), 0);
-    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2), 1);   /* seen: still kept */
-    CHECK_INT(route_cap_admit(c, "b", 1, "/z", 2), 1);   /* another host, its own count */
+    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2, 1), 1);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/y", 2, 1), 1);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/z", 2, 1), 0);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2, 1), 1);   /* seen: still kept */
+    CHECK_INT(route_cap_admit(c, "b", 1, "/z", 2, 1), 1);   /* another host, its own count */
     for (int i = 0; i < 500; i++) {
         char r[16];
         int n = snprintf(r, sizeof r, "/r%d", i);
-        CHECK_INT(route_cap_admit(c, "h", 1, r, (size_t)n), i < 2);
+        CHECK_INT(route_cap_admit(c, "h", 1, r, (size_t)n, 1), i < 2);
     }
     route_cap_free(c);
 }
@@ -96,12 +96,12 @@ static void test_cap_counts_and_top(void)
 {
     struct route_cap *c = route_cap_new(2);
     for (int i = 0; i < 5; i++)
-        route_cap_admit(c, "a", 1, "/x", 2);
+        route_cap_admit(c, "a", 1, "/x", 2, 1);
     for (int i = 0; i < 3; i++)
-        route_cap_admit(c, "a", 1, "/y", 2);
+        route_cap_admit(c, "a", 1, "/y", 2, 1);
     for (int i = 0; i < 4; i++)
-        route_cap_admit(c, "a", 1, i % 2 ? "/z" : "/w", 2); /* beyond the cap */
-    route_cap_admit(c, "b", 1, "/x", 2);
+        route_cap_admit(c, "a", 1, i % 2 ? "/z" : "/w", 2, 1); /* beyond the cap */
+    route_cap_admit(c, "b", 1, "/x", 2, 1);
     struct route_count top[3];
     CHECK_INT(route_cap_top(c, top, 3), 3);
     CHECK_STR(top[0].route, "/x");
