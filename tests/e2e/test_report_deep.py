@@ -9,19 +9,18 @@ migration of a database written by schema 3."""
 import csv
 import http.client
 import io
-import json
 import sqlite3
 import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from helpers import wait_until
 from rules_support import Admin
 from test_report import BIN, FEED, MIGRATIONS, APPLICATION_ID, run
+from test_report import report as report_ok, report_json as rjson
 
 # ------------------------------------------------------------ a backend
 
@@ -79,16 +78,6 @@ def get(proxy, path, source="127.0.0.1"):
         return r.status
     finally:
         c.close()
-
-
-def report_ok(*args):
-    p = run("report", *args)
-    assert p.returncode == 0, p.stderr
-    return p.stdout
-
-
-def rjson(*args):
-    return json.loads(report_ok(*args, "--format", "json"))
 
 
 def stop(proxy):
