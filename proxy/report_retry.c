@@ -13,12 +13,11 @@
 #include <string.h>
 
 #include "db.h"
+#include "report_keys.h"
 #include "util.h"
 
+/* The state of one key, indexed by the key's number in keys. */
 struct retry_key {
-    char *key;              /* client '\0' method '\0' host '\0' route */
-    size_t klen;
-    uint64_t hash;
     int64_t failures, retries, premature;
     int64_t min_gap_ms;     /* -1: no retry yet */
     int64_t fail_end_ms;    /* the last failure's end */
@@ -27,75 +26,43 @@ struct retry_key {
 };
 
 struct report_retry {
-    struct retry_key *keys;
-    size_t n, cap;
-    uint32_t *index;        /* open addressing over keys; 0: free, else position + 1 */
-    size_t index_cap;
+    struct report_keys *keys; /* client '\0' method '\0' host '\0' route */
+    struct retry_key *state;
+    size_t cap;
     uint64_t scanned;       /* raw rows read: the footer's exchange count */
 };
 
 struct report_retry *report_retry_new(void)
 {
-    return xcalloc(1, sizeof(struct report_retry));
+    struct report_retry *rt = xcalloc(1, sizeof(struct report_retry));
+    rt->keys = report_keys_new();
+    return rt;
 }
 
 void report_retry_free(struct report_retry *rt)
 {
     if (!rt)
         return;
-    for (size_t i = 0; i < rt->n; i++)
-        free(rt->keys[i].key);
-    free(rt->keys);
-    free(rt->index);
+    report_keys_free(rt->keys);
+    free(rt->state);
     free(rt);
-}
-
-static uint64_t hash_key(const char *s, size_t n)
-{
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-    return h;
-}
-
-static void index_grow(struct report_retry *rt)
-{
-    size_t cap = rt->index_cap ? rt->index_cap * 2 : 1024;
-    uint32_t *idx = xcalloc(cap, sizeof *idx);
-    for (size_t i = 0; i < rt->n; i++) {
-        size_t j = rt->keys[i].hash & (cap - 1);
-        while (idx[j])
-            j = (j + 1) & (cap - 1);
-        idx[j] = (uint32_t)i + 1;
-    }
-    free(rt->index);
-    rt->index = idx;
-    rt->index_cap = cap;
 }
 
 /* The state of KEY[0..n), or NULL; added when ADD. */
 static struct retry_key *lookup(struct report_retry *rt, const char *key, size_t n, int add)
 {
-    if ((rt->n + 1) * 2 > rt->index_cap)
-        index_grow(rt);
-    uint64_t h = hash_key(key, n);
-    size_t j = h & (rt->index_cap - 1);
-    for (; rt->index[j]; j = (j + 1) & (rt->index_cap - 1)) {
-        struct retry_key *k = &rt->keys[rt->index[j] - 1];
-        if (k->hash == h && k->klen == n && memcmp(k->key, key, n) == 0)
-            return k;
-    }
-    if (!add)
+    size_t before = report_keys_count(rt->keys);
+    long i = report_keys_find(rt->keys, key, n, add);
+    if (i < 0)
         return NULL;
-    if (rt->n == rt->cap) {
-        rt->cap = rt->cap ? rt->cap * 2 : 256;
-        rt->keys = xrealloc(rt->keys, rt->cap * sizeof *rt->keys);
+    if ((size_t)i == before) { /* a new key */
+        if (before == rt->cap) {
+            rt->cap = rt->cap ? rt->cap * 2 : 256;
+            rt->state = xrealloc(rt->state, rt->cap * sizeof *rt->state);
+        }
+        rt->state[i] = (struct retry_key){.min_gap_ms = -1};
     }
-    struct retry_key *k = &rt->keys[rt->n];
-    *k = (struct retry_key){.key = xmalloc(n), .klen = n, .hash = h, .min_gap_ms = -1};
-    memcpy(k->key, key, n);
-    rt->index[j] = (uint32_t)++rt->n;
-    return k;
+    return &rt->state[i];
 }
 
 /* One raw row of KEY: starting at START, ending at END, answered CODE
@@ -228,12 +195,18 @@ int report_retry_scan(struct report_retry *rt, sqlite3 *const *srcs, size_t n,
     return rc;
 }
 
+/* Key order for the result: most failures first, then the key's bytes. */
+struct ranked {
+    const struct retry_key *k;
+    const char *key;
+    size_t klen;
+};
+
 static int by_failures(const void *a, const void *b)
 {
-    const struct retry_key *x = *(const struct retry_key *const *)a;
-    const struct retry_key *y = *(const struct retry_key *const *)b;
-    if (x->failures != y->failures)
-        return x->failures > y->failures ? -1 : 1;
+    const struct ranked *x = a, *y = b;
+    if (x->k->failures != y->k->failures)
+        return x->k->failures > y->k->failures ? -1 : 1;
     size_t n = x->klen < y->klen ? x->klen : y->klen;
     int c = memcmp(x->key, y->key, n);
     return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
@@ -258,16 +231,19 @@ void report_retry_result(const struct report_retry *rt, size_t top, struct repor
     out->cols = xcalloc(out->ncols, sizeof *out->cols);
     for (size_t c = 0; c < out->ncols; c++)
         out->cols[c] = xstrdup(cols[c]);
-    const struct retry_key **order = xcalloc(rt->n + 1, sizeof *order);
-    for (size_t i = 0; i < rt->n; i++)
-        order[i] = &rt->keys[i];
-    qsort(order, rt->n, sizeof *order, by_failures);
-    out->nrows = top && top < rt->n ? top : rt->n;
+    size_t n = report_keys_count(rt->keys);
+    struct ranked *order = xcalloc(n + 1, sizeof *order);
+    for (size_t i = 0; i < n; i++) {
+        order[i].k = &rt->state[i];
+        order[i].key = report_keys_get(rt->keys, i, &order[i].klen);
+    }
+    qsort(order, n, sizeof *order, by_failures);
+    out->nrows = top && top < n ? top : n;
     out->cells = xcalloc(out->nrows * out->ncols + 1, sizeof *out->cells);
     for (size_t i = 0; i < out->nrows; i++) {
-        const struct retry_key *k = order[i];
+        const struct retry_key *k = order[i].k;
         struct report_value *row = &out->cells[i * out->ncols];
-        const char *p = k->key, *end = k->key + k->klen;
+        const char *p = order[i].key, *end = order[i].key + order[i].klen;
         for (int c = 0; c < 4; c++) {
             const char *z = c < 3 ? memchr(p, '\0', (size_t)(end - p)) : end;
             row[c] = text_value(p, (size_t)(z - p));
