@@ -343,13 +343,25 @@ def test_migrate_schema_3_database(tmp_path):
     con.close()
     # Read-only reports work on the old file, before migrating.
     assert [r["count"] for r in rjson("--db", db, "--by", "code")] == [1, 1]
+    # ... also merged with a schema 4 file: percentiles from the rows that have them.
+    new = tmp_path / "new.db"
+    feed_lines(new, [rec(1795000003000, 200, path="/users/8", dur_us=20000)])
+    both = {r["code"]: r for r in rjson("--db", db, "--db", new, "--by", "code")}
+    assert (both[200]["count"], both[503]["count"], both[503]["p99_ms"]) == (2, 1, None)
+    assert 20 * 0.95 <= both[200]["p99_ms"] <= 20 * 1.05
+    both = rjson("--db", db, "--db", new, "--by", "route")
+    assert [(r["route"], r["count"]) for r in both] == [(None, 2), ("/users/{n}", 1)]
     m = run("migrate", "--db", db)
     assert (m.returncode, m.stdout.strip()) == (0, "schema version 4"), m.stderr
     with sqlite3.connect(db) as c:
         routes = [r[0] for r in c.execute("SELECT route FROM exchanges ORDER BY id")]
         kept = c.execute("SELECT count(*), sum(count) FROM minute_stats").fetchone()
+        views = (c.execute("SELECT route, retry_after_ms FROM exchange_log ORDER BY id").fetchall(),
+                 c.execute("SELECT route, count FROM minute_log").fetchall())
     assert routes == ["/users/{n}", "/items/{uuid}"]
     assert kept == (2, 2)
+    # The readable views were recreated with the new columns.
+    assert views == ([("/users/{n}", None), ("/items/{uuid}", None)], [(None, 1), (None, 1)])
     # Old aggregates have no route and no durations; new records add both.
     rows = rjson("--db", db, "--by", "route")
     assert [(r["route"], r["count"], r["p50_ms"]) for r in rows] == [(None, 2, None)]
