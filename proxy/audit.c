@@ -945,7 +945,7 @@ struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errle
     a->wake_at = a->limit >= 2 * WAKE_BATCH ? WAKE_BATCH : (a->limit + 1) / 2;
     a->tail = &a->head;
     a->patterns = cfg->routes;
-    a->cap = route_cap_new(cfg->max_routes);
+    a->cap = route_cap_new(cfg->max_routes, 0);
     pthread_mutex_init(&a->cap_mu, NULL);
     a->hist_buf = xmalloc(HIST_MAX_ENCODED);
     atomic_init(&a->dropped, 0);
