@@ -138,9 +138,9 @@ static X509 *make_ca_cert(EVP_PKEY *key)
     char host[256] = "";
     if (gethostname(host, sizeof host - 1) != 0 || !host[0])
         str_copy(host, sizeof host, "unknown host");
-    host[64 - sizeof "statusproxy local CA ()"] = '\0'; /* CN is at most 64 characters */
-    char cn[64];
-    snprintf(cn, sizeof cn, "statusproxy local CA (%s)", host);
+    char cn[64]; /* a CN is at most 64 characters: the host name is cut to fit */
+    snprintf(cn, sizeof cn, "statusproxy local CA (%.*s)",
+             (int)(sizeof cn - sizeof "statusproxy local CA ()"), host);
     X509 *x = new_cert(cn, key, -3600, CA_LIFETIME_S);
     if (!x || !X509_set_issuer_name(x, X509_get_subject_name(x)) ||
         add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE") != 0 ||
