@@ -129,11 +129,12 @@ bench: bench-deps
 	STATUSPROXY_BIN=$(abspath $(BIN)) BENCH_BACKEND=$(abspath $(BENCH_BACKEND)) \
 	  $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 
-# libFuzzer targets for the parsers of outside input (tests/fuzz/fuzz_*.c),
-# built with clang against every module but main.c; each runs FUZZ_SECONDS.
-# New inputs go to build/fuzz/NAME.corpus; FUZZ_SEEDS are read only.
+# libFuzzer targets for the parsers of outside input and the wire path
+# (tests/fuzz/fuzz_*.c), built with clang against every module but main.c;
+# each runs FUZZ_SECONDS and the run fails on a crash. Seeds are read from
+# tests/fuzz/seeds/NAME (the rule parser's from tests/unit/rules_golden) and
+# never written; new inputs go to build/fuzz/NAME.corpus.
 FUZZ_SECONDS ?= 30
-FUZZ_SEEDS ?= tests/unit/rules_golden
 FUZZ_SRCS  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS  := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iproxy -Ibuild/gen \
@@ -148,9 +149,13 @@ fuzz-deps:
 
 fuzz: fuzz-deps
 	$(MAKE) $(FUZZ_BINS)
-	@for f in $(FUZZ_BINS); do echo "== $$f ($(FUZZ_SECONDS)s)"; mkdir -p $$f.corpus; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
-	    $$f.corpus $(FUZZ_SEEDS) || exit 1; done
+	@for f in $(FUZZ_BINS); do n=$${f##*/}; seeds=tests/fuzz/seeds/$$n; \
+	  [ $$n = fuzz_rules ] && seeds=tests/unit/rules_golden; \
+	  echo "== $$n ($(FUZZ_SECONDS)s, seeds $$seeds)"; mkdir -p $$f.corpus; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=20 -print_final_stats=1 \
+	    $$f.corpus $$seeds >$$f.log 2>&1; rc=$$?; \
+	  grep -E '^#[0-9]+ +DONE|^stat::number_of_executed_units|ERROR|SUMMARY|artifact' $$f.log; \
+	  [ $$rc = 0 ] || { echo "$$n failed (exit $$rc): see $$f.log"; exit 1; }; done
 
 clean:
 	rm -rf build
