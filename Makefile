@@ -4,6 +4,8 @@
 #   make run        install dependencies, build, start the proxy with the defaults
 #   make test       install dependencies (and test tools), build, run every test
 #   make test SANITIZE=1   the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz       each libFuzzer target for FUZZ_SECONDS (30)
+#   make soak       the chaos soak for SOAK_SECONDS (300) under AddressSanitizer
 #   make bench      throughput ratios against a direct connection and HAProxy
 #   make clean
 #
@@ -60,7 +62,7 @@ TEST_DEPS  := curl python3 python3-pytest sqlite3 openssl chromium
 BENCH_DEPS := wrk haproxy
 FUZZ_DEPS  := clang libclang-rt-14-dev
 
-.PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz fuzz-deps
+.PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz fuzz-deps soak
 
 all: $(BIN)
 
@@ -143,6 +145,15 @@ FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iproxy -
 build/fuzz/%: tests/fuzz/%.c $(filter-out proxy/main.c,$(SRCS)) build/gen/embedded.c
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) -o $@ $^ $(LLHTTP_SRC_DIR)/*.c $(LDLIBS_ALL)
+
+# The chaos soak (tests/e2e/test_chaos.py) for SOAK_SECONDS against the
+# AddressSanitizer build; `make test` runs a 40 s version with the build it tests.
+# Replay a failure with CHAOS_SEED=N (printed in the failure).
+SOAK_SECONDS ?= 300
+soak: test-deps
+	$(MAKE) SANITIZE=1 build/san/statusproxy
+	STATUSPROXY_BIN=$(abspath build/san/statusproxy) CHAOS_SECONDS=$(SOAK_SECONDS) \
+	  $(PYTHON) -m pytest -q -s tests/e2e/test_chaos.py $(PYTEST_ARGS)
 
 fuzz-deps:
 	@sh tools/deps.sh $(DEPS) $(FUZZ_DEPS)
