@@ -86,6 +86,7 @@ class Soak:
         self.deadline = time.monotonic() + SECONDS
         self.lock = threading.Lock()
         self.answers = {}        # path -> status of a complete final answer
+        self.detail = {}         # path -> what the answer was and what came before
         self.mismatches = []     # (sent id, X-Id received)
         self.counts = {}         # scenario -> runs
         self.requests = 0
@@ -105,10 +106,11 @@ class Soak:
             self.counts[scenario] = self.counts.get(scenario, 0) + 1
             self.requests += n
 
-    def got(self, path, rid, resp):
+    def got(self, path, rid, resp, context=""):
         """A complete final answer to the request for PATH."""
         xid = resp.get("x-id")
         with self.lock:
+            self.detail[path] = "%r %s" % (resp.status_line, context)
             if xid is not None and xid != rid:
                 self.mismatches.append((path, xid))
             if resp.status >= 200:
@@ -124,7 +126,7 @@ def target(rng, soak, prefix=None, kind=None):
 
 def read_answers(conn, soak, sent, timeout=8.0):
     """Read answers to SENT [(method, path, rid)] in order until one fails."""
-    for method, path, rid in sent:
+    for i, (method, path, rid) in enumerate(sent):
         try:
             r = conn.read_response(method=method, allow_incomplete=True, keep_body=False,
                                    timeout=timeout)
@@ -134,7 +136,7 @@ def read_answers(conn, soak, sent, timeout=8.0):
             return
         if not r.complete:
             return
-        soak.got(path, rid, r)
+        soak.got(path, rid, r, "after %s" % [m + " " + p for m, p, _ in sent[:i]])
         if (r.get("connection") or "").lower() == "close":
             return
 
@@ -462,9 +464,9 @@ def _soak(p, origin, tunnel, seed):
     recorded = {}
     for row in db_exchanges(p.db):
         recorded.setdefault(row["path"], []).append(row["final_code"])
-    missing = [(path, code, recorded.get(path)) for path, code in sorted(soak.answers.items())
+    missing = [(path, code, recorded.get(path), soak.detail.get(path)) for path, code in sorted(soak.answers.items())
                if code not in recorded.get(path, [])]
     if missing:
-        fail.append("%d of %d answers not recorded with their code (path, code, recorded): %s"
+        fail.append("%d of %d answers not recorded with their code (path, code, recorded, answer): %s"
                     % (len(missing), len(soak.answers), missing[:20]))
     assert not fail, "%s:\n- %s\nstderr:\n%s" % (tag, "\n- ".join(fail), p.stderr()[-5000:])
