@@ -91,6 +91,11 @@ static void arm_timer(struct conn *c, uint64_t ms)
     deadline_set(&c->timer, ms);
 }
 
+void conn_tunnel_active(struct conn *c)
+{
+    arm_timer(c, c->w->opts->tunnel_idle_timeout_ms);
+}
+
 /* The client went away (EOF or error) or a write to it failed. */
 static void client_gone(struct conn *c, int status)
 {
@@ -136,6 +141,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->phase == PH_TUNNEL) {
+        conn_tunnel_active(c);
         tunnel_from_client(c->tunnel, ch, 0);
         chunk_unref(ch);
         return;
@@ -1064,6 +1070,23 @@ static void request_parse_error(struct conn *c, llhttp_errno_t err)
     answer_and_close(c, status, "bad_request", NULL);
 }
 
+/* The head limit counts the head as it came on the wire, separators and
+ * line ends included: many small fields must not pass where one large one
+ * is refused. Answers 431 and returns 1 past the limit. */
+static int head_too_large(struct conn *c, size_t used)
+{
+    c->head_bytes += (uint32_t)(used < REQ_HEAD_LIMIT ? used : REQ_HEAD_LIMIT + 1);
+    if (c->head_bytes <= REQ_HEAD_LIMIT) {
+        if (c->event == EV_HEAD)
+            c->head_bytes = 0; /* the next head counts from zero */
+        return 0;
+    }
+    c->head_bytes = 0;
+    c->parse_status = 431;
+    request_parse_error(c, HPE_USER);
+    return 1;
+}
+
 /* Feed pending client bytes to the request parser while the state allows.
  * After a pause llhttp may have more to do without any new byte (a request
  * without a body completes right after its head), hence the "kick". */
@@ -1081,6 +1104,7 @@ void conn_parse_requests(struct conn *c)
         }
         c->kick = 0;
         c->event = EV_NONE;
+        int in_head = c->phase == PH_IDLE || c->phase == PH_HEAD;
         llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
         size_t used = len;
         if (err == HPE_PAUSED) {
@@ -1099,6 +1123,8 @@ void conn_parse_requests(struct conn *c)
         }
         c->in_pos += used;
         c->x.bytes_in += used;
+        if (in_head && head_too_large(c, used))
+            return;
         if (c->event == EV_HEAD) {
             on_request_head(c);
             if (c->phase == PH_CLOSED)
@@ -1139,6 +1165,11 @@ static void on_timer(struct deadline *d)
         answer_and_close(c, 408, "header_timeout", NULL);
         break;
     case PH_LINGER:
+        conn_close(c, CLOSE_NOW);
+        break;
+    case PH_TUNNEL:
+        /* No byte either way for --tunnel-idle-timeout (DESIGN §12). */
+        conn_set_error(c, "tunnel_idle");
         conn_close(c, CLOSE_NOW);
         break;
     default:

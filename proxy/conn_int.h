@@ -110,6 +110,7 @@ struct exchange {
     int resp_keepalive;          /* upstream connection reusable afterwards */
     enum body_out out_mode;
     int64_t truncate_left;       /* -1: no truncate */
+    int truncated;               /* truncate dropped body bytes */
     int do_reset;
     struct pace pace;
     struct sbuf held_head;       /* the answer's head, while held by a delay */
@@ -144,6 +145,7 @@ struct conn {
     int kick, up_kick;           /* run the parser once more, even without bytes */
     int req_crlf, resp_crlf;     /* CRLF bytes still expected after chunk data */
     int parse_status;            /* status for a failed request parse (400, 414, 431) */
+    uint32_t head_bytes;         /* wire bytes of the request head so far */
     int obs_fold;
     char prev_last;              /* last byte of the previous client chunk */
     char up_prev_last;
@@ -166,6 +168,8 @@ void conn_flush(struct conn *c);
 void conn_close(struct conn *c, enum close_how how);
 /* Close once everything queued to the client is written (lingering close). */
 void conn_close_gracefully(struct conn *c);
+/* A byte went through the tunnel: push its idle deadline back. */
+void conn_tunnel_active(struct conn *c);
 /* Start or stop reading from the client as the state asks. */
 void conn_update_reading(struct conn *c);
 void conn_release_input(struct conn *c);

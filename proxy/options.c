@@ -38,6 +38,7 @@ const char options_help[] =
     "  --connect-timeout D       upstream connect timeout [5s]\n"
     "  --response-timeout D      upstream response timeout, then 504 [60s]\n"
     "  --idle-timeout D          idle keep-alive connections are closed after D [60s]\n"
+    "  --tunnel-idle-timeout D   CONNECT/101 tunnels silent both ways are closed after D [10m]\n"
     "  --max-connections N       client connections at most [10000]\n"
     "  --log-level LEVEL         error|warn|info|debug [info]\n"
     "Durations: 250ms, 5s, 2m, 1h, 7d.\n";
@@ -56,6 +57,7 @@ void options_defaults(struct run_options *o)
     o->connect_timeout_ms = 5000;
     o->response_timeout_ms = 60000;
     o->idle_timeout_ms = 60000;
+    o->tunnel_idle_timeout_ms = 600000;
     o->max_connections = 10000;
     o->log_level = LOG_INFO;
 }
@@ -224,7 +226,7 @@ static const char *const value_flags[] = {
     "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
-    "--max-connections", "--log-level",
+    "--tunnel-idle-timeout", "--max-connections", "--log-level",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -334,6 +336,8 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
         return duration_flag(name, v, &o->response_timeout_ms, 0, err, errlen);
     } else if (strcmp(name, "--idle-timeout") == 0) {
         return duration_flag(name, v, &o->idle_timeout_ms, 0, err, errlen);
+    } else if (strcmp(name, "--tunnel-idle-timeout") == 0) {
+        return duration_flag(name, v, &o->tunnel_idle_timeout_ms, 0, err, errlen);
     } else if (strcmp(name, "--log-level") == 0) {
         enum log_level lv;
         if (log_parse_level(v, &lv) != 0) {

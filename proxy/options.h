@@ -42,6 +42,7 @@ struct run_options {
     char *proxy_auth;         /* "user:pass", or NULL */
     char *admin_token;        /* or NULL */
     uint64_t header_timeout_ms, connect_timeout_ms, response_timeout_ms, idle_timeout_ms;
+    uint64_t tunnel_idle_timeout_ms; /* CONNECT/101 tunnels without a byte either way */
     int max_connections;
     int *connect_ports;       /* ports CONNECT may reach; default 443 */
     size_t n_connect_ports;

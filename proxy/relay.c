@@ -244,6 +244,7 @@ static void start_tunnel(struct conn *c)
     c->phase = PH_TUNNEL;
     c->tunnel = tunnel_new(&c->out, x->up, &tunnel_ops, c);
     x->up = NULL; /* the tunnel owns it now */
+    conn_tunnel_active(c);
     conn_flush(c);
     if (c->phase != PH_TUNNEL)
         return;
@@ -254,6 +255,9 @@ static void start_tunnel(struct conn *c)
     }
     if (c->phase != PH_TUNNEL)
         return;
+    /* Reading from the upstream paused while those bytes waited (a delay
+     * held the 101): the tunnel reads from now on. */
+    tunnel_resume_upstream(c->tunnel);
     if (c->in)
         tunnel_from_client(c->tunnel, c->in, c->in_pos);
     conn_release_input(c);
@@ -344,6 +348,7 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
     struct conn *c = owner;
     UNUSED(u);
     if (c->phase == PH_TUNNEL) {
+        conn_tunnel_active(c);
         if (nread < 0)
             tunnel_upstream_eof(c->tunnel, (int)nread);
         else
@@ -501,6 +506,8 @@ static void truncate_reached(struct conn *c)
 {
     /* The answer is cut here: the client sees a short body and a close. */
     struct exchange *x = &c->x;
+    if (x->truncated)
+        conn_set_error(c, "truncated");
     x->resp = RESP_DONE;
     x->resp_complete = 0;
     relay_pace_clear(&x->pace);
@@ -513,10 +520,14 @@ static void truncate_reached(struct conn *c)
 static void send_body_to_client(struct conn *c, struct chunk *ch, const char *at, size_t len)
 {
     struct exchange *x = &c->x;
-    if (x->truncate_left == 0)
+    if (x->truncate_left == 0) {
+        x->truncated |= len > 0;
         return;
-    if (x->truncate_left > 0 && (int64_t)len > x->truncate_left)
+    }
+    if (x->truncate_left > 0 && (int64_t)len > x->truncate_left) {
         len = (size_t)x->truncate_left;
+        x->truncated = 1;
+    }
     if (x->truncate_left > 0)
         x->truncate_left -= (int64_t)len;
     if (x->pace.bps) {
@@ -734,11 +745,17 @@ static void send_response_head(struct conn *c)
         if (x->is_head || kind == CATALOG_BODY_NONE) {
             /* No body to this client. HEAD keeps the representation's
              * length; 304 may too; 204 and 1xx carry none (RFC 9110 §8.6). */
+            /* A HEAD answer says what a GET would have got, also when a
+             * rule rewrote the status (set-status keeps the body). */
+            int head_len = x->is_head && kind == CATALOG_BODY_ALLOWED;
+            int up_body = catalog_body(h->status) == CATALOG_BODY_ALLOWED;
             x->out_mode = OUT_NONE;
             x->resp_discard = 1;
-            if (cl && (x->is_head || status == 304) && status == h->status)
+            if (head_len && !up_body)
+                sbuf_puts(out, "Content-Length: 0\r\n");
+            else if (cl && (head_len || (status == 304 && status == h->status)))
                 put_field(out, "Content-Length", cl);
-            else if (x->is_head && up_chunked && c->req.minor == 1 && status == h->status)
+            else if (head_len && up_chunked && c->req.minor == 1)
                 sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
         } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
             /* 205, or a status that needs a body where the upstream sent
@@ -844,6 +861,9 @@ static int can_parse_response(struct conn *c)
 void relay_parse_responses(struct conn *c)
 {
     struct exchange *x = &c->x;
+    /* Finishing an exchange may start the next pipelined one on the same
+     * struct: what this call parsed belongs to the first, so it stops. */
+    int exchange = c->nrequests;
     for (;;) {
         size_t len = c->up_in ? c->up_in->len - c->up_pos : 0;
         if ((len == 0 && !c->up_kick) || !can_parse_response(c))
@@ -871,8 +891,16 @@ void relay_parse_responses(struct conn *c)
         c->up_pos += used;
         if (c->revent & EV_HEAD) {
             on_response_head(c);
-            if (c->phase != PH_EXCHANGE)
+            if (c->phase != PH_EXCHANGE || c->nrequests != exchange)
                 return;
+        }
+        if (x->truncated && !x->pace.n) {
+            /* Cut before the message's end, even when that end came in the
+             * same read: the client must not see a complete answer. */
+            conn_flush(c);
+            if (c->phase == PH_EXCHANGE)
+                truncate_reached(c);
+            return;
         }
         if (c->revent & EV_DONE) {
             if (x->resp_interim) {
@@ -886,7 +914,9 @@ void relay_parse_responses(struct conn *c)
             if (c->resp.status == 101)
                 return; /* the tunnel has taken over */
             on_response_done(c);
-            if (c->phase != PH_EXCHANGE || x->resp == RESP_DONE)
+            if (c->phase != PH_EXCHANGE || c->nrequests != exchange)
+                return;
+            if (x->resp == RESP_DONE)
                 break;
         }
         if (x->truncate_left == 0 && !x->pace.n) {

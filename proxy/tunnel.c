@@ -20,6 +20,8 @@ struct tunnel {
     int up_shut_done, client_shut_done; /* our FIN to each side was flushed */
     int client_paused, upstream_paused;
     int done;
+    int pending_reqs;                   /* shutdown requests libuv still holds */
+    int freed;                          /* tunnel_free ran; the last callback frees */
     uint64_t from_client;
 };
 
@@ -38,8 +40,25 @@ void tunnel_free(struct tunnel *t)
 {
     if (!t)
         return;
+    /* Closing the handles makes libuv cancel a pending shutdown, but its
+     * callback runs later, and the request lives in T: T is freed by
+     * whichever comes last, this or that callback. */
     upstream_release(t->up, 0);
-    free(t);
+    t->up = NULL;
+    t->freed = 1;
+    if (t->pending_reqs == 0)
+        free(t);
+}
+
+/* A shutdown request completed: 1 when T is gone (freed here). */
+static int request_done(struct tunnel *t)
+{
+    t->pending_reqs--;
+    if (!t->freed)
+        return 0;
+    if (t->pending_reqs == 0)
+        free(t);
+    return 1;
 }
 
 static void finish(struct tunnel *t, const char *error)
@@ -59,7 +78,7 @@ static void maybe_finished(struct tunnel *t)
 static void on_up_shutdown(uv_shutdown_t *req, int status)
 {
     struct tunnel *t = req->data;
-    if (t->done)
+    if (request_done(t) || t->done)
         return;
     if (status != 0) {
         finish(t, "upstream_closed");
@@ -72,7 +91,7 @@ static void on_up_shutdown(uv_shutdown_t *req, int status)
 static void on_client_shutdown(uv_shutdown_t *req, int status)
 {
     struct tunnel *t = req->data;
-    if (t->done)
+    if (request_done(t) || t->done)
         return;
     if (status != 0) {
         finish(t, "client_closed");
@@ -127,8 +146,11 @@ void tunnel_client_eof(struct tunnel *t, int status)
     /* Pass the half-close on once the bytes before it are written. */
     t->up_shutdown.data = t;
     uv_tcp_t *tcp = upstream_tcp(t->up);
-    if (uv_shutdown(&t->up_shutdown, (uv_stream_t *)tcp, on_up_shutdown) != 0)
+    if (uv_shutdown(&t->up_shutdown, (uv_stream_t *)tcp, on_up_shutdown) != 0) {
         finish(t, "upstream_closed");
+        return;
+    }
+    t->pending_reqs++;
 }
 
 void tunnel_upstream_eof(struct tunnel *t, int status)
@@ -141,8 +163,11 @@ void tunnel_upstream_eof(struct tunnel *t, int status)
     }
     t->upstream_eof = 1;
     t->client_shutdown.data = t;
-    if (uv_shutdown(&t->client_shutdown, t->to_client->stream, on_client_shutdown) != 0)
+    if (uv_shutdown(&t->client_shutdown, t->to_client->stream, on_client_shutdown) != 0) {
         finish(t, "client_closed");
+        return;
+    }
+    t->pending_reqs++;
 }
 
 void tunnel_client_written(struct tunnel *t, int status)
@@ -171,6 +196,12 @@ void tunnel_upstream_written(struct tunnel *t, int status)
         t->client_paused = 0;
         t->ops->client_reading(t->owner);
     }
+}
+
+void tunnel_resume_upstream(struct tunnel *t)
+{
+    if (!t->done && !t->upstream_paused && !t->upstream_eof)
+        upstream_resume(t->up);
 }
 
 int tunnel_wants_client(const struct tunnel *t)

@@ -42,6 +42,9 @@ void tunnel_upstream_eof(struct tunnel *t, int status);
 void tunnel_client_written(struct tunnel *t, int status);
 void tunnel_upstream_written(struct tunnel *t, int status);
 
+/* Read from the upstream unless the tunnel holds it back (after the owner
+ * paused it while it still parsed HTTP). */
+void tunnel_resume_upstream(struct tunnel *t);
 /* Should the owner read from the client now? */
 int tunnel_wants_client(const struct tunnel *t);
 /* Bytes relayed from the client to the upstream. */
