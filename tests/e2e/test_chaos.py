@@ -91,6 +91,7 @@ class Soak:
         self.counts = {}         # scenario -> runs
         self.requests = 0
         self.errors = []         # unexpected exceptions in client threads
+        self.malformed_passed = []  # malformed requests that got a 1xx-3xx answer
         self.next_id = 0
 
     def new_id(self, tag):
@@ -235,7 +236,7 @@ def sc_connect(rng, soak):
         c.send(b"hello tunnel")
         c.sock.recv(100)
         how = rng.choice(["client_reset", "client_half", "server_reset", "server_half",
-                          "close"])
+                          "server_half_then_reset", "close"])
         if how == "client_reset":
             reset(c.sock)
         elif how == "client_half":
@@ -244,6 +245,12 @@ def sc_connect(rng, soak):
         elif how == "server_reset":
             c.send(b"RST")
             c.read_all(2.0)
+        elif how == "server_half_then_reset":
+            # The origin half-closes while its echo of a big piece is still
+            # on the way to a client that does not read, which then resets.
+            c.send(b"HALF" + b"h" * rng.randint(0, 300000))
+            time.sleep(rng.uniform(0, 0.05))
+            reset(c.sock)
         elif how == "server_half":
             c.send(b"HALF please")
             c.read_all(2.0)
@@ -288,6 +295,8 @@ MALFORMED = [
     b"POST /p/ok/m HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
     b"GET /p/ok/m HTTP/3.0\r\nHost: a\r\n\r\n",
     b"GET /p/ok/m HTTP/1.1\r\nHost: a\r\nX-Big: " + b"v" * 70000 + b"\r\n\r\n",
+    b"GET /p/ok/m HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(8000))
+    + b"\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
 ]
 
@@ -299,12 +308,16 @@ def sc_malformed(rng, soak):
     c = HttpConn(soak.port, timeout=3)
     try:
         c.send(data)
-        c.read_all(2.0)
+        got = c.read_all(2.0)
     except OSError:
-        pass
+        got = b""
     finally:
         c.close()
         soak.count("malformed")
+    # Refused (4xx/5xx) or dropped; never forwarded and answered.
+    if got[:10] in (b"HTTP/1.1 1", b"HTTP/1.1 2", b"HTTP/1.1 3"):
+        with soak.lock:
+            soak.malformed_passed.append((data[:60], got[:60]))
 
 
 SCENARIOS = [(sc_simple, 30), (sc_pipelined, 10), (sc_reset, 12), (sc_abandoned_body, 6),
@@ -436,6 +449,9 @@ def _soak(p, origin, tunnel, seed):
     if soak.mismatches:
         fail.append("%d answers for another request (path, X-Id received): %s"
                     % (len(soak.mismatches), soak.mismatches[:10]))
+
+    if soak.malformed_passed:
+        fail.append("malformed requests answered as good: %s" % soak.malformed_passed[:5])
 
     # The clients are gone: connections wind down within the timeouts.
     settle = time.monotonic() + IDLE_TIMEOUT_S + 15
