@@ -21,7 +21,7 @@ client can tell which request an answer belongs to.  KIND:
 
 TunnelEnd is what CONNECT reaches: an echo; data starting with RST makes it
 reset the connection, data starting with HALF makes it half-close after the
-echo.  Both count the connections they have open.
+echo, LATEHALF half-close 50 ms later without an echo.  Both count the connections they have open.
 
 Only the standard library.
 """
@@ -242,6 +242,11 @@ class TunnelEnd(_Server):
         while True:
             data = sock.recv(65536)
             if not data:
+                return
+            if data.startswith(b"LATEHALF"):
+                time.sleep(0.05)
+                sock.shutdown(socket.SHUT_WR)
+                _drain_until_eof(sock)
                 return
             if data.startswith(b"RST"):
                 reset(sock)

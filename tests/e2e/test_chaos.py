@@ -21,6 +21,7 @@ the AddressSanitizer build.
 
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -93,6 +94,19 @@ class Soak:
         self.errors = []         # unexpected exceptions in client threads
         self.malformed_passed = []  # malformed requests that got a 1xx-3xx answer
         self.next_id = 0
+        self.freeze_lock = threading.Lock()
+
+    def frozen(self, fn, hold):
+        """Run FN with the proxy stopped, and keep it stopped HOLD s: what
+        happened on the wire meanwhile reaches it in one loop iteration (a
+        reset right behind a half-close...), where lifetime races hide."""
+        with self.freeze_lock:
+            os.kill(self.proxy.pid, signal.SIGSTOP)
+            try:
+                fn()
+                time.sleep(hold)
+            finally:
+                os.kill(self.proxy.pid, signal.SIGCONT)
 
     def new_id(self, tag):
         with self.lock:
@@ -225,8 +239,29 @@ def sc_slow_reader(rng, soak):
     soak.count("slow_reader")
 
 
+def slow_conn(port, timeout):
+    """An HttpConn whose socket has a tiny receive buffer: the proxy's
+    writes to it stay pending while it does not read."""
+    c = HttpConn.__new__(HttpConn)
+    c.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.sock.settimeout(timeout)
+    c.buf, c.eof, c.port = bytearray(), False, port
+    try:
+        c.sock.connect(("127.0.0.1", port))
+    except OSError:
+        c.sock.close()
+        raise
+    return c
+
+
 def sc_connect(rng, soak):
-    c = HttpConn(soak.port, timeout=5)
+    how = rng.choice(["client_reset", "client_half", "server_reset", "server_half",
+                      "server_half_then_reset", "server_half_then_reset", "close"])
+    if how == "server_half_then_reset":
+        c = slow_conn(soak.port, 5)
+    else:
+        c = HttpConn(soak.port, timeout=5)
     try:
         c.send(("CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n"
                 % (soak.tunnel_port, soak.tunnel_port)).encode())
@@ -235,8 +270,6 @@ def sc_connect(rng, soak):
             return
         c.send(b"hello tunnel")
         c.sock.recv(100)
-        how = rng.choice(["client_reset", "client_half", "server_reset", "server_half",
-                          "server_half_then_reset", "close"])
         if how == "client_reset":
             reset(c.sock)
         elif how == "client_half":
@@ -248,9 +281,16 @@ def sc_connect(rng, soak):
         elif how == "server_half_then_reset":
             # The origin half-closes while its echo of a big piece is still
             # on the way to a client that does not read, which then resets.
-            c.send(b"HALF" + b"h" * rng.randint(0, 300000))
-            time.sleep(rng.uniform(0, 0.05))
-            reset(c.sock)
+            if rng.random() < 0.5:
+                c.send(b"HALF" + b"h" * rng.randint(0, 100000))
+                time.sleep(0.03)
+                reset(c.sock)
+            else:
+                # The target's half-close and the client's reset reach
+                # the proxy in the same loop iteration.
+                c.send(b"LATEHALF")
+                time.sleep(0.01)
+                soak.frozen(lambda: (time.sleep(0.1), reset(c.sock)), 0.01)
         elif how == "server_half":
             c.send(b"HALF please")
             c.read_all(2.0)
@@ -385,6 +425,16 @@ def reloader(soak, admin, out):
         out["reloads"] += 1
 
 
+def freezer(soak, out):
+    """Stop the proxy for a moment now and then (see Soak.frozen)."""
+    rng = random.Random(soak.seed * 1000 + 998)
+    out["freezes"] = 0
+    while soak.running():
+        time.sleep(rng.uniform(0.3, 1.5))
+        soak.frozen(lambda: None, rng.uniform(0.02, 0.15))
+        out["freezes"] += 1
+
+
 def test_chaos_soak(proxy_factory, tmp_path):
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(1, 1 << 31))
     print("chaos seed %d (replay: CHAOS_SEED=%d), %.0f s, %d clients"
@@ -414,6 +464,7 @@ def _soak(p, origin, tunnel, seed):
     threads = [threading.Thread(target=chaos_client, args=(soak, i)) for i in range(CLIENTS)]
     threads.append(threading.Thread(target=canary, args=(soak, canary_out)))
     threads.append(threading.Thread(target=reloader, args=(soak, admin, reload_out)))
+    threads.append(threading.Thread(target=freezer, args=(soak, reload_out)))
     for t in threads:
         t.daemon = True
         t.start()
@@ -427,9 +478,9 @@ def _soak(p, origin, tunnel, seed):
         t.join(60)
         assert not t.is_alive(), "%s: a client thread hangs" % tag
     summary = ("%s: %d requests, %d complete answers, scenarios %s, canary %s ok, max gap "
-               "%.2f s, %d reloads, origin connections %d, tunnels %d"
+               "%.2f s, %d reloads, %d freezes, origin connections %d, tunnels %d"
                % (tag, soak.requests, len(soak.answers), soak.counts, canary_out.get("ok"),
-                  canary_out.get("max_gap", 0), reload_out.get("reloads", 0), origin.accepted,
+                  canary_out.get("max_gap", 0), reload_out.get("reloads", 0), reload_out.get("freezes", 0), origin.accepted,
                   tunnel.accepted))
     print(summary)
 
