@@ -1206,7 +1206,13 @@ int conn_accept(struct worker *w, uv_stream_t *server)
         return rc;
     }
     int len = sizeof c->peer;
-    uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len);
+    rc = uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len);
+    if (rc != 0) {
+        /* Reset before we got to it (ENOTCONN): no address to check the
+         * access list against, and no one to answer. */
+        conn_close(c, CLOSE_NOW);
+        return rc;
+    }
     if (c->peer.ss_family == AF_INET6)
         uv_ip6_name((struct sockaddr_in6 *)&c->peer, c->peer_ip, sizeof c->peer_ip);
     else

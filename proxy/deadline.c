@@ -3,6 +3,8 @@
  */
 #include "deadline.h"
 
+#include "util.h"
+
 static void on_timer(uv_timer_t *t)
 {
     struct deadline *d = t->data;
@@ -32,7 +34,7 @@ void deadline_init(uv_loop_t *loop, struct deadline *d, deadline_cb cb, void *da
 void deadline_set(struct deadline *d, uint64_t ms)
 {
     uint64_t now = uv_now(d->timer.loop);
-    d->due = now + (ms ? ms : 1);
+    d->due = u64_add_sat(now, ms ? ms : 1);
     if (d->wake == 0 || d->due < d->wake) {
         d->wake = d->due;
         uv_timer_start(&d->timer, on_timer, d->due - now, 0);

@@ -388,10 +388,66 @@ int http_chunk_piece_done(int chunked, uint64_t chunk_left, const char *after, c
     return http_chunk_crlf(after, end, pending);
 }
 
-void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade)
+/* The names listed in Connection fields, as a set: known kinds as bits,
+ * other names in an open-addressing table of arena offsets, so that
+ * dropping them costs one pass over the fields however many are named. */
+struct name_set {
+    uint32_t known;
+    uint32_t *slots; /* (arena offset << 6 | length) + 1; 0: empty. Names
+                      * are under 64 bytes, offsets under 2^26 (heads are
+                      * limited far below). */
+    uint32_t cap, n;
+};
+
+static uint32_t name_hash(const char *s, size_t len)
 {
-    /* The fields each Connection names, in order (a later Connection field
-     * that an earlier one named is gone before its own list is read). */
+    uint32_t hv = 2166136261u;
+    for (size_t i = 0; i < len; i++)
+        hv = (hv ^ (unsigned char)(s[i] | 0x20)) * 16777619u;
+    return hv;
+}
+
+/* Slot for NAME: where it is, or the empty slot where it would go. */
+static uint32_t *set_slot(const struct name_set *ns, const char *buf, const char *name, size_t len)
+{
+    uint32_t i = name_hash(name, len) & (ns->cap - 1);
+    for (;; i = (i + 1) & (ns->cap - 1)) {
+        uint32_t e = ns->slots[i];
+        if (e == 0 || str_ieq2(buf + ((e - 1) >> 6), (e - 1) & 63, name, len))
+            return &ns->slots[i];
+    }
+}
+
+static void set_add(struct name_set *ns, const char *buf, uint32_t off, size_t len)
+{
+    if (2 * (ns->n + 1) > ns->cap) {
+        struct name_set bigger = {ns->known, NULL, ns->cap ? ns->cap * 2 : 64, 0};
+        bigger.slots = xcalloc(bigger.cap, sizeof *bigger.slots);
+        for (uint32_t i = 0; i < ns->cap; i++) {
+            uint32_t e = ns->slots[i];
+            if (e)
+                *set_slot(&bigger, buf, buf + ((e - 1) >> 6), (e - 1) & 63) = e, bigger.n++;
+        }
+        free(ns->slots);
+        *ns = bigger;
+    }
+    uint32_t *slot = set_slot(ns, buf, buf + off, len);
+    if (*slot == 0) {
+        *slot = ((off << 6) | (uint32_t)len) + 1;
+        ns->n++;
+    }
+}
+
+static int set_has(const struct name_set *ns, const char *buf, const char *name, size_t len)
+{
+    return ns->cap && len < 64 && *set_slot(ns, buf, name, len) != 0;
+}
+
+/* Collect what the Connection fields name, in order: a later Connection
+ * field that an earlier one named ("Connection: connection") is gone
+ * before its own list is read. */
+static void connection_names(const struct http_head *h, int keep_upgrade, struct name_set *ns)
+{
     for (int i = find_known(h, HTTP_F_CONNECTION, 0); i >= 0;
          i = find_known(h, HTTP_F_CONNECTION, i + 1)) {
         const struct http_field *f = &h->fields[i];
@@ -408,9 +464,29 @@ void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade)
                 continue;
             if (keep_upgrade && str_ieq2(v + start, len, "upgrade", 7))
                 continue;
-            remove_name(h, v + start, len);
+            enum http_known k = classify(v + start, len);
+            if (k != HTTP_F_OTHER)
+                ns->known |= bit(k);
+            else
+                set_add(ns, h->buf, f->value + (uint32_t)start, len);
         }
+        if (ns->known & bit(HTTP_F_CONNECTION))
+            return;
     }
+}
+
+void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade)
+{
+    struct name_set ns = {0, NULL, 0, 0};
+    connection_names(h, keep_upgrade, &ns);
+    uint32_t nfields = (ns.known || ns.n) ? h->nfields : 0;
+    for (uint32_t i = 0; i < nfields; i++) {
+        struct http_field *f = &h->fields[i];
+        if (f->known != HTTP_F_OTHER ? (ns.known & bit((enum http_known)f->known)) != 0
+                                     : set_has(&ns, h->buf, h->buf + f->name, f->name_len))
+            f->removed = 1;
+    }
+    free(ns.slots);
     /* The rest in one pass. */
     uint32_t drop = bit(HTTP_F_CONNECTION) | bit(HTTP_F_KEEP_ALIVE) |
                     bit(HTTP_F_PROXY_CONNECTION) | bit(HTTP_F_TE) | bit(HTTP_F_TRAILER) |

@@ -240,6 +240,22 @@ static int duration_flag(const char *name, const char *value, uint64_t *out, int
     return 0;
 }
 
+/* The field a timeout flag sets, or NULL when NAME is not one. */
+static uint64_t *timeout_field(struct run_options *o, const char *name)
+{
+    if (strcmp(name, "--header-timeout") == 0)
+        return &o->header_timeout_ms;
+    if (strcmp(name, "--connect-timeout") == 0)
+        return &o->connect_timeout_ms;
+    if (strcmp(name, "--response-timeout") == 0)
+        return &o->response_timeout_ms;
+    if (strcmp(name, "--idle-timeout") == 0)
+        return &o->idle_timeout_ms;
+    if (strcmp(name, "--tunnel-idle-timeout") == 0)
+        return &o->tunnel_idle_timeout_ms;
+    return NULL;
+}
+
 static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
 {
     const char *why;
@@ -328,16 +344,8 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
                      name, v);
             return -1;
         }
-    } else if (strcmp(name, "--header-timeout") == 0) {
-        return duration_flag(name, v, &o->header_timeout_ms, 0, err, errlen);
-    } else if (strcmp(name, "--connect-timeout") == 0) {
-        return duration_flag(name, v, &o->connect_timeout_ms, 0, err, errlen);
-    } else if (strcmp(name, "--response-timeout") == 0) {
-        return duration_flag(name, v, &o->response_timeout_ms, 0, err, errlen);
-    } else if (strcmp(name, "--idle-timeout") == 0) {
-        return duration_flag(name, v, &o->idle_timeout_ms, 0, err, errlen);
-    } else if (strcmp(name, "--tunnel-idle-timeout") == 0) {
-        return duration_flag(name, v, &o->tunnel_idle_timeout_ms, 0, err, errlen);
+    } else if (timeout_field(o, name)) {
+        return duration_flag(name, v, timeout_field(o, name), 0, err, errlen);
     } else if (strcmp(name, "--log-level") == 0) {
         enum log_level lv;
         if (log_parse_level(v, &lv) != 0) {

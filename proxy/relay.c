@@ -10,7 +10,6 @@
  * (Content-Length kept, chunked re-chunked, close-delimited turned into
  * chunked for HTTP/1.1 clients).
  */
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,6 +108,12 @@ void relay_on_timeout(struct deadline *d)
     struct conn *c = d->data;
     if (c->phase != PH_EXCHANGE)
         return;
+    if (c->hold_upstream) {
+        /* The upstream is not read because the client stopped reading:
+         * the client is the slow side, not the upstream. */
+        conn_fail(c, 504, "client_timeout");
+        return;
+    }
     conn_fail(c, 504, c->x.up_ready ? "timeout" : "connect_timeout");
 }
 
@@ -293,7 +298,8 @@ void relay_start(struct conn *c)
         build_request_head(c);
     x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, x->is_connect || x->is_upgrade,
                              &up_ops, c, &x->up_reused);
-    deadline_set(&c->xtimer, c->w->opts->connect_timeout_ms + c->w->opts->response_timeout_ms);
+    deadline_set(&c->xtimer,
+                 u64_add_sat(c->w->opts->connect_timeout_ms, c->w->opts->response_timeout_ms));
     if (x->up_reused)
         send_request(c);
 }
@@ -368,7 +374,14 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
         handle_upstream_eof(c, (int)nread);
         return;
     }
-    assert(!c->up_in); /* reading pauses while bytes wait (relay_update_reading) */
+    if (c->up_in) {
+        /* Reading pauses while bytes wait (relay_update_reading); should a
+         * read slip through anyway, this exchange fails, not the process. */
+        chunk_unref(ch);
+        LOG(LOG_WARN, "c%llu upstream read while bytes were pending", (unsigned long long)c->id);
+        conn_fail(c, 502, "internal");
+        return;
+    }
     c->x.up_seen = 1;
     c->up_in = ch;
     c->up_pos = 0;
@@ -590,9 +603,10 @@ static void on_pace_tick(uv_timer_t *t)
 
 /* ---------- response head: rules, rewrite, framing ---------- */
 
-/* Apply one rule's response-side actions on top of what is set. */
-static void apply_actions(struct conn *c, const struct rule_actions *a, uint64_t delay_ms,
-                          int *status, const char **reason, uint64_t *delay)
+/* Apply one rule's response-side actions on top of what is set. Returns 0,
+ * or -1 when a set-header does not fit under the head limit. */
+static int apply_actions(struct conn *c, const struct rule_actions *a, uint64_t delay_ms,
+                         int *status, const char **reason, uint64_t *delay)
 {
     struct exchange *x = &c->x;
     if (a->set_status)
@@ -604,7 +618,8 @@ static void apply_actions(struct conn *c, const struct rule_actions *a, uint64_t
     for (size_t i = 0; i < a->n_set_headers; i++) {
         http_head_remove(&c->resp, a->set_headers[i].name);
         const char *n = a->set_headers[i].name, *v = a->set_headers[i].value;
-        http_head_add_field(&c->resp, n, strlen(n), v, strlen(v));
+        if (http_head_add_field(&c->resp, n, strlen(n), v, strlen(v)) != 0)
+            return -1;
     }
     if (a->has_delay)
         *delay = delay_ms;
@@ -614,6 +629,41 @@ static void apply_actions(struct conn *c, const struct rule_actions *a, uint64_t
         x->truncate_left = a->truncate;
     if (a->reset)
         x->do_reset = 1;
+    return 0;
+}
+
+/* The request rule's, then the response rule's actions. 0, or -1 as apply_actions. */
+static int apply_rules(struct conn *c, int *status, const char **reason, uint64_t *delay)
+{
+    struct exchange *x = &c->x;
+    if (x->has_req_v &&
+        apply_actions(c, x->req_v.actions, x->req_v.delay_ms, status, reason, delay) != 0)
+        return -1;
+    if (x->has_resp_v &&
+        apply_actions(c, x->resp_v.actions, x->resp_v.delay_ms, status, reason, delay) != 0)
+        return -1;
+    return 0;
+}
+
+/* Framing of an answer without a body to this client (HEAD, 1xx, 204, 304).
+ * A HEAD answer says what a GET would have got, also when a rule rewrote the
+ * status (set-status keeps the body); 304 may keep its length; 204 and 1xx
+ * carry none (RFC 9110 §8.6). CL: the upstream's Content-Length or NULL. */
+static void put_bodiless_framing(struct conn *c, struct sbuf *out, int status, const char *cl,
+                                 int up_chunked)
+{
+    struct exchange *x = &c->x;
+    struct http_head *h = &c->resp;
+    int head_len = x->is_head && catalog_body(status) == CATALOG_BODY_ALLOWED;
+    int up_body = catalog_body(h->status) == CATALOG_BODY_ALLOWED;
+    x->out_mode = OUT_NONE;
+    x->resp_discard = 1;
+    if (head_len && !up_body)
+        sbuf_puts(out, "Content-Length: 0\r\n");
+    else if (cl && (head_len || (status == 304 && status == h->status)))
+        put_field(out, "Content-Length", cl);
+    else if (head_len && up_chunked && c->req.minor == 1)
+        sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
 }
 
 /* Validate the upstream's head, run response rules, then send (or hold). */
@@ -716,10 +766,12 @@ static void send_response_head(struct conn *c)
     }
     int up_chunked = (c->rparser.flags & F_CHUNKED) != 0;
     http_head_drop_hop_by_hop(h, upgrade);
-    if (x->has_req_v)
-        apply_actions(c, x->req_v.actions, x->req_v.delay_ms, &status, &reason, &delay);
-    if (x->has_resp_v)
-        apply_actions(c, x->resp_v.actions, x->resp_v.delay_ms, &status, &reason, &delay);
+    if (apply_rules(c, &status, &reason, &delay) != 0) {
+        /* The answer the rule asks for cannot be built: say so, never drop
+         * the header silently. */
+        conn_fail(c, 502, "header_overflow");
+        return;
+    }
     x->final_code = status;
 
     /* Framing towards the client. */
@@ -743,20 +795,7 @@ static void send_response_head(struct conn *c)
         x->out_mode = OUT_NONE;
     } else {
         if (x->is_head || kind == CATALOG_BODY_NONE) {
-            /* No body to this client. HEAD keeps the representation's
-             * length; 304 may too; 204 and 1xx carry none (RFC 9110 §8.6). */
-            /* A HEAD answer says what a GET would have got, also when a
-             * rule rewrote the status (set-status keeps the body). */
-            int head_len = x->is_head && kind == CATALOG_BODY_ALLOWED;
-            int up_body = catalog_body(h->status) == CATALOG_BODY_ALLOWED;
-            x->out_mode = OUT_NONE;
-            x->resp_discard = 1;
-            if (head_len && !up_body)
-                sbuf_puts(out, "Content-Length: 0\r\n");
-            else if (cl && (head_len || (status == 304 && status == h->status)))
-                put_field(out, "Content-Length", cl);
-            else if (head_len && up_chunked && c->req.minor == 1)
-                sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
+            put_bodiless_framing(c, out, status, cl, up_chunked);
         } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
             /* 205, or a status that needs a body where the upstream sent
              * none (set-status 200 on a 204): an empty one. */
@@ -857,6 +896,8 @@ static int can_parse_response(struct conn *c)
            !c->hold_upstream && x->pace.bytes < PACE_QUEUE_MAX && x->truncate_left != 0;
 }
 
+static void after_parsing(struct conn *c);
+
 /* Feed pending upstream bytes to the response parser. */
 void relay_parse_responses(struct conn *c)
 {
@@ -926,8 +967,15 @@ void relay_parse_responses(struct conn *c)
             return;
         }
     }
-    if (c->phase != PH_EXCHANGE)
-        return;
+    if (c->phase == PH_EXCHANGE)
+        after_parsing(c);
+}
+
+/* Parsing stopped: send what it produced, let go of a used-up read chunk
+ * (then a pending EOF counts), and read again if the state allows. */
+static void after_parsing(struct conn *c)
+{
+    struct exchange *x = &c->x;
     conn_flush(c);
     if (c->phase != PH_EXCHANGE)
         return;

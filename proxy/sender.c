@@ -82,8 +82,9 @@ void sender_init(struct sender *s, uv_stream_t *stream, sender_written_cb on_wri
 /* The batch to add one more piece to; submits a full one first. */
 static struct send_batch *batch_for_piece(struct sender *s)
 {
+    /* A failure here is kept in s->error and returned by the next flush. */
     if (s->cur && s->cur->nbufs == BATCH_BUFS)
-        sender_flush(s);
+        (void)sender_flush(s);
     if (!s->cur)
         s->cur = batch_new(s);
     return s->cur;
@@ -157,13 +158,16 @@ static void on_batch_written(uv_write_t *req, int status)
 int sender_flush(struct sender *s)
 {
     struct send_batch *b = s->cur;
+    if (s->error) {
+        sender_discard(s);
+        return s->error;
+    }
     if (!b)
         return 0;
     s->cur = NULL;
     for (unsigned i = 0; i < b->nbufs; i++)
         if (b->scratch_off[i] != NOT_SCRATCH)
             b->bufs[i].base = b->scratch + b->scratch_off[i];
-    s->total += b->bytes;
     uv_buf_t *bufs = b->bufs;
     unsigned nbufs = b->nbufs;
     size_t left = b->bytes;
@@ -174,11 +178,13 @@ int sender_flush(struct sender *s)
         int n = uv_try_write(s->stream, bufs, nbufs);
         if (n < 0 && n != UV_EAGAIN) {
             batch_free(b);
+            s->error = n;
             return n;
         }
         if (n > 0) {
             left -= (size_t)n;
-            while ((size_t)n >= bufs->len && nbufs > 0) {
+            s->total += (size_t)n;
+            while (nbufs > 0 && (size_t)n >= bufs->len) {
                 n -= (int)bufs->len;
                 bufs++;
                 nbufs--;
@@ -196,8 +202,10 @@ int sender_flush(struct sender *s)
     int rc = uv_write(&b->req, s->stream, bufs, nbufs, on_batch_written);
     if (rc != 0) {
         batch_free(b);
+        s->error = rc;
         return rc;
     }
+    s->total += left;
     b->bytes = left;
     s->inflight += left;
     s->writes++;

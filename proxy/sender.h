@@ -27,6 +27,7 @@ struct sender {
     size_t inflight;          /* bytes submitted and not yet completed */
     unsigned writes;          /* write requests in flight */
     uint64_t total;           /* bytes submitted over the sender's life */
+    int error;                /* first failed submit (a libuv error), or 0 */
     sender_written_cb on_written;
 };
 
@@ -45,7 +46,10 @@ size_t sender_queued(const struct sender *s);
 /* Submit what was queued as one write. What the socket takes at once is
  * written directly (no callback follows for it); the rest goes to libuv and
  * its completion calls on_written. Returns 0 (also when nothing was queued)
- * or a libuv error; on error the batch is dropped and no callback runs. */
+ * or a libuv error; on error the batch is dropped and no callback runs.
+ * An error sticks: a batch that failed while pieces were being queued
+ * (a full batch is submitted on its own) is reported by the next flush,
+ * and nothing more is submitted. */
 int sender_flush(struct sender *s);
 
 /* Drop what was queued and not submitted (the stream is being closed). */

@@ -239,6 +239,12 @@ static void on_connected(uv_connect_t *req, int status)
         fail_connect(u, status);
         return;
     }
+    int rc = uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+    if (rc != 0) {
+        fail_connect(u, rc); /* reported like a failed connect */
+        return;
+    }
+    u->reading = 1;
     deadline_clear(&u->timer);
     uv_tcp_nodelay(&u->tcp, 1);
     struct sockaddr_storage ss;
@@ -254,8 +260,6 @@ static void on_connected(uv_connect_t *req, int status)
         }
     }
     u->state = UP_BUSY;
-    u->reading = 1;
-    uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
     if (u->owner)
         u->ops->on_connect(u, 0, u->owner);
 }
@@ -378,7 +382,7 @@ void upstream_release(struct upstream *u, int reusable)
     u->owner = NULL;
     unsigned same = 0, b = bucket_of(u->key);
     if (reusable && u->state == UP_BUSY && !p->closing && u->sender.writes == 0 &&
-        !u->sender.cur) {
+        !u->sender.cur && !u->sender.error) {
         /* Count this key's idle connections only when the bucket is full
          * enough for the limit to matter. */
         if (p->bucket_idle[b] >= POOL_MAX_IDLE_PER_KEY)
@@ -391,11 +395,15 @@ void upstream_release(struct upstream *u, int reusable)
         upstream_close(u);
         return;
     }
-    u->state = UP_IDLE;
     if (!u->reading) {
-        uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+        /* Idle connections read, to see the backend close them. */
+        if (uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read) != 0) {
+            upstream_close(u);
+            return;
+        }
         u->reading = 1;
     }
+    u->state = UP_IDLE;
     p->bucket_idle[b]++;
     u->prev = NULL;
     u->next = p->buckets[b];
@@ -420,10 +428,11 @@ void upstream_pause(struct upstream *u)
 
 void upstream_resume(struct upstream *u)
 {
-    if (!u->reading && u->state == UP_BUSY) {
-        uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+    /* After EOF the stream is no longer readable (UV_ENOTCONN): the EOF
+     * was delivered already, so there is nothing to wait for. */
+    if (!u->reading && u->state == UP_BUSY &&
+        uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read) == 0)
         u->reading = 1;
-    }
 }
 
 const char *upstream_peer(const struct upstream *u)

@@ -68,6 +68,12 @@ int str_base64(const char *in, size_t n, char *out, size_t outlen);
 /* Clocks. */
 int64_t time_now_ms(void);       /* wall clock, Unix epoch milliseconds */
 uint64_t time_mono_us(void);     /* monotonic, microseconds */
+/* A + B, or UINT64_MAX when that overflows (durations from flags and rules
+ * may be as large as any uint64_t). */
+static inline uint64_t u64_add_sat(uint64_t a, uint64_t b)
+{
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
 /* Format Unix milliseconds as ISO 8601 UTC "YYYY-MM-DDTHH:MM:SSZ" into BUF (>= 21 bytes). */
 void time_format_iso(int64_t unix_ms, char *buf, size_t len);
 

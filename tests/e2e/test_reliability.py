@@ -470,3 +470,88 @@ def test_head_rewritten_by_set_status_keeps_content_length(proxy_factory, backen
         assert r.status == 404 and r.get("Content-Length") == "1234" and r.body == b""
         g = c.exchange("GET", "/status/200?size=1234")
         assert g.status == 404 and g.get("Content-Length") == "1234"
+
+
+# -- 9. a set-header past the response-head limit ------------------------------------
+
+
+def test_set_header_past_the_head_limit_is_an_explicit_failure(proxy_factory, tmp_path):
+    """The upstream's head fills the 64 KiB head store; a rule's set-header
+    no longer fits. It must not be dropped silently: 502, recorded as
+    header_overflow."""
+    pad = b"a" * 65400
+    origin = _answer_origin({
+        "/big": b"HTTP/1.1 200 OK\r\nX-Pad: " + pad + b"\r\nContent-Length: 2\r\n\r\nok",
+        "/small": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"})
+    rules = tmp_path / "h.rules"
+    rules.write_text('rule mark status 200 => set-header X-Rule "%s"\n' % ("v" * 300))
+    try:
+        p = proxy_factory(upstream=origin.url, args=["--rules", str(rules)])
+        with p.conn() as c:
+            r = c.exchange("GET", "/small")
+            assert r.status == 200 and r.get("X-Rule") == "v" * 300
+        with p.conn() as c:
+            r = c.exchange("GET", "/big")
+            assert r.status == 502, (r.status, r.get("X-Rule"))
+        rows = wait_exchanges(p.db, lambda rs: len(rs) >= 2)
+        assert [(r["path"], r["final_code"], r["error"]) for r in rows] == \
+            [("/small", 200, None), ("/big", 502, "header_overflow")]
+    finally:
+        origin.stop()
+
+
+# -- 10. a client that stops reading ---------------------------------------------------
+
+
+def test_client_that_stops_reading_is_recorded_as_client_timeout(proxy_factory, backend):
+    """The upstream is paused because the client stopped reading; when the
+    response timeout passes the exchange is cut and the record blames the
+    client (client_timeout), not the upstream (timeout)."""
+    p = proxy_factory(upstream=backend.url, args=["--response-timeout", "1s"])
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    s.connect(("127.0.0.1", p.port))
+    try:
+        s.sendall(b"GET /stream?size=50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(5)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+        rows = wait_exchanges(p.db, lambda rs: len(rs) >= 1, timeout=15)
+        assert [(r["final_code"], r["error"]) for r in rows] == [(200, "client_timeout")]
+    finally:
+        s.close()
+
+
+# -- 12. duration sums saturate ------------------------------------------------------
+
+
+def test_huge_connect_timeout_does_not_wrap_around(proxy_factory):
+    """--connect-timeout near 2^64 ms plus --response-timeout 2s used to
+    wrap to a 1-second deadline: a connect still pending (a backend whose
+    accept queue is full drops SYNs) was cut with 504 connect_timeout."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue; nobody accepts
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    time.sleep(0.2)
+    huge = (1 << 64) - 1 - 999
+    p = proxy_factory(upstream="http://127.0.0.1:%d" % port,
+                      args=["--connect-timeout", "%dms" % huge, "--response-timeout", "2s"])
+    try:
+        with p.conn(timeout=3) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.sock.settimeout(2.5)
+            try:
+                data = c.sock.recv(1000)
+            except socket.timeout:
+                data = None
+            assert data is None, data
+    finally:
+        for f in fillers:
+            f.close()
+        full.close()

@@ -21,6 +21,7 @@ static void test_defaults(void)
     CHECK_INT(o.connect_timeout_ms, 5000);
     CHECK_INT(o.response_timeout_ms, 60000);
     CHECK_INT(o.idle_timeout_ms, 60000);
+    CHECK_INT(o.tunnel_idle_timeout_ms, 600000);
     CHECK_INT(o.retain_ms, 7 * 86400000LL);
     CHECK_INT(o.workers, 1);
     CHECK_INT(o.max_connections, 10000);
@@ -39,7 +40,7 @@ static void test_values(void)
                     "--seed", "42", "--fault-headers", "--mark-faults", "--log-exchanges",
                     "errors", "--retain", "1h", "--workers", "2", "--allow", "10.0.0.0/8",
                     "--proxy-auth", "u:p", "--header-timeout", "250ms", "--connect-ports",
-                    "443,8443"};
+                    "443,8443", "--tunnel-idle-timeout", "2m"};
     CHECK_INT(parse(&o, err, sizeof err, (int)(sizeof argv / sizeof argv[0]), argv), 0);
     CHECK_STR(o.listen.text, "[::1]:0");
     CHECK_STR(o.upstream_host, "back.end");
@@ -55,6 +56,7 @@ static void test_values(void)
     CHECK_STR(o.proxy_auth, "u:p");
     CHECK_INT(o.header_timeout_ms, 250);
     CHECK_INT(o.n_connect_ports, 2);
+    CHECK_INT(o.tunnel_idle_timeout_ms, 120000);
     options_free(&o);
 }
 
@@ -86,6 +88,8 @@ static void test_bad_flags_name_the_flag(void)
     expect_bad("--workers", "abc");
     expect_bad("--header-timeout", "5x");
     expect_bad("--header-timeout", "0");
+    expect_bad("--tunnel-idle-timeout", "soon");
+    expect_bad("--tunnel-idle-timeout", "0");
     expect_bad("--log-exchanges", "maybe");
     expect_bad("--seed", "-1");
     expect_bad("--proxy-auth", "nocolon");
