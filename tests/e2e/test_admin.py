@@ -94,6 +94,7 @@ def test_metrics_match_traffic(rp, refused_port):
         "statusproxy_active_connections": "gauge",
         "statusproxy_rule_hits_total": "counter",
         "statusproxy_records_dropped_total": "counter",
+        "statusproxy_audit_errors_total": "counter",
     }
     n = traffic(rp, refused_port)
     m = wait_metrics(adm, lambda m: metric(m, "statusproxy_request_duration_seconds_count") == n)
