@@ -68,6 +68,36 @@ def open_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
+def fd_links(pid):
+    """{fd: what it points to}, sockets with their TCP ports and state."""
+    tcp = {}
+    for name in ("/proc/%d/net/tcp" % pid, "/proc/%d/net/tcp6" % pid):
+        try:
+            with open(name) as f:
+                for line in f.readlines()[1:]:
+                    cols = line.split()
+                    tcp[cols[9]] = "local :%d remote :%d state %s" % (
+                        int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16),
+                        TCP_STATES.get(cols[3], cols[3]))
+        except OSError:
+            pass
+    out = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            link += " " + tcp.get(link[8:-1], "(not TCP)")
+        out[int(fd)] = link
+    return out
+
+
+TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+              "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+              "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+
+
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -459,6 +489,7 @@ def _soak(p, origin, tunnel, seed):
     tag = "chaos seed %d (replay: CHAOS_SEED=%d)" % (seed, seed)
     admin = Admin(p)
     fds_start = open_fds(p.pid)
+    links_start = fd_links(p.pid)
     soak = Soak(p, tunnel.port, seed)
     canary_out, reload_out = {}, {}
     threads = [threading.Thread(target=chaos_client, args=(soak, i)) for i in range(CLIENTS)]
@@ -511,10 +542,11 @@ def _soak(p, origin, tunnel, seed):
         time.sleep(0.25)
         fds = open_fds(p.pid)
     if fds > fds_start:
-        links = sorted(os.readlink("/proc/%d/fd/%s" % (p.pid, f))
-                       for f in os.listdir("/proc/%d/fd" % p.pid))
-        fail.append("%d fds open after the clients left, %d at the start: %s"
-                    % (fds, fds_start, links))
+        now = fd_links(p.pid)
+        new_fds = {fd: link for fd, link in now.items() if links_start.get(fd) != link}
+        fail.append("%d fds open %.0f s after the clients left, %d at the start; new or "
+                    "changed: %s (origin ports: %d, tunnel %d)"
+                    % (fds, IDLE_TIMEOUT_S + 15, fds_start, new_fds, origin.port, tunnel.port))
     rss_limit = (400 if is_sanitized(p.binary) else 150) * 1024
     if p.proc.poll() is None:
         rss_max = max(rss_max, rss_kib(p.pid))
