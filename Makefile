@@ -165,7 +165,7 @@ fuzz: fuzz-deps
 	  echo "== $$n ($(FUZZ_SECONDS)s, seeds $$seeds)"; mkdir -p $$f.corpus; \
 	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=20 -print_final_stats=1 \
 	    $$f.corpus $$seeds >$$f.log 2>&1; rc=$$?; \
-	  grep -E '^#[0-9]+ +DONE|^stat::number_of_executed_units|ERROR|SUMMARY|artifact' $$f.log; \
+	  grep -E '^stat::(number_of_executed_units|average_exec_per_sec)|ERROR|SUMMARY|artifact' $$f.log; \
 	  [ $$rc = 0 ] || { echo "$$n failed (exit $$rc): see $$f.log"; exit 1; }; done
 
 clean:
