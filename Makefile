@@ -139,7 +139,8 @@ bench: bench-deps
 FUZZ_SECONDS ?= 30
 FUZZ_SRCS  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS  := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
-FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE -Iproxy -Ibuild/gen \
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+              -D_GNU_SOURCE -Iproxy -Ibuild/gen \
               -I$(LLHTTP_INC_DIR)
 
 build/fuzz/%: tests/fuzz/%.c $(filter-out proxy/main.c,$(SRCS)) build/gen/embedded.c
