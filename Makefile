@@ -4,6 +4,8 @@
 #   make run        install dependencies, build, start the proxy with the defaults
 #   make test       install dependencies (and test tools), build, run every test
 #   make test SANITIZE=1   the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz       each libFuzzer target for FUZZ_SECONDS (30)
+#   make soak       the chaos soak for SOAK_SECONDS (300) under AddressSanitizer
 #   make bench      throughput ratios against a direct connection and HAProxy
 #   make clean
 #
@@ -60,7 +62,7 @@ TEST_DEPS  := curl python3 python3-pytest sqlite3 openssl chromium
 BENCH_DEPS := wrk haproxy
 FUZZ_DEPS  := clang libclang-rt-14-dev
 
-.PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz fuzz-deps
+.PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz fuzz-deps soak
 
 all: $(BIN)
 
@@ -129,28 +131,43 @@ bench: bench-deps
 	STATUSPROXY_BIN=$(abspath $(BIN)) BENCH_BACKEND=$(abspath $(BENCH_BACKEND)) \
 	  $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 
-# libFuzzer targets for the parsers of outside input (tests/fuzz/fuzz_*.c),
-# built with clang against every module but main.c; each runs FUZZ_SECONDS.
-# New inputs go to build/fuzz/NAME.corpus; FUZZ_SEEDS are read only.
+# libFuzzer targets for the parsers of outside input and the wire path
+# (tests/fuzz/fuzz_*.c), built with clang against every module but main.c;
+# each runs FUZZ_SECONDS and the run fails on a crash. Seeds are read from
+# tests/fuzz/seeds/NAME (the rule parser's from tests/unit/rules_golden) and
+# never written; new inputs go to build/fuzz/NAME.corpus.
 FUZZ_SECONDS ?= 30
-FUZZ_SEEDS ?= tests/unit/rules_golden
 FUZZ_SRCS  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS  := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
-FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Iproxy -Ibuild/gen \
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+              -D_GNU_SOURCE -Iproxy -Ibuild/gen \
               -I$(LLHTTP_INC_DIR)
 
 build/fuzz/%: tests/fuzz/%.c $(filter-out proxy/main.c,$(SRCS)) build/gen/embedded.c
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) -o $@ $^ $(LLHTTP_SRC_DIR)/*.c $(LDLIBS_ALL)
 
+# The chaos soak (tests/e2e/test_chaos.py) for SOAK_SECONDS against the
+# AddressSanitizer build; `make test` runs a 40 s version with the build it tests.
+# Replay a failure with CHAOS_SEED=N (printed in the failure).
+SOAK_SECONDS ?= 300
+soak: test-deps
+	$(MAKE) SANITIZE=1 build/san/statusproxy
+	STATUSPROXY_BIN=$(abspath build/san/statusproxy) CHAOS_SECONDS=$(SOAK_SECONDS) \
+	  $(PYTHON) -m pytest -q -s tests/e2e/test_chaos.py $(PYTEST_ARGS)
+
 fuzz-deps:
 	@sh tools/deps.sh $(DEPS) $(FUZZ_DEPS)
 
 fuzz: fuzz-deps
 	$(MAKE) $(FUZZ_BINS)
-	@for f in $(FUZZ_BINS); do echo "== $$f ($(FUZZ_SECONDS)s)"; mkdir -p $$f.corpus; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -print_final_stats=1 \
-	    $$f.corpus $(FUZZ_SEEDS) || exit 1; done
+	@for f in $(FUZZ_BINS); do n=$${f##*/}; seeds=tests/fuzz/seeds/$$n; \
+	  [ $$n = fuzz_rules ] && seeds=tests/unit/rules_golden; \
+	  echo "== $$n ($(FUZZ_SECONDS)s, seeds $$seeds)"; mkdir -p $$f.corpus; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=20 -print_final_stats=1 \
+	    $$f.corpus $$seeds >$$f.log 2>&1; rc=$$?; \
+	  grep -E '^stat::(number_of_executed_units|average_exec_per_sec)|ERROR|SUMMARY|artifact' $$f.log; \
+	  [ $$rc = 0 ] || { echo "$$n failed (exit $$rc): see $$f.log"; exit 1; }; done
 
 clean:
 	rm -rf build

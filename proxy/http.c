@@ -43,13 +43,18 @@ static int reserve(struct http_head *h, size_t n)
         h->overflow = 1;
         return -1;
     }
-    if (h->len + n <= h->cap)
+    /* An empty piece (llhttp hands over empty targets and values) still
+     * makes the arena exist: memcpy and pointer arithmetic on a NULL arena
+     * are undefined even for zero bytes. */
+    if (h->len + n <= h->cap && h->buf)
         return 0;
     uint32_t cap = h->cap ? h->cap : 512;
     while (cap < h->len + n)
         cap *= 2;
     if (cap > h->limit)
         cap = h->limit;
+    if (cap == 0)
+        cap = 1;
     h->buf = xrealloc(h->buf, cap);
     h->cap = cap;
     return 0;

@@ -238,6 +238,23 @@ static void test_grammar(void)
     }
 }
 
+/* An empty first piece (CONNECT with an empty target) must not leave the
+ * arena NULL: the head's strings are then read as NULL + offset (undefined
+ * behaviour, found by tests/fuzz/fuzz_http under clang's UBSan). */
+static void test_empty_first_piece_has_an_arena(void)
+{
+    struct http_head h;
+    http_head_init(&h, 4096);
+    CHECK_INT(http_head_add_target(&h, "", 0), 0);
+    CHECK(h.buf != NULL);
+    CHECK_INT(http_head_add_name(&h, "", 0), 0);
+    struct sbuf out = {0};
+    http_head_write(&h, &out);
+    CHECK_INT((int)out.len, 4); /* ": \r\n" */
+    sbuf_free(&out);
+    http_head_free(&h);
+}
+
 static void test_retry_after(void)
 {
     const char *h1 = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
@@ -255,6 +272,7 @@ static void test_retry_after(void)
 
 int main(void)
 {
+    RUN(test_empty_first_piece_has_an_arena);
     RUN(test_retry_after);
     RUN(test_pieces_join_and_trim);
     RUN(test_empty_value);
