@@ -2,6 +2,7 @@
 keeps the exact bytes it received, free ports, and a handle on a running
 statusproxy process.  Standard library only."""
 
+import collections
 import hashlib
 import os
 import random
@@ -36,6 +37,8 @@ def free_port(host="127.0.0.1"):
         list(range(1024, lo))
     for _ in range(200):
         port = random.choice(candidates)
+        if port in _ports_given:
+            continue
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             s.bind((host, port))
@@ -43,8 +46,14 @@ def free_port(host="127.0.0.1"):
             continue
         finally:
             s.close()
+        _ports_given.append(port)
         return port
     raise RuntimeError("no free port found")
+
+
+# Ports handed out lately: two calls before anything binds (a proxy's
+# --listen and --admin) must not get the same one.
+_ports_given = collections.deque(maxlen=256)
 
 
 class ProtocolError(Exception):
