@@ -39,6 +39,8 @@ const char options_help[] =
     "  --response-timeout D      upstream response timeout, then 504 [60s]\n"
     "  --idle-timeout D          idle keep-alive connections are closed after D [60s]\n"
     "  --max-connections N       client connections at most [10000]\n"
+    "  --max-active-faults N     exchanges held by delay/hang/throttle/slow-head at once\n"
+    "                            [unlimited]; further such faults are skipped\n"
     "  --log-level LEVEL         error|warn|info|debug [info]\n"
     "Durations: 250ms, 5s, 2m, 1h, 7d.\n";
 
@@ -224,7 +226,7 @@ static const char *const value_flags[] = {
     "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
-    "--max-connections", "--log-level",
+    "--max-connections", "--log-level", "--max-active-faults",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -305,6 +307,11 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
     } else if (strcmp(name, "--max-connections") == 0) {
         if (parse_count(v, 1, 1000000, &o->max_connections) != 0) {
             snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
+            return -1;
+        }
+    } else if (strcmp(name, "--max-active-faults") == 0) {
+        if (parse_u64(v, &o->max_active_faults) != 0 || o->max_active_faults == 0) {
+            snprintf(err, errlen, "%s: expected a number of at least 1, got '%s'", name, v);
             return -1;
         }
     } else if (strcmp(name, "--allow") == 0) {

@@ -43,6 +43,7 @@ struct run_options {
     char *admin_token;        /* or NULL */
     uint64_t header_timeout_ms, connect_timeout_ms, response_timeout_ms, idle_timeout_ms;
     int max_connections;
+    uint64_t max_active_faults; /* 0: unlimited */
     int *connect_ports;       /* ports CONNECT may reach; default 443 */
     size_t n_connect_ports;
     int log_level;            /* enum log_level */
