@@ -823,8 +823,8 @@ static void parse_delay(struct parser *ps, struct draft *dr, const struct rules_
             if (near)
                 ERR(ps, v, "unknown delay distribution '%s' (did you mean '%s'?)", v->text, near);
             else
-                ERR(ps, v, "invalid duration '%s' (expected e.g. 250ms, 5s, 2m, MIN..MAX, "
-                    "normal MEAN SD or lognormal P50 P99)", v->text);
+                ERR(ps, v, "invalid duration '%s' (expected e.g. 250ms, 5s, 2m, or MIN..MAX)",
+                    v->text);
             return;
         }
         hi = lo;
