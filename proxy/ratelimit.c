@@ -1,8 +1,9 @@
 /*
- * ratelimit — sliding windows of slot counters. Each window is a ring of
- * RATELIMIT_SLOTS counters indexed by absolute slot number (now / width);
- * moving to a later slot zeroes the slots that fell out, so the ring always
- * holds exactly the last RATELIMIT_SLOTS slots. Per-client windows live in
+ * ratelimit — sliding windows. A window of n <= RATELIMIT_SLOTS keeps the
+ * times of the last n exchanges it let through (an exact log). A larger
+ * one is a ring of RATELIMIT_SLOTS counters indexed by absolute slot number
+ * (now / width); moving to a later slot zeroes the slots that fell out, so
+ * the ring holds exactly the last `span` slots. Per-client windows live in
  * a fixed open-addressing table allocated on first use, so the memory of a
  * rule is bounded whatever the clients do.
  */
@@ -20,13 +21,18 @@ struct window {
     uint64_t head;  /* absolute number of the newest slot in the ring */
     uint64_t total; /* sum of count[] */
     uint64_t last_ms;
-    uint32_t count[RATELIMIT_SLOTS];
+    union {
+        uint32_t count[RATELIMIT_SLOTS]; /* slot counters (n > RATELIMIT_SLOTS) */
+        uint64_t stamp[RATELIMIT_SLOTS]; /* exact log: head is the next write */
+    } u;
 };
 
 struct ratelimit {
     pthread_mutex_t lock;
     uint64_t n, window_ms, width_ms;
+    uint64_t span; /* slots an exchange counts in: ceil(window / width) + 1 */
     int per_client;
+    int exact; /* n <= RATELIMIT_SLOTS: a log of the last n times, exact */
     struct window global;
     struct window *table; /* RATELIMIT_CLIENTS entries, or NULL until used */
     size_t clients;
@@ -40,7 +46,9 @@ struct ratelimit *ratelimit_new(uint64_t n, uint64_t window_ms, int per_client)
     rl->window_ms = window_ms ? window_ms : 1;
     /* 63 slots cover at least the window; the 64th is the one filling now. */
     rl->width_ms = (rl->window_ms + RATELIMIT_SLOTS - 2) / (RATELIMIT_SLOTS - 1);
+    rl->span = (rl->window_ms + rl->width_ms - 1) / rl->width_ms + 1;
     rl->per_client = per_client;
+    rl->exact = rl->n <= RATELIMIT_SLOTS;
     return rl;
 }
 
@@ -53,18 +61,19 @@ void ratelimit_free(struct ratelimit *rl)
     free(rl);
 }
 
-/* Move W's ring forward to slot S, dropping the slots that left it. */
-static void advance(struct window *w, uint64_t s)
+/* Move W's ring forward to slot S: slot k leaves when slot k + span begins. */
+static void advance(const struct ratelimit *rl, struct window *w, uint64_t s)
 {
     if (s <= w->head)
         return;
-    if (s - w->head >= RATELIMIT_SLOTS) {
-        memset(w->count, 0, sizeof w->count);
+    if (s - w->head >= rl->span) {
+        memset(w->u.count, 0, sizeof w->u.count);
         w->total = 0;
     } else {
-        for (uint64_t k = w->head + 1; k <= s; k++) {
-            w->total -= w->count[k % RATELIMIT_SLOTS];
-            w->count[k % RATELIMIT_SLOTS] = 0;
+        for (uint64_t j = w->head + 1; j <= s; j++) {
+            uint64_t k = (j - rl->span) % RATELIMIT_SLOTS;
+            w->total -= w->u.count[k];
+            w->u.count[k] = 0;
         }
     }
     w->head = s;
@@ -75,11 +84,11 @@ static void advance(struct window *w, uint64_t s)
 static uint64_t retry_after(const struct ratelimit *rl, const struct window *w, uint64_t now_ms)
 {
     uint64_t need = w->total - rl->n + 1, freed = 0;
-    uint64_t first = w->head + 1 >= RATELIMIT_SLOTS ? w->head + 1 - RATELIMIT_SLOTS : 0;
+    uint64_t first = w->head + 1 >= rl->span ? w->head + 1 - rl->span : 0;
     for (uint64_t k = first; k <= w->head; k++) {
-        freed += w->count[k % RATELIMIT_SLOTS];
+        freed += w->u.count[k % RATELIMIT_SLOTS];
         if (freed >= need) {
-            uint64_t at = (k + RATELIMIT_SLOTS) * rl->width_ms;
+            uint64_t at = (k + rl->span) * rl->width_ms;
             return at > now_ms ? at - now_ms : 1;
         }
     }
@@ -124,6 +133,41 @@ static struct window *client_window(struct ratelimit *rl, const void *key, size_
     return spare;
 }
 
+/* The exact log: the last n admitted times, oldest at head - total. */
+static int check_exact(const struct ratelimit *rl, struct window *w, uint64_t now_ms,
+                       uint64_t *retry_ms)
+{
+    uint64_t n = rl->n;
+    while (w->total && w->u.stamp[(w->head + n - w->total) % n] + rl->window_ms <= now_ms)
+        w->total--;
+    if (w->total >= n) {
+        if (retry_ms)
+            *retry_ms = w->u.stamp[(w->head + n - w->total) % n] + rl->window_ms - now_ms;
+        return 1;
+    }
+    w->u.stamp[w->head] = now_ms;
+    w->head = (w->head + 1) % n;
+    w->total++;
+    return 0;
+}
+
+static int check_slots(const struct ratelimit *rl, struct window *w, uint64_t now_ms,
+                       uint64_t *retry_ms)
+{
+    uint64_t s = now_ms / rl->width_ms;
+    if (w->total == 0)
+        w->head = s; /* a fresh or emptied window starts here */
+    advance(rl, w, s);
+    if (w->total >= rl->n) {
+        if (retry_ms)
+            *retry_ms = retry_after(rl, w, now_ms);
+        return 1;
+    }
+    w->u.count[s % RATELIMIT_SLOTS]++;
+    w->total++;
+    return 0;
+}
+
 int ratelimit_check(struct ratelimit *rl, const void *key, size_t keylen, uint64_t now_ms,
                     uint64_t *retry_ms)
 {
@@ -131,19 +175,10 @@ int ratelimit_check(struct ratelimit *rl, const void *key, size_t keylen, uint64
         keylen = 16;
     pthread_mutex_lock(&rl->lock);
     struct window *w = rl->per_client ? client_window(rl, key, keylen, now_ms) : &rl->global;
-    uint64_t s = now_ms / rl->width_ms;
-    if (w->total == 0)
-        w->head = s; /* a fresh or emptied window starts here */
-    advance(w, s);
     w->last_ms = now_ms;
-    int full = w->total >= rl->n;
-    if (full) {
-        if (retry_ms)
-            *retry_ms = retry_after(rl, w, now_ms);
-    } else {
-        w->count[s % RATELIMIT_SLOTS]++;
-        w->total++;
-    }
+    int full = rl->exact ? check_exact(rl, w, now_ms, retry_ms) : check_slots(rl, w, now_ms,
+                                                                               retry_ms);
+
     pthread_mutex_unlock(&rl->lock);
     return full;
 }

@@ -1,11 +1,13 @@
 /*
  * ratelimit — the sliding window behind the rule matcher `rate-limit
  * N/DURATION [per-client]` (DESIGN §10). A window counts the exchanges it
- * let through in the last DURATION, in RATELIMIT_SLOTS slots of
- * DURATION/63 each, so an exchange counted at time t still counts until at
- * least t + DURATION (never less, at most two slots more): no DURATION-long
- * span ever lets more than N through. Thread-safe: one mutex per window,
- * taken only when a rule's other matchers already hold. No event loop.
+ * let through in the last DURATION. With N <= RATELIMIT_SLOTS it keeps
+ * their exact times (a true sliding log); with a larger N it counts them in
+ * slots of DURATION/63 (rounded up to whole ms) each, so an exchange counted
+ * at time t still counts until at least t + DURATION (never less, at most
+ * one slot more). Either way no DURATION-long span ever lets more than N through.
+ * Thread-safe: one mutex per window set, taken only when a rule's other
+ * matchers already hold. No event loop.
  */
 #ifndef STATUSPROXY_RATELIMIT_H
 #define STATUSPROXY_RATELIMIT_H
