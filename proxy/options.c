@@ -240,6 +240,16 @@ static int duration_flag(const char *name, const char *value, uint64_t *out, int
     return 0;
 }
 
+static int positive_flag(const char *name, const char *value, uint64_t *out, char *err,
+                         size_t errlen)
+{
+    if (parse_u64(value, out) != 0 || *out == 0) {
+        snprintf(err, errlen, "%s: expected a number of at least 1, got '%s'", name, value);
+        return -1;
+    }
+    return 0;
+}
+
 static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
 {
     const char *why;
@@ -310,10 +320,7 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
             return -1;
         }
     } else if (strcmp(name, "--max-active-faults") == 0) {
-        if (parse_u64(v, &o->max_active_faults) != 0 || o->max_active_faults == 0) {
-            snprintf(err, errlen, "%s: expected a number of at least 1, got '%s'", name, v);
-            return -1;
-        }
+        return positive_flag(name, v, &o->max_active_faults, err, errlen);
     } else if (strcmp(name, "--allow") == 0) {
         if (!*v)
             goto bad_empty;

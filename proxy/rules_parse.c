@@ -923,6 +923,54 @@ static void parse_broken(struct parser *ps, struct draft *dr, enum rule_action a
     }
 }
 
+/* set-header NAME "VALUE" (or Retry-After auto) and del-header NAME. */
+static void parse_header_action(struct parser *ps, struct draft *dr, enum rule_action a,
+                                const struct rules_token *kw, const struct rules_token *v,
+                                const struct rules_token *v2)
+{
+    struct rule *r = dr->r;
+    struct rule_actions *ac = &r->actions;
+    if (!check_header_name(ps, kw, v))
+        return;
+    const char *other = header_named(dr, v->text, v->len);
+    if (other) {
+        ERR(ps, v, "header %s is already changed by '%s' in this rule", v->text, other);
+        return;
+    }
+    if (a == RA_SET_HEADER && v2 && !v2->quoted && strcmp(v2->text, "auto") == 0) {
+        if (!str_ieq(v->text, v->len, "Retry-After")) {
+            ERR(ps, v2, "'auto' is known only for Retry-After: write a quoted value for %s",
+                v->text);
+            return;
+        }
+        ac->retry_after_auto = 1;
+        dr->retry_auto_at = pos_of(v2);
+        sbuf_puts(&dr->actions, " set-header Retry-After auto");
+        return;
+    }
+    if (a == RA_SET_HEADER) {
+        if (!v2 || !need_quoted(ps, kw, v2) || v2->bad ||
+            !check_head_text(ps, v2, "a header value"))
+            return;
+        if (ac->n_set_headers == dr->cap_set) {
+            dr->cap_set = dr->cap_set ? dr->cap_set * 2 : 4;
+            r->set_headers = xrealloc(r->set_headers, dr->cap_set * sizeof *r->set_headers);
+        }
+        r->set_headers[ac->n_set_headers++] = (struct rules_header_op){
+            xstrndup(v->text, v->len), xstrndup(v2->text, v2->len)};
+        sbuf_printf(&dr->actions, " set-header %s ", v->text);
+        put_quoted(&dr->actions, v2->text, v2->len);
+    } else {
+        if (ac->n_del_headers == dr->cap_del) {
+            dr->cap_del = dr->cap_del ? dr->cap_del * 2 : 4;
+            r->del_headers = xrealloc(r->del_headers, dr->cap_del * sizeof *r->del_headers);
+        }
+        r->del_headers[ac->n_del_headers++] =
+            (struct rules_header_op){xstrndup(v->text, v->len), NULL};
+        sbuf_printf(&dr->actions, " del-header %s", v->text);
+    }
+}
+
 /* Parse one action whose keyword is KW; its values come from LN at *I. */
 static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a,
                          const struct rules_token *kw, const struct rules_token *v,
@@ -960,48 +1008,9 @@ static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a
         put_quoted(&dr->actions, v->text, v->len);
         break;
     case RA_SET_HEADER:
-    case RA_DEL_HEADER: {
-        if (!check_header_name(ps, kw, v))
-            break;
-        const char *other = header_named(dr, v->text, v->len);
-        if (other) {
-            ERR(ps, v, "header %s is already changed by '%s' in this rule", v->text, other);
-            break;
-        }
-        if (a == RA_SET_HEADER && v2 && !v2->quoted && strcmp(v2->text, "auto") == 0) {
-            if (!str_ieq(v->text, v->len, "Retry-After")) {
-                ERR(ps, v2, "'auto' is known only for Retry-After: write a quoted value for %s",
-                    v->text);
-                break;
-            }
-            ac->retry_after_auto = 1;
-            dr->retry_auto_at = pos_of(v2);
-            sbuf_puts(&dr->actions, " set-header Retry-After auto");
-            break;
-        }
-        if (a == RA_SET_HEADER) {
-            if (!v2 || !need_quoted(ps, kw, v2) || v2->bad ||
-                !check_head_text(ps, v2, "a header value"))
-                break;
-            if (ac->n_set_headers == dr->cap_set) {
-                dr->cap_set = dr->cap_set ? dr->cap_set * 2 : 4;
-                r->set_headers = xrealloc(r->set_headers, dr->cap_set * sizeof *r->set_headers);
-            }
-            r->set_headers[ac->n_set_headers++] = (struct rules_header_op){
-                xstrndup(v->text, v->len), xstrndup(v2->text, v2->len)};
-            sbuf_printf(&dr->actions, " set-header %s ", v->text);
-            put_quoted(&dr->actions, v2->text, v2->len);
-        } else {
-            if (ac->n_del_headers == dr->cap_del) {
-                dr->cap_del = dr->cap_del ? dr->cap_del * 2 : 4;
-                r->del_headers = xrealloc(r->del_headers, dr->cap_del * sizeof *r->del_headers);
-            }
-            r->del_headers[ac->n_del_headers++] = (struct rules_header_op){xstrndup(v->text, v->len),
-                                                                   NULL};
-            sbuf_printf(&dr->actions, " del-header %s", v->text);
-        }
+    case RA_DEL_HEADER:
+        parse_header_action(ps, dr, a, kw, v, v2);
         break;
-    }
     case RA_DELAY:
         if (dr->extra)
             parse_delay_dist(ps, dr, v, v2, dr->extra);

@@ -27,7 +27,6 @@
 #include "chunk.h"
 #include "cidr.h"
 #include "conn.h"
-#include "fault.h"
 #include "log.h"
 #include "metrics.h"
 #include "sender.h"
@@ -493,8 +492,6 @@ int server_run(struct run_options *opts)
         opts->seed = (uint64_t)time_now_ms() ^ ((uint64_t)getpid() << 32);
         opts->has_seed = 1;
     }
-    fault_set_seed(opts->seed);
-    fault_set_max_active(opts->max_active_faults);
     if (opts->rules_path) {
         struct rules_diags diags = {0};
         srv->current = rules_load_file(opts->rules_path, opts->seed, &diags);
