@@ -504,7 +504,7 @@ def test_record_in_file_within_a_second(proxy, statusproxy_bin):
                            "WHERE host = 'soon%d.example'" % i) == 1
             except sqlite3.OperationalError:  # busy for a moment while it writes
                 return False
-        assert wait_until(landed, 5.0, step=0.02), "record %d not in the file after 5 s" % i
+        assert wait_until(landed, 5.0, interval=0.02), "record %d not in the file after 5 s" % i
         lags.append(time.monotonic() - t_answer)
         assert proxy.proc.poll() is None, "the proxy must keep running"
     # 1 s by contract; 0.5 s of slack for a loaded test machine.

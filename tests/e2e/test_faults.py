@@ -7,6 +7,8 @@ Python's http.client / urllib see them, the new fault headers,
 
 import http.client
 import json
+import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -413,6 +415,35 @@ def test_max_active_faults_under_concurrency(proxy_factory, backend, tmp_path):
     assert metric(m, "statusproxy_faults_active") == 0
     rows = wait_exchanges(p.db, lambda rows: len(rows) >= 6)
     assert sorted((r["rule"] or "") for r in rows) == [""] * 4 + ["slow"] * 2
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_live_page_shows_faults_and_time_windows(proxy_factory, backend, tmp_path):
+    from test_admin import dump_dom
+    p = start(proxy_factory, backend, tmp_path,
+              "rule slow path /slow => delay 20s\n"
+              "rule flap cycle 2h on 1h => abort 503\n",
+              args=["--max-active-faults", "1"])
+    admin = Admin(p)
+    held = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    try:
+        held.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert wait_until(lambda: admin.json("/stats")["faults"]["active"] == 1, timeout=3)
+        # A second held fault is over the cap: skipped, the rule does not apply
+        # (the backend's /slow answers at once without parameters).
+        t0 = time.monotonic()
+        assert get(p.port, "/slow").status == 200
+        assert time.monotonic() - t0 < 5
+        dom = dump_dom("http://127.0.0.1:%d/" % p.admin_port, budget_ms=3000)
+    finally:
+        held.close()
+    assert re.search(r'<b id="faults-active">1 / 1</b>', dom), dom[:3000]
+    assert re.search(r'<b id="faults-skipped">1</b>', dom), dom[:3000]
+    rules = re.search(r'<table id="rules">.*?</table>', dom, re.S).group(0)
+    assert re.search(r'>flap</td>.*?<td>on \(\d+\.\d s\)</td>', rules, re.S), rules
 
 
 def test_max_active_faults_flag_errors(statusproxy_bin):
