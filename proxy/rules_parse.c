@@ -627,8 +627,9 @@ static void parse_during(struct parser *ps, struct draft *dr, const struct rules
     }
     r->during_start = lo;
     r->during_end = hi;
-    char a[32], b[32] = "";
-    units_format_duration(lo, a, sizeof a);
+    char a[32] = "0s", b[32] = ""; /* "0s" reads better than "0ms" as a start */
+    if (lo)
+        units_format_duration(lo, a, sizeof a);
     if (hi != UINT64_MAX)
         units_format_duration(hi, b, sizeof b);
     sbuf_printf(&dr->matchers, " during %s..%s", a, b);

@@ -203,7 +203,10 @@ def test_slow_head_spreads_the_head(proxy_factory, backend, tmp_path):
         assert len(reads) >= 5, len(reads)
         assert t <= dur + 2.0 * slowdown(p)
     c = curl(p.port, "/status/200?size=10", "-w", "%{http_code}")
-    assert c.returncode == 0
+    assert c.returncode == 0 and c.stdout == "200", c
+    # A client whose timeout is shorter than the head gives up: curl's 28.
+    c = curl(p.port, "/status/200?size=10", "-m", "1")
+    assert c.returncode == 28, c
     [r] = rows_for(p, "/a")
     assert (r["rule"], r["action"], r["error"], r["final_code"]) == \
         ("sha", "abort 503 slow-head 1500ms", None, 503)
@@ -262,6 +265,10 @@ def test_cycle_switches_on_and_off(proxy_factory, backend, tmp_path):
     switches = sum(1 for a, b in zip(seen, seen[1:]) if a != b)
     assert set(seen) == {200, 503}
     assert switches >= 3, seen
+    rows = wait_exchanges(p.db, lambda rows: len(rows) >= len(seen))
+    assert [r["final_code"] for r in rows] == seen
+    assert {(r["final_code"], r["rule"], r["action"]) for r in rows} == \
+        {(200, None, None), (503, "flap", "abort 503")}
 
 
 # ---------------------------------------------------------------------------
@@ -342,6 +349,48 @@ def test_lognormal_delay_reproducible_with_seed(proxy_factory, backend, tmp_path
     assert all(abs(x - y) < 0.15 for x, y in zip(a, b)), (a, b)
     assert max(abs(x - y) for x, y in zip(a, c)) > 0.2, (a, c)
     assert max(a) - min(a) > 0.1, a  # a spread, not a fixed delay
+
+
+def test_normal_delay_rule(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path,
+              "rule bell path /status/* => delay normal 400ms 100ms\n", args=["--seed", "3"])
+    times = []
+    with p.conn() as c:
+        for _ in range(6):
+            t0 = time.monotonic()
+            assert c.exchange("GET", "/status/200").status == 200
+            times.append(time.monotonic() - t0)
+    assert 0.2 < sum(times) / len(times) < 0.6 + 0.3 * slowdown(p), times
+    assert max(times) - min(times) > 0.02, times  # drawn, not fixed
+    rows = wait_exchanges(p.db, lambda rows: len(rows) >= 6)
+    assert {r["action"] for r in rows} == {"delay normal 400ms 100ms"}
+
+
+def test_time_windows_restart_with_put_rules(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path, "rule o during 0s..1s => abort 503\n")
+    admin = Admin(p)
+    assert get(p.port, "/status/200").status == 503
+    time.sleep(1.2)
+    assert get(p.port, "/status/200").status == 200
+    r = admin.put_rules("rule o during 0s..1s => abort 503\n")
+    assert r.status == 200, r
+    assert get(p.port, "/status/200").status == 503
+    assert admin.rules()["o"]["active"] is True
+
+
+def test_rules_check_new_forms(statusproxy_bin, tmp_path):
+    path = tmp_path / "f.rules"
+    path.write_text("rule a path /x during 0s..30s => abort 503\n"
+                    "rule b cycle 60s on 10s => delay lognormel 100ms 2s\n"
+                    "rule c rate-limit 10/1s per-clinet => abort 429\n")
+    r = subprocess.run([statusproxy_bin, "rules", "check", str(path)], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        "%s:2:34: error: unknown delay distribution 'lognormel' (did you mean 'lognormal'?)" % path,
+        "%s:3:25: error: unknown word 'per-clinet' after 'rate-limit 10/1s' "
+        "(did you mean 'per-client'?)" % path,
+    ]
 
 
 # ---------------------------------------------------------------------------
