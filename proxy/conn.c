@@ -1144,8 +1144,9 @@ static void on_request_head(struct conn *c)
     if (x->rules && !x->abort_code && !x->brk) {
         struct rules_exchange rx;
         conn_rules_exchange(c, &rx, 0);
-        x->has_req_v = rules_match(x->rules, RULES_REQUEST, &rx, &x->req_v) &&
-                       conn_take_faults(c, &x->req_v);
+        x->has_req_v = rules_match(x->rules, RULES_REQUEST, &rx, &x->req_v);
+        while (x->has_req_v && !conn_take_faults(c, &x->req_v))
+            x->has_req_v = rules_match_next(x->rules, RULES_REQUEST, &rx, &x->req_v);
         if (x->has_req_v) {
             const struct rule_actions *a = x->req_v.actions;
             if (a->abort_code || a->brk) {

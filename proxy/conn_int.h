@@ -197,8 +197,8 @@ void conn_rules_exchange(struct conn *c, struct rules_exchange *rx, int status);
 /* Timer callback: send the held abort answer (or the reset) of x.abort_*. */
 void conn_on_abort_timer(uv_timer_t *t);
 /* Take the DESIGN §10 faults of verdict V into the exchange; 0 when the
- * blast-radius cap says skip it (the caller then acts as if V had not
- * matched), else 1. */
+ * blast-radius cap says skip it (the caller then goes on with the rules
+ * after V, as if V had not matched), else 1. */
 int conn_take_faults(struct conn *c, const struct rules_verdict *v);
 /* Send x.held_head[0..x.slow_len) spread over x.slow_head_ms, using the
  * pacing timer; then DONE runs (on the timer) and sends what is left. */

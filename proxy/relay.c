@@ -679,8 +679,9 @@ static void on_response_head(struct conn *c)
     if (x->rules && rules_has_phase(x->rules, RULES_RESPONSE)) {
         struct rules_exchange rx;
         conn_rules_exchange(c, &rx, status);
-        x->has_resp_v = rules_match(x->rules, RULES_RESPONSE, &rx, &x->resp_v) &&
-                        conn_take_faults(c, &x->resp_v);
+        x->has_resp_v = rules_match(x->rules, RULES_RESPONSE, &rx, &x->resp_v);
+        while (x->has_resp_v && !conn_take_faults(c, &x->resp_v))
+            x->has_resp_v = rules_match_next(x->rules, RULES_RESPONSE, &rx, &x->resp_v);
     }
     if (x->has_resp_v && (x->resp_v.actions->abort_code || x->resp_v.actions->brk)) {
         /* The upstream's answer is replaced; its connection is not reusable. */

@@ -328,11 +328,11 @@ static int dynamic_match(struct rule *r, const struct rules_exchange *x, uint64_
     return take_hit(r);
 }
 
-int rules_match(struct rules *rs, enum rules_phase phase, const struct rules_exchange *x,
-                struct rules_verdict *v)
+static int match_from(struct rules *rs, enum rules_phase phase, size_t from,
+                      const struct rules_exchange *x, struct rules_verdict *v)
 {
     struct rule **list = rs->by_phase[phase];
-    for (size_t i = 0; i < rs->n_phase[phase]; i++) {
+    for (size_t i = from; i < rs->n_phase[phase]; i++) {
         struct rule *r = list[i];
         if (!atomic_load_explicit(&r->enabled, memory_order_relaxed))
             continue;
@@ -343,9 +343,22 @@ int rules_match(struct rules *rs, enum rules_phase phase, const struct rules_exc
         v->actions = &r->actions;
         v->delay_ms = pick_delay(r);
         v->retry_after_s = retry_s;
+        v->next = i + 1;
         return 1;
     }
     return 0;
+}
+
+int rules_match(struct rules *rs, enum rules_phase phase, const struct rules_exchange *x,
+                struct rules_verdict *v)
+{
+    return match_from(rs, phase, 0, x, v);
+}
+
+int rules_match_next(struct rules *rs, enum rules_phase phase, const struct rules_exchange *x,
+                     struct rules_verdict *v)
+{
+    return match_from(rs, phase, v->next, x, v);
 }
 
 int rules_has_phase(const struct rules *rs, enum rules_phase phase)

@@ -101,6 +101,7 @@ struct rules_verdict {
     const struct rule_actions *actions;
     uint64_t delay_ms;         /* drawn from the rule's delay range; 0 when none */
     uint64_t retry_after_s;    /* rate-limit: whole seconds until the window has room */
+    size_t next;               /* where rules_match_next goes on (index in the phase) */
 };
 
 /* Find the first enabled rule of PHASE whose matchers all hold, count it
@@ -114,6 +115,12 @@ int rules_match(struct rules *rs, enum rules_phase phase, const struct rules_exc
  * set it before any matching. */
 void rules_set_clock(uint64_t (*now_ms)(void));
 uint64_t rules_now_ms(void);
+
+/* Go on after the rule V matched, as if it had not: the later rules of
+ * PHASE only (those before it are not evaluated again). Same contract as
+ * rules_match; used when --max-active-faults skips V's fault. */
+int rules_match_next(struct rules *rs, enum rules_phase phase, const struct rules_exchange *x,
+                     struct rules_verdict *v);
 
 /* Does the set have any rule of PHASE (lets callers skip work)? */
 int rules_has_phase(const struct rules *rs, enum rules_phase phase);

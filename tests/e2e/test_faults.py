@@ -466,6 +466,29 @@ def test_max_active_faults_under_concurrency(proxy_factory, backend, tmp_path):
     assert sorted((r["rule"] or "") for r in rows) == [""] * 4 + ["slow"] * 2
 
 
+def test_skipped_fault_lets_later_rules_match(proxy_factory, backend, tmp_path):
+    p = start(proxy_factory, backend, tmp_path,
+              "rule slow path /status/* => delay 3s\n"
+              "rule marked path /status/* => set-header X-Fallback \"1\"\n",
+              args=["--max-active-faults", "1"])
+    admin = Admin(p)
+    held = socket.create_connection(("127.0.0.1", p.port), timeout=30)
+    try:
+        held.sendall(b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert wait_until(lambda: admin.json("/stats")["faults"]["active"] == 1, timeout=3)
+        t0 = time.monotonic()
+        r = get(p.port, "/status/200")
+        assert time.monotonic() - t0 < 2.5
+        # `slow` is skipped as if it had not matched, so `marked` applies.
+        assert r.status == 200 and r.get("X-Fallback") == "1", r
+        first = held.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200") and b"x-fallback" not in first.lower()
+    finally:
+        held.close()
+    rows = wait_exchanges(p.db, lambda rows: len(rows) >= 2)
+    assert sorted(r["rule"] for r in rows) == ["marked", "slow"]
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -319,6 +319,26 @@ static void test_rate_limit_after_other_matchers(void)
     rules_unref(rs);
 }
 
+static void test_match_next_goes_on_after_the_rule(void)
+{
+    struct rules *rs = load("rule a path / => delay 1s\n"
+                            "rule b method POST => abort 503\n"
+                            "rule c path / every 1 => abort 502\n"
+                            "rule d => abort 500\n", 1);
+    struct rules_verdict v;
+    CHECK_INT(hits(rs, "127.0.0.1", &v), 1);
+    CHECK_STR(rule_name(v.rule), "a");
+    struct sockaddr_in sa = client_v4("127.0.0.1");
+    struct rules_exchange x = {.method = "GET", .method_len = 3, .host = "h", .host_len = 1,
+                               .path = "/", .path_len = 1, .client = (struct sockaddr *)&sa};
+    CHECK_INT(rules_match_next(rs, RULES_REQUEST, &x, &v), 1);
+    CHECK_STR(rule_name(v.rule), "c");
+    CHECK_INT(rules_match_next(rs, RULES_REQUEST, &x, &v), 1);
+    CHECK_STR(rule_name(v.rule), "d");
+    CHECK_INT(rules_match_next(rs, RULES_REQUEST, &x, &v), 0);
+    rules_unref(rs);
+}
+
 /* ---- distributions ---- */
 
 static uint64_t mix(uint64_t z)
@@ -499,6 +519,7 @@ int main(void)
     RUN(test_window_thread_safe);
     RUN(test_rate_limit_rule_and_retry_after);
     RUN(test_rate_limit_after_other_matchers);
+    RUN(test_match_next_goes_on_after_the_rule);
     RUN(test_normal_statistics);
     RUN(test_normal_truncated_at_zero);
     RUN(test_lognormal_percentiles);
