@@ -291,12 +291,13 @@ static size_t client_key(const struct sockaddr *sa, uint8_t key[16])
 }
 
 /* Step 3a: 1 when the exchange is beyond the rate (the matcher holds). */
-static int rate_holds(struct rule *r, const struct rules_exchange *x, uint64_t *retry_s)
+static int rate_holds(struct rule *r, const struct rules_exchange *x, uint64_t now,
+                      uint64_t *retry_s)
 {
     uint8_t key[16];
     size_t keylen = r->rate_per_client ? client_key(x->client, key) : 0;
     uint64_t retry_ms = 0;
-    if (!ratelimit_check(r->rate, key, keylen, rules_now_ms(), &retry_ms))
+    if (!ratelimit_check(r->rate, key, keylen, now, &retry_ms))
         return 0;
     *retry_s = (retry_ms + 999) / 1000;
     if (*retry_s == 0)
@@ -304,10 +305,26 @@ static int rate_holds(struct rule *r, const struct rules_exchange *x, uint64_t *
     return 1;
 }
 
-/* Steps 2-4 of the order in the file comment. */
-static int dynamic_match(struct rule *r, const struct rules_exchange *x, uint64_t *retry_s)
+/* The clock, read at most once per rules_match and only when needed. */
+struct lazy_now {
+    uint64_t ms;
+    int read;
+};
+
+static uint64_t now_of(struct lazy_now *now)
 {
-    if ((has(r, RM_DURING) || has(r, RM_CYCLE)) && !time_holds(r, rule_clock(r, rules_now_ms())))
+    if (!now->read) {
+        now->ms = rules_now_ms();
+        now->read = 1;
+    }
+    return now->ms;
+}
+
+/* Steps 2-4 of the order in the file comment. */
+static int dynamic_match(struct rule *r, const struct rules_exchange *x, struct lazy_now *now,
+                         uint64_t *retry_s)
+{
+    if ((has(r, RM_DURING) || has(r, RM_CYCLE)) && !time_holds(r, rule_clock(r, now_of(now))))
         return 0;
     if (r->every || has(r, RM_AFTER)) {
         uint64_t n = atomic_fetch_add_explicit(&r->seen, 1, memory_order_relaxed) + 1;
@@ -323,7 +340,7 @@ static int dynamic_match(struct rule *r, const struct rules_exchange *x, uint64_
         if (!(u < r->chance))
             return 0;
     }
-    if (r->rate && !rate_holds(r, x, retry_s))
+    if (r->rate && !rate_holds(r, x, now_of(now), retry_s))
         return 0;
     return take_hit(r);
 }
@@ -332,12 +349,13 @@ static int match_from(struct rules *rs, enum rules_phase phase, size_t from,
                       const struct rules_exchange *x, struct rules_verdict *v)
 {
     struct rule **list = rs->by_phase[phase];
+    struct lazy_now now = {0, 0};
     for (size_t i = from; i < rs->n_phase[phase]; i++) {
         struct rule *r = list[i];
         if (!atomic_load_explicit(&r->enabled, memory_order_relaxed))
             continue;
         uint64_t retry_s = 0;
-        if (!static_match(r, x) || !dynamic_match(r, x, &retry_s))
+        if (!static_match(r, x) || !dynamic_match(r, x, &now, &retry_s))
             continue;
         v->rule = r;
         v->actions = &r->actions;
