@@ -497,7 +497,7 @@ def test_live_page_shows_faults_and_time_windows(proxy_factory, backend, tmp_pat
     from test_admin import dump_dom
     p = start(proxy_factory, backend, tmp_path,
               "rule slow path /slow => delay 20s\n"
-              "rule flap cycle 2h on 1h => abort 503\n",
+              "rule flap path /flap cycle 2h on 1h => abort 503\n",
               args=["--max-active-faults", "1"])
     admin = Admin(p)
     held = socket.create_connection(("127.0.0.1", p.port), timeout=30)
