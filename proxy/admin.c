@@ -4,6 +4,15 @@
  * (only PUT /rules has one) are collected up to ADMIN_BODY_LIMIT. Every route
  * but /healthz and the live page itself needs the Bearer token when
  * --admin-token is set. Keep-alive is honoured; answers are written whole.
+ *
+ * Bounds (DESIGN §12), so that no admin client can hold the main loop's
+ * memory or sockets: at most ADMIN_MAX_CONNS connections (more get 503 and
+ * close); a request's head and body must arrive within --header-timeout
+ * (else 408 and close) and an idle keep-alive connection closes after
+ * --idle-timeout; heads over ADMIN_HEAD_LIMIT get 431, bodies over
+ * ADMIN_BODY_LIMIT 413. A client that pipelines requests without reading
+ * the answers is no longer read (its unparsed bytes wait in its read
+ * buffer) while more than ADMIN_WRITE_HIGH bytes of answers are unsent.
  */
 #include "admin.h"
 
@@ -22,18 +31,23 @@
 #define ADMIN_HEAD_LIMIT (16 * 1024)
 #define ADMIN_BODY_LIMIT (1024 * 1024)
 #define ADMIN_READ_SIZE (16 * 1024)
+#define ADMIN_MAX_CONNS 64
+#define ADMIN_WRITE_HIGH (256 * 1024)
 
 struct admin {
     uv_tcp_t listener;
     struct server *srv;
     uv_loop_t *loop;
     struct admin_conn *conns;
+    unsigned nconns;
     int stopped;
     int listener_closed;
 };
 
 struct admin_conn {
     uv_tcp_t tcp;
+    uv_timer_t timer;  /* head/body timeout, then idle timeout */
+    int pending_closes;
     struct admin *admin;
     struct admin_conn *next;
     llhttp_t parser;
@@ -43,6 +57,10 @@ struct admin_conn {
     int too_large;
     int closing;
     int keep_alive;
+    int reading;
+    int in_message;    /* between the first byte of a request and its end */
+    size_t unsent;     /* answer bytes queued and not yet written */
+    size_t in_pos, in_len; /* unparsed bytes in rbuf, kept while paused */
     char rbuf[ADMIN_READ_SIZE];
 };
 
@@ -50,12 +68,21 @@ struct admin_write {
     uv_write_t req;
     struct admin_conn *conn;
     char *data;
+    size_t len;
     int close_after;
 };
 
 static void conn_close(struct admin_conn *ac);
+static void parse_input(struct admin_conn *ac);
+static void arm_timer(struct admin_conn *ac, int in_message);
 
 /* ---------- parsing ---------- */
+
+static int on_begin(llhttp_t *p)
+{
+    arm_timer(p->data, 1);
+    return 0;
+}
 
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
@@ -98,10 +125,12 @@ static int on_done(llhttp_t *p)
     struct admin_conn *ac = p->data;
     ac->complete = 1;
     ac->keep_alive = llhttp_should_keep_alive(p);
+    arm_timer(ac, 0);
     return HPE_PAUSED;
 }
 
 static const llhttp_settings_t admin_settings = {
+    .on_message_begin = on_begin,
     .on_url = on_url,
     .on_header_field = on_field,
     .on_header_value = on_value,
@@ -115,6 +144,8 @@ static const llhttp_settings_t admin_settings = {
 static void on_conn_closed(uv_handle_t *h)
 {
     struct admin_conn *ac = h->data;
+    if (--ac->pending_closes > 0)
+        return;
     http_head_free(&ac->head);
     sbuf_free(&ac->body);
     free(ac);
@@ -129,20 +160,49 @@ static void conn_close(struct admin_conn *ac)
     for (struct admin_conn **pp = &a->conns; *pp; pp = &(*pp)->next) {
         if (*pp == ac) {
             *pp = ac->next;
+            a->nconns--;
             break;
         }
     }
+    ac->pending_closes = 2;
     uv_close((uv_handle_t *)&ac->tcp, on_conn_closed);
+    uv_close((uv_handle_t *)&ac->timer, on_conn_closed);
+}
+
+/* The head (and body) of a request must arrive within --header-timeout;
+ * between requests the connection may stay idle for --idle-timeout. */
+static void on_timeout(uv_timer_t *t)
+{
+    struct admin_conn *ac = t->data;
+    if (ac->in_message && !ac->closing) {
+        static const char timeout_answer[] =
+            "HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
+            "Content-Length: 20\r\nConnection: close\r\n\r\n408 Request Timeout\n";
+        uv_buf_t buf = uv_buf_init((char *)timeout_answer, sizeof timeout_answer - 1);
+        uv_try_write((uv_stream_t *)&ac->tcp, &buf, 1); /* best effort; we close anyway */
+    }
+    conn_close(ac);
+}
+
+static void arm_timer(struct admin_conn *ac, int in_message)
+{
+    const struct run_options *o = server_options(ac->admin->srv);
+    ac->in_message = in_message;
+    uv_timer_start(&ac->timer, on_timeout, in_message ? o->header_timeout_ms : o->idle_timeout_ms,
+                   0);
 }
 
 static void on_written(uv_write_t *req, int status)
 {
     struct admin_write *w = CONTAINER_OF(req, struct admin_write, req);
     struct admin_conn *ac = w->conn;
+    ac->unsent -= w->len;
     if ((status != 0 || w->close_after) && !ac->closing)
         conn_close(ac);
     free(w->data);
     free(w);
+    if (!ac->closing && ac->unsent <= ADMIN_WRITE_HIGH / 2)
+        parse_input(ac); /* the client reads again: go on with what it sent */
 }
 
 static void respond(struct admin_conn *ac, int code, const char *reason, const char *ctype,
@@ -161,12 +221,15 @@ static void respond(struct admin_conn *ac, int code, const char *reason, const c
     w->conn = ac;
     w->close_after = close_after;
     w->data = out.data;
+    w->len = out.len;
     uv_buf_t buf = uv_buf_init(out.data, (unsigned)out.len);
     if (uv_write(&w->req, (uv_stream_t *)&ac->tcp, &buf, 1, on_written) != 0) {
         free(w->data);
         free(w);
         conn_close(ac);
+        return;
     }
+    ac->unsent += w->len;
 }
 
 static void respond_text(struct admin_conn *ac, int code, const char *reason, const char *text)
@@ -242,6 +305,20 @@ static int authorized(struct admin_conn *ac)
     for (size_t i = 0; i < len; i++)
         diff |= (unsigned char)v[i] ^ (unsigned char)token[i < tlen ? i : 0];
     return diff == 0;
+}
+
+/* statusproxy_audit_errors_total{kind}: the audit writer's failed attempts. */
+static void append_audit_errors(struct sbuf *b, struct server *srv)
+{
+    uint64_t counts[AUDIT_ERR_COUNT];
+    server_audit_errors(srv, counts);
+    sbuf_puts(b, "# HELP statusproxy_audit_errors_total Failed attempts to write audit records, "
+                 "by kind (each retry counts).\n"
+                 "# TYPE statusproxy_audit_errors_total counter\n");
+    for (int k = 0; k < AUDIT_ERR_COUNT; k++)
+        sbuf_printf(b, "statusproxy_audit_errors_total{kind=\"%s\"} %llu\n",
+                    audit_error_kind_name((enum audit_error_kind)k),
+                    (unsigned long long)counts[k]);
 }
 
 static int path_is(const char *path, size_t len, const char *want)
@@ -348,9 +425,12 @@ static void route(struct admin_conn *ac)
     }
     if (path_is(path, len, "/metrics") && get) {
         char *text = metrics_prometheus(server_metrics(srv), server_dropped(srv));
-        respond(ac, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", NULL, text,
-                strlen(text));
+        struct sbuf b = {0};
+        sbuf_puts(&b, text);
         free(text);
+        append_audit_errors(&b, srv);
+        respond(ac, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
+        sbuf_free(&b);
         return;
     }
     if (path_is(path, len, "/stats") && get) {
@@ -395,27 +475,45 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(ac->rbuf, sizeof ac->rbuf);
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void set_reading(struct admin_conn *ac, int want)
 {
-    struct admin_conn *ac = s->data;
-    if (nread < 0) {
-        conn_close(ac);
-        return;
+    if (want && !ac->reading) {
+        if (uv_read_start((uv_stream_t *)&ac->tcp, on_alloc, on_read) != 0) {
+            conn_close(ac);
+            return;
+        }
+        ac->reading = 1;
+    } else if (!want && ac->reading) {
+        uv_read_stop((uv_stream_t *)&ac->tcp);
+        ac->reading = 0;
     }
-    const char *p = buf->base, *end = buf->base + nread;
-    while (p < end && !ac->closing) {
-        llhttp_errno_t err = llhttp_execute(&ac->parser, p, (size_t)(end - p));
-        if (err == HPE_OK)
+}
+
+/* Parse and answer the bytes waiting in rbuf. While too many answer bytes
+ * are unsent, stop: the rest waits in rbuf and reading is off, so a client
+ * that never reads cannot make us buffer without bound. */
+static void parse_input(struct admin_conn *ac)
+{
+    while (ac->in_pos < ac->in_len && !ac->closing && ac->unsent <= ADMIN_WRITE_HIGH) {
+        const char *p = ac->rbuf + ac->in_pos;
+        llhttp_errno_t err = llhttp_execute(&ac->parser, p, ac->in_len - ac->in_pos);
+        if (err == HPE_OK) {
+            ac->in_pos = ac->in_len;
             break;
+        }
         if (err != HPE_PAUSED) {
             ac->keep_alive = 0;
+            ac->in_pos = ac->in_len = 0;
+            set_reading(ac, 0);
+            uv_timer_stop(&ac->timer);
             respond_text(ac, ac->head.overflow ? 431 : 400,
                          ac->head.overflow ? "Request Header Fields Too Large" : "Bad Request",
                          "malformed request\n");
-            uv_read_stop(s);
             return;
         }
-        p = llhttp_get_error_pos(&ac->parser);
+        ac->in_pos = (size_t)(llhttp_get_error_pos(&ac->parser) - ac->rbuf);
         llhttp_resume(&ac->parser);
         if (ac->complete) {
             route(ac);
@@ -425,6 +523,22 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             sbuf_reset(&ac->body);
         }
     }
+    if (ac->closing)
+        return;
+    set_reading(ac, ac->in_pos >= ac->in_len && ac->unsent <= ADMIN_WRITE_HIGH);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct admin_conn *ac = s->data;
+    UNUSED(buf);
+    if (nread < 0) {
+        conn_close(ac);
+        return;
+    }
+    ac->in_pos = 0;
+    ac->in_len = (size_t)nread;
+    parse_input(ac);
 }
 
 static void on_connection(uv_stream_t *server, int status)
@@ -435,17 +549,25 @@ static void on_connection(uv_stream_t *server, int status)
     struct admin_conn *ac = xcalloc(1, sizeof *ac);
     ac->admin = a;
     uv_tcp_init(a->loop, &ac->tcp);
-    ac->tcp.data = ac;
-    if (uv_accept(server, (uv_stream_t *)&ac->tcp) != 0) {
-        uv_close((uv_handle_t *)&ac->tcp, on_conn_closed);
-        return;
-    }
+    uv_timer_init(a->loop, &ac->timer);
+    ac->tcp.data = ac->timer.data = ac;
     http_head_init(&ac->head, ADMIN_HEAD_LIMIT);
     llhttp_init(&ac->parser, HTTP_REQUEST, &admin_settings);
     ac->parser.data = ac;
     ac->next = a->conns;
     a->conns = ac;
-    uv_read_start((uv_stream_t *)&ac->tcp, on_alloc, on_read);
+    a->nconns++;
+    if (uv_accept(server, (uv_stream_t *)&ac->tcp) != 0) {
+        conn_close(ac);
+        return;
+    }
+    if (a->nconns > ADMIN_MAX_CONNS) {
+        /* Over the limit: a short answer instead of silence, then close. */
+        respond_text(ac, 503, "Service Unavailable", "too many admin connections\n");
+        return;
+    }
+    arm_timer(ac, 1); /* the first request's head must come in time */
+    set_reading(ac, 1);
 }
 
 static void on_failed_listener_closed(uv_handle_t *h)

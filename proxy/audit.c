@@ -111,6 +111,8 @@ struct audit {
     char error[256];                /* the writer's last failure; "" after a success */
 
     _Atomic uint64_t dropped;       /* lost so far: queue full, or given up at close */
+    _Atomic uint64_t errors[AUDIT_ERR_COUNT]; /* failed write attempts per kind */
+    int fail_code;                  /* the writer's: SQLite code of the last failure */
 };
 
 /* Raw rows come from the audit_pending virtual table (below), which reads
@@ -614,6 +616,7 @@ static int try_write(struct audit *a, const struct audit_batch *list, uint64_t d
     return 0;
 fail:
     snprintf(err, errlen, "%s", sqlite3_errmsg(a->db));
+    a->fail_code = sqlite3_errcode(a->db);
     if (!sqlite3_get_autocommit(a->db))
         run(a->rollback);
     return -1;
@@ -624,6 +627,35 @@ static void set_error(struct audit *a, const char *msg)
     pthread_mutex_lock(&a->mu);
     snprintf(a->error, sizeof a->error, "%s", msg);
     pthread_mutex_unlock(&a->mu);
+}
+
+static enum audit_error_kind kind_of(int code)
+{
+    switch (code & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED: return AUDIT_ERR_BUSY;
+    case SQLITE_FULL: return AUDIT_ERR_FULL;
+    case SQLITE_IOERR: return AUDIT_ERR_IO;
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM: return AUDIT_ERR_READONLY;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB: return AUDIT_ERR_CORRUPT;
+    default: return AUDIT_ERR_OTHER;
+    }
+}
+
+const char *audit_error_kind_name(enum audit_error_kind k)
+{
+    static const char *const names[AUDIT_ERR_COUNT] = {"busy", "disk_full", "io", "readonly",
+                                                       "corrupt", "other"};
+    return (unsigned)k < AUDIT_ERR_COUNT ? names[k] : "other";
+}
+
+void audit_error_counts(const struct audit *a, uint64_t *counts)
+{
+    for (int k = 0; k < AUDIT_ERR_COUNT; k++)
+        counts[k] = a ? atomic_load(&a->errors[k]) : 0;
 }
 
 static int is_stopping(struct audit *a)
@@ -655,6 +687,7 @@ static void write_batch(struct audit *a, const struct audit_batch *list, size_t 
             break;
         }
         set_error(a, err);
+        atomic_fetch_add(&a->errors[kind_of(a->fail_code)], 1);
         if (is_stopping(a)) {
             uint64_t now = time_mono_us();
             if (!stop_seen_us)

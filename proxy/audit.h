@@ -119,6 +119,22 @@ void audit_flush(struct audit *a);
  * caller to log: this module never logs. */
 int audit_last_error(struct audit *a, char *buf, size_t len);
 
+/* What kind of failure a write attempt met, from SQLite's result code. */
+enum audit_error_kind {
+    AUDIT_ERR_BUSY,      /* another process holds a lock */
+    AUDIT_ERR_FULL,      /* disk or quota full */
+    AUDIT_ERR_IO,        /* an I/O error */
+    AUDIT_ERR_READONLY,  /* the file cannot be written */
+    AUDIT_ERR_CORRUPT,   /* the file is damaged or not a database */
+    AUDIT_ERR_OTHER,
+    AUDIT_ERR_COUNT
+};
+/* "busy", "disk_full", "io", "readonly", "corrupt", "other". */
+const char *audit_error_kind_name(enum audit_error_kind k);
+/* Failed write attempts since open, per kind (every retry counts), into
+ * COUNTS[AUDIT_ERR_COUNT]. Thread-safe. */
+void audit_error_counts(const struct audit *a, uint64_t *counts);
+
 /* Write everything queued, stop the writer, close the database. NULL is fine. */
 void audit_close(struct audit *a);
 

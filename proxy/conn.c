@@ -227,6 +227,14 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     c->x.req_body_bytes += len;
+    uint64_t limit = c->w->opts->max_request_body;
+    if (limit && c->x.req_body_bytes > limit) {
+        /* A chunked body grew past --max-request-body: cut the exchange
+         * (413 if no answer began) before this piece goes upstream. */
+        conn_set_error(c, "body_too_large");
+        c->parse_status = 413;
+        return HPE_USER;
+    }
     if (c->x.sink == SINK_UPSTREAM && c->x.up)
         relay_forward_body(c, at, len);
     if (http_chunk_piece_done((p->flags & F_CHUNKED) != 0, p->content_length, at + len, c->in->data + c->in->len, &c->req_crlf) != 0) {
@@ -1139,6 +1147,12 @@ static void on_request_head(struct conn *c)
             c->close_after = 1;
         return;
     }
+    uint64_t limit = c->w->opts->max_request_body;
+    if (limit && !x->req_chunked && x->req_length > limit) {
+        conn_set_error(c, "body_too_large");
+        refuse_request(c, 413, "request body over --max-request-body");
+        return;
+    }
     if (c->w->opts->fault_headers)
         read_fault_headers(c);
     if (x->rules && !x->abort_code && !x->brk) {
@@ -1339,7 +1353,7 @@ int conn_accept(struct worker *w, uv_stream_t *server)
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
-    w->nconns++;
+    int total = worker_conn_opened(w);
     http_head_init(&c->req, REQ_HEAD_LIMIT);
     http_head_init(&c->resp, RESP_HEAD_LIMIT);
     sender_init(&c->out, (uv_stream_t *)&c->tcp, on_client_written);
@@ -1359,7 +1373,7 @@ int conn_accept(struct worker *w, uv_stream_t *server)
     uv_tcp_nodelay(&c->tcp, 1);
     c->phase = PH_IDLE;
     arm_timer(c, w->opts->header_timeout_ms);
-    if ((int)w->nconns > (w->opts->max_connections + w->nworkers - 1) / w->nworkers) {
+    if (total > w->opts->max_connections) {
         /* Over the limit: a short answer instead of silence. */
         answer_and_close(c, 503, "max_connections", "Retry-After: 1\r\n");
         return 0;

@@ -33,6 +33,7 @@ const char options_help[] =
     "  --allow CIDR              clients allowed (repeatable) [loopback]\n"
     "  --proxy-auth USER:PASS    require Basic proxy authentication (forward mode)\n"
     "  --connect-ports LIST      ports CONNECT may reach, e.g. 443,8443 [443]\n"
+    "  --deny-dest CIDR          destinations forward mode refuses, after DNS (repeatable)\n"
     "  --allow-trace             answer TRACE with Max-Forwards: 0 (echo); else 405\n"
     "  --header-timeout D        request head must arrive within D, else 408 [10s]\n"
     "  --connect-timeout D       upstream connect timeout [5s]\n"
@@ -41,6 +42,7 @@ const char options_help[] =
     "  --max-connections N       client connections at most [10000]\n"
     "  --max-active-faults N     exchanges held by delay/hang/throttle/slow-head at once\n"
     "                            [unlimited]; further such faults are skipped\n"
+    "  --max-request-body SIZE   request bodies larger than SIZE get 413 [unlimited]\n"
     "  --log-level LEVEL         error|warn|info|debug [info]\n"
     "Durations: 250ms, 5s, 2m, 1h, 7d.\n";
 
@@ -70,6 +72,9 @@ void options_free(struct run_options *o)
     free(o->proxy_auth);
     free(o->admin_token);
     free(o->connect_ports);
+    free(o->deny_dest);
+    o->deny_dest = NULL;
+    o->n_deny_dest = 0;
     o->allow = NULL;
     o->n_allow = 0;
     o->proxy_auth = o->admin_token = NULL;
@@ -226,7 +231,8 @@ static const char *const value_flags[] = {
     "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
-    "--max-connections", "--log-level", "--max-active-faults",
+    "--max-connections", "--log-level", "--deny-dest", "--max-request-body",
+    "--max-active-faults",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -250,7 +256,38 @@ static int positive_flag(const char *name, const char *value, uint64_t *out, cha
     return 0;
 }
 
-static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
+static int apply_max_request_body(struct run_options *o, const char *name, const char *v,
+                                  char *err, size_t errlen)
+{
+    if (units_parse_bytes(v, strlen(v), &o->max_request_body) != 0 || o->max_request_body == 0) {
+        snprintf(err, errlen, "%s: expected a size like 10MB or 65536 (not 0), got '%s'", name, v);
+        return -1;
+    }
+    return 0;
+}
+
+/* --deny-dest CIDR, repeatable; a block with host bits set gets a hint. */
+static int apply_deny_dest(struct run_options *o, const char *name, const char *v, char *err,
+                           size_t errlen)
+{
+    struct cidr block;
+    int rc = cidr_parse(v, strlen(v), &block);
+    if (rc != 0) {
+        char fixed[CIDR_STRLEN];
+        cidr_format(&block, fixed, sizeof fixed);
+        if (rc == CIDR_EHOSTBITS)
+            snprintf(err, errlen, "%s: '%s' has host bits set; did you mean %s?", name, v, fixed);
+        else
+            snprintf(err, errlen, "%s: expected a CIDR like 169.254.0.0/16, got '%s'", name, v);
+        return -1;
+    }
+    o->deny_dest = xrealloc(o->deny_dest, (o->n_deny_dest + 1) * sizeof *o->deny_dest);
+    o->deny_dest[o->n_deny_dest++] = block;
+    return 0;
+}
+
+static int apply_core(struct run_options *o, const char *name, const char *v, char *err,
+                      size_t errlen)
 {
     const char *why;
     if (strcmp(name, "--listen") == 0) {
@@ -319,8 +356,6 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
             snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
             return -1;
         }
-    } else if (strcmp(name, "--max-active-faults") == 0) {
-        return positive_flag(name, v, &o->max_active_faults, err, errlen);
     } else if (strcmp(name, "--allow") == 0) {
         if (!*v)
             goto bad_empty;
@@ -363,6 +398,18 @@ bad_addr:
 bad_empty:
     snprintf(err, errlen, "%s: expected a non-empty value", name);
     return -1;
+}
+
+/* Set flag NAME to V. */
+static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
+{
+    if (strcmp(name, "--max-request-body") == 0)
+        return apply_max_request_body(o, name, v, err, errlen);
+    if (strcmp(name, "--deny-dest") == 0)
+        return apply_deny_dest(o, name, v, err, errlen);
+    if (strcmp(name, "--max-active-faults") == 0)
+        return positive_flag(name, v, &o->max_active_faults, err, errlen);
+    return apply_core(o, name, v, err, errlen);
 }
 
 int options_parse(struct run_options *o, int argc, char **argv, char *err, size_t errlen)

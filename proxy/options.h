@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "audit.h"
+#include "cidr.h"
 
 /* An address to listen on, as given and as parsed. */
 struct listen_addr {
@@ -44,6 +45,9 @@ struct run_options {
     uint64_t header_timeout_ms, connect_timeout_ms, response_timeout_ms, idle_timeout_ms;
     int max_connections;
     uint64_t max_active_faults; /* 0: unlimited */
+    uint64_t max_request_body; /* bytes; 0: unlimited */
+    struct cidr *deny_dest;   /* --deny-dest blocks (forward mode, after DNS) */
+    size_t n_deny_dest;
     int *connect_ports;       /* ports CONNECT may reach; default 443 */
     size_t n_connect_ports;
     int log_level;            /* enum log_level */

@@ -32,6 +32,10 @@ static void on_pace_tick(uv_timer_t *t);
 static void on_ptimer_release(uv_timer_t *t);
 static int retry_on_fresh_connection(struct conn *c);
 
+/* check_dest's refusals, as on_up_connect statuses (outside libuv's codes). */
+#define RELAY_EDEST_DENIED (-100001)
+#define RELAY_EDEST_SELF (-100002)
+
 /* The record's error word for a failed connect. */
 static const char *uv_error_name(int status)
 {
@@ -267,6 +271,13 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
     struct conn *c = owner;
     struct exchange *x = &c->x;
     UNUSED(u);
+    if (status == RELAY_EDEST_DENIED || status == RELAY_EDEST_SELF) {
+        int self = status == RELAY_EDEST_SELF;
+        LOG(LOG_INFO, "c%llu refused %s:%d: %s", (unsigned long long)c->id, x->up_host,
+            x->up_port, self ? "it reaches this proxy's own listener" : "address in --deny-dest");
+        conn_fail(c, self ? 508 : 403, self ? "loop" : "dest_denied");
+        return;
+    }
     if (status != 0) {
         LOG(LOG_DEBUG, "c%llu upstream %s:%d: %s", (unsigned long long)c->id, x->up_host,
             x->up_port, uv_strerror(status));
@@ -372,10 +383,25 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
     relay_parse_responses(c);
 }
 
+/* Forward mode: the resolved address must not be a --deny-dest block or one
+ * of our own listeners (DESIGN §12). Gateway mode goes where --upstream says. */
+static int check_dest(const struct sockaddr *sa, void *owner)
+{
+    struct conn *c = owner;
+    if (!c->x.forward_mode)
+        return 0;
+    switch (dest_check(c->w->dest, sa)) {
+    case DEST_DENIED: return RELAY_EDEST_DENIED;
+    case DEST_SELF: return RELAY_EDEST_SELF;
+    default: return 0;
+    }
+}
+
 static const struct upstream_ops up_ops = {
     .on_connect = on_up_connect,
     .on_read = on_up_read,
     .on_written = on_up_written,
+    .check_addr = check_dest,
 };
 
 /* ---------- the response parser callbacks ---------- */

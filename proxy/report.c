@@ -439,7 +439,12 @@ static int load_source(sqlite3 *mem, const char *path, const struct report_optio
     int rc = -1;
     /* One read transaction, so every part sees the same snapshot while the
      * proxy keeps writing. */
-    sqlite3_exec(src, "BEGIN", NULL, NULL, NULL);
+    if (sqlite3_exec(src, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: cannot start a read transaction: %s", path,
+                 sqlite3_errmsg(src));
+        db_close(src);
+        return -1;
+    }
     for (size_t i = 0; i < nparts; i++)
         if (copy_part(src, mem, o, parts[i], (int)i, path, err, errlen) != 0)
             goto done;
@@ -461,7 +466,11 @@ static int load_source(sqlite3 *mem, const char *path, const struct report_optio
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(src));
     sqlite3_finalize(st);
 done:
-    sqlite3_exec(src, "COMMIT", NULL, NULL, NULL);
+    if (sqlite3_exec(src, "COMMIT", NULL, NULL, NULL) != SQLITE_OK && rc == 0) {
+        snprintf(err, errlen, "%s: cannot end the read transaction: %s", path,
+                 sqlite3_errmsg(src));
+        rc = -1;
+    }
     db_close(src);
     return rc;
 }
@@ -872,11 +881,17 @@ int report_run(const struct report_options *o, int64_t now_ms, struct sbuf *out,
     size_t nparts = html ? ARRAY_LEN(html_parts) : 1;
     uint64_t dropped = 0, total = 0;
     int rc = -1;
-    sqlite3_exec(mem, "BEGIN", NULL, NULL, NULL);
+    if (sqlite3_exec(mem, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "report: cannot start a transaction: %s", sqlite3_errmsg(mem));
+        goto out;
+    }
     for (size_t i = 0; i < o->ndbs; i++)
         if (load_source(mem, o->dbs[i], o, parts, nparts, &dropped, err, errlen) != 0)
             goto out;
-    sqlite3_exec(mem, "COMMIT", NULL, NULL, NULL);
+    if (sqlite3_exec(mem, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "report: cannot commit the merged counts: %s", sqlite3_errmsg(mem));
+        goto out;
+    }
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(mem, "SELECT coalesce(sum(count), 0) FROM cells WHERE part = 0", -1,
                            &st, NULL) ==

@@ -239,6 +239,10 @@ struct parser {
         int line;
     } *names;
     size_t n_names, cap_names;
+    /* Open-addressing index into names (slot = index + 1, 0 = empty), so
+     * that the duplicate check stays linear for a 1 MiB PUT /rules. */
+    size_t *name_slots;
+    size_t n_slots;
 };
 
 #define ERR(ps, t, ...) rules_diag_add((ps)->d, 1, (t)->line, (t)->col, __VA_ARGS__)
@@ -1244,24 +1248,55 @@ static int valid_name(const char *s)
     return 1;
 }
 
+static size_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return (size_t)h;
+}
+
+/* The slot of NAME in the index: its entry, or the empty slot where it
+ * goes. Grows the index first so that it stays at most half full. */
+static size_t name_lookup(struct parser *ps, const char *name)
+{
+    if (2 * (ps->n_names + 1) > ps->n_slots) {
+        size_t n = ps->n_slots ? ps->n_slots * 2 : 64;
+        size_t *slots = xcalloc(n, sizeof *slots);
+        for (size_t i = 0; i < ps->n_names; i++) {
+            size_t j = name_hash(ps->names[i].name) & (n - 1);
+            while (slots[j])
+                j = (j + 1) & (n - 1);
+            slots[j] = i + 1;
+        }
+        free(ps->name_slots);
+        ps->name_slots = slots;
+        ps->n_slots = n;
+    }
+    size_t j = name_hash(name) & (ps->n_slots - 1);
+    while (ps->name_slots[j] && strcmp(ps->names[ps->name_slots[j] - 1].name, name) != 0)
+        j = (j + 1) & (ps->n_slots - 1);
+    return j;
+}
+
 static void check_name(struct parser *ps, const struct rules_token *t)
 {
     if (t->quoted || !valid_name(t->text)) {
         ERR(ps, t, "invalid rule name '%s' (use letters, digits, '_', '-' and '.')", t->text);
         return;
     }
-    for (size_t i = 0; i < ps->n_names; i++) {
-        if (strcmp(ps->names[i].name, t->text) == 0) {
-            ERR(ps, t, "duplicate rule name '%s' (first defined at line %d)", t->text,
-                ps->names[i].line);
-            return;
-        }
+    size_t at = name_lookup(ps, t->text);
+    if (ps->name_slots[at]) {
+        ERR(ps, t, "duplicate rule name '%s' (first defined at line %d)", t->text,
+            ps->names[ps->name_slots[at] - 1].line);
+        return;
     }
     if (ps->n_names == ps->cap_names) {
         ps->cap_names = ps->cap_names ? ps->cap_names * 2 : 16;
         ps->names = xrealloc(ps->names, ps->cap_names * sizeof *ps->names);
     }
     ps->names[ps->n_names++] = (struct named){xstrdup(t->text), t->line};
+    ps->name_slots[at] = ps->n_names;
 }
 
 /* Report an unknown word of SECTION (matchers or actions) with a hint. */
@@ -1522,6 +1557,7 @@ struct rules *rules_parse(const char *text, size_t len, const char *filename, ui
     for (size_t i = 0; i < ps.n_names; i++)
         free(ps.names[i].name);
     free(ps.names);
+    free(ps.name_slots);
 
     struct rules *rs = NULL;
     if (local.errors == 0) {

@@ -13,6 +13,9 @@
 #include "server.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <ifaddrs.h>
 #include <stdatomic.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -37,6 +40,9 @@
 #define TICK_MS 100
 #define STOP_GRACE_MS 10000
 #define RELOAD_DEBOUNCE_MS 100
+#define AUDIT_WATCH_MS 250
+#define FD_RESERVE 16               /* fds kept free for upstreams, logs, the db */
+#define ACCEPT_RETRY_MS 250         /* while out of fds, look again this often */
 
 struct server {
     struct run_options *opts;
@@ -51,13 +57,23 @@ struct server {
     struct rules **pending;      /* per worker: a set to adopt, or NULL */
     struct cidr *allow;
     size_t n_allow;
+    struct dest_policy dest;     /* read by the workers; fixed before they start */
+    struct sockaddr_storage own[2];
+    struct sockaddr_storage *local;
     uv_signal_t sigterm, sigint, sighup;
     uv_fs_event_t watch;
     uv_timer_t reload_timer;
+    uv_timer_t audit_watch;      /* logs the audit writer's failures */
+    uint64_t audit_errors[AUDIT_ERR_COUNT]; /* counts seen by the last watch */
+    int audit_logged[AUDIT_ERR_COUNT];      /* kinds logged since the last success */
     int watching;
     int stopping;                /* 1: finishing exchanges; 2: a second signal, stop now */
-    uv_async_t finished;         /* a worker's loop is ending */
+    uv_async_t finished;         /* a worker's loop is ending; closed only after
+                                  * every worker was joined, since a worker
+                                  * sends it after counting itself done */
+    int main_closing;            /* the main loop's handles are closing */
     atomic_int workers_done;
+    atomic_int nconns;           /* client connections open across workers */
     char via_value[320];
     char via_token[300];
 };
@@ -90,6 +106,43 @@ int worker_client_allowed(const struct worker *w, const struct sockaddr *sa)
     return 0;
 }
 
+/* What forward mode may not reach: --deny-dest, our listen and admin
+ * addresses, and (for a wildcard bind) this host's interface addresses. */
+static void build_dest_policy(struct server *srv)
+{
+    const struct run_options *o = srv->opts;
+    struct dest_policy *d = &srv->dest;
+    d->deny = o->deny_dest;
+    d->n_deny = o->n_deny_dest;
+    srv->own[0] = o->listen.sa;
+    d->n_own = 1;
+    if (o->admin_enabled)
+        srv->own[d->n_own++] = o->admin.sa;
+    d->own = srv->own;
+    struct ifaddrs *ifs = NULL;
+    size_t n = 0;
+    if (getifaddrs(&ifs) == 0) {
+        for (struct ifaddrs *i = ifs; i; i = i->ifa_next)
+            n += i->ifa_addr && (i->ifa_addr->sa_family == AF_INET ||
+                                 i->ifa_addr->sa_family == AF_INET6);
+        srv->local = xcalloc(n ? n : 1, sizeof *srv->local);
+        n = 0;
+        for (struct ifaddrs *i = ifs; i; i = i->ifa_next) {
+            if (!i->ifa_addr)
+                continue;
+            if (i->ifa_addr->sa_family == AF_INET)
+                memcpy(&srv->local[n++], i->ifa_addr, sizeof(struct sockaddr_in));
+            else if (i->ifa_addr->sa_family == AF_INET6)
+                memcpy(&srv->local[n++], i->ifa_addr, sizeof(struct sockaddr_in6));
+        }
+        freeifaddrs(ifs);
+    } else {
+        LOG(LOG_WARN, "cannot list this host's addresses; loopback still counts as ours");
+    }
+    d->local = srv->local;
+    d->n_local = n;
+}
+
 static void on_worker_closed(uv_handle_t *h)
 {
     UNUSED(h);
@@ -112,28 +165,98 @@ static void worker_try_finish(struct worker *w)
     uv_close((uv_handle_t *)&w->wake, on_worker_closed);
     uv_close((uv_handle_t *)&w->tick, on_worker_closed);
     uv_close((uv_handle_t *)&w->stop_timer, on_worker_closed);
+    uv_close((uv_handle_t *)&w->accept_timer, on_worker_closed);
     atomic_fetch_add(&w->srv->workers_done, 1);
     uv_async_send(&w->srv->finished);
 }
 
+int worker_conn_opened(struct worker *w)
+{
+    w->nconns++;
+    return atomic_fetch_add(&w->srv->nconns, 1) + 1;
+}
+
 void worker_conn_closed(struct worker *w)
 {
+    atomic_fetch_sub(&w->srv->nconns, 1);
     w->nconns--;
     metrics_set_connections(w->stats, w->nconns);
     worker_try_finish(w);
 }
 
+/* Are file descriptors about to run out? The lowest free descriptor is
+ * about the number in use (the kernel hands out the lowest first). */
+static int fds_short(struct worker *w, int reserve)
+{
+    struct rlimit rl;
+    uv_os_fd_t lfd;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY ||
+        uv_fileno((uv_handle_t *)&w->listener, &lfd) != 0)
+        return 0;
+    int fd = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return 1;
+    close(fd);
+    return (rlim_t)fd + (rlim_t)reserve >= rl.rlim_cur;
+}
+
+static void on_accept_retry(uv_timer_t *t);
+
+/* Out of file descriptors: stop accepting rather than spin on accept or
+ * drop clients. A connection libuv already accepted is left pending, which
+ * makes libuv stop watching the listener until uv_accept; the timer looks
+ * again and resumes once descriptors are free. Clients meanwhile wait in
+ * the kernel's backlog. */
+static void pause_accepting(struct worker *w)
+{
+    if (!w->accept_paused)
+        LOG(LOG_WARN, "worker %d: out of file descriptors; accepting paused", w->id);
+    w->accept_paused = 1;
+    uv_timer_start(&w->accept_timer, on_accept_retry, ACCEPT_RETRY_MS, 0);
+}
+
+static void accept_one(struct worker *w)
+{
+    int rc = conn_accept(w, (uv_stream_t *)&w->listener);
+    if (rc != 0)
+        LOG(LOG_DEBUG, "accept: %s", uv_strerror(rc));
+    metrics_set_connections(w->stats, w->nconns);
+}
+
+static void on_accept_retry(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    if (w->stopping)
+        return;
+    if (fds_short(w, 2 * FD_RESERVE)) { /* resume with room to spare: no flapping */
+        pause_accepting(w);
+        return;
+    }
+    w->accept_paused = 0;
+    LOG(LOG_INFO, "worker %d: file descriptors free again; accepting", w->id);
+    if (w->accept_pending) {
+        w->accept_pending = 0;
+        accept_one(w); /* libuv then watches the listener again */
+    }
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct worker *w = server->data;
+    if (status == UV_EMFILE || status == UV_ENFILE) {
+        pause_accepting(w);
+        return;
+    }
     if (status != 0) {
         LOG(LOG_WARN, "accept: %s", uv_strerror(status));
         return;
     }
-    int rc = conn_accept(w, server);
-    if (rc != 0)
-        LOG(LOG_DEBUG, "accept: %s", uv_strerror(rc));
-    metrics_set_connections(w->stats, w->nconns);
+    if (w->accept_paused || fds_short(w, FD_RESERVE)) {
+        w->accept_pending = 1;
+        pause_accepting(w);
+        return;
+    }
+    accept_one(w);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -184,7 +307,6 @@ static void on_wake(uv_async_t *a)
 static void worker_main(void *arg)
 {
     struct worker *w = arg;
-    uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     flush_records(w);
     rules_unref(w->rules);
@@ -363,15 +485,44 @@ static void close_main_handles(struct server *srv)
     uv_close((uv_handle_t *)&srv->sigterm, on_main_closed);
     uv_close((uv_handle_t *)&srv->sigint, on_main_closed);
     uv_close((uv_handle_t *)&srv->sighup, on_main_closed);
-    uv_close((uv_handle_t *)&srv->finished, on_main_closed);
+    uv_close((uv_handle_t *)&srv->audit_watch, on_main_closed);
+}
+
+/* The audit writer retries a failing write for as long as it fails; log
+ * each kind of failure once when it starts, and once when writes succeed
+ * again, rather than once per retry. The counts go to /metrics. */
+static void on_audit_watch(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    uint64_t counts[AUDIT_ERR_COUNT];
+    char msg[256];
+    int failing = audit_last_error(srv->audit, msg, sizeof msg);
+    audit_error_counts(srv->audit, counts);
+    int logged = 0;
+    for (int k = 0; k < AUDIT_ERR_COUNT; k++) {
+        if (counts[k] > srv->audit_errors[k] && !srv->audit_logged[k]) {
+            LOG(LOG_WARN, "audit: cannot write to %s (%s): %s; retrying, records wait in memory",
+                srv->opts->db_path, audit_error_kind_name((enum audit_error_kind)k),
+                failing ? msg : "failed once");
+            srv->audit_logged[k] = 1;
+        }
+        srv->audit_errors[k] = counts[k];
+        logged |= srv->audit_logged[k];
+    }
+    if (!failing && logged) {
+        LOG(LOG_INFO, "audit: writing to %s again", srv->opts->db_path);
+        memset(srv->audit_logged, 0, sizeof srv->audit_logged);
+    }
 }
 
 /* Every worker's loop is ending: let the main loop end too. */
 static void on_worker_finished(uv_async_t *a)
 {
     struct server *srv = a->data;
-    if (atomic_load(&srv->workers_done) == srv->nworkers && !uv_is_closing((uv_handle_t *)a))
+    if (atomic_load(&srv->workers_done) == srv->nworkers && !srv->main_closing) {
+        srv->main_closing = 1;
         close_main_handles(srv);
+    }
 }
 
 /* The first SIGTERM/SIGINT stops accepting and lets exchanges in flight
@@ -447,6 +598,11 @@ uint64_t server_dropped(struct server *srv)
     return srv->audit ? audit_dropped(srv->audit) : 0;
 }
 
+void server_audit_errors(struct server *srv, uint64_t *counts)
+{
+    audit_error_counts(srv->audit, counts);
+}
+
 static void cleanup(struct server *srv)
 {
     for (int i = 0; i < srv->nworkers; i++) {
@@ -465,7 +621,91 @@ static void cleanup(struct server *srv)
     audit_close(srv->audit);
     metrics_free(srv->metrics);
     free(srv->allow);
+    free(srv->local);
     pthread_mutex_destroy(&srv->rules_lock);
+}
+
+/* Each worker's loop and listening socket. Listening happens here, before
+ * any thread runs, so that a failure stops start-up (with a message). */
+static int open_workers(struct server *srv)
+{
+    struct run_options *opts = srv->opts;
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        w->srv = srv;
+        w->id = i;
+        w->nworkers = srv->nworkers;
+        w->opts = opts;
+        uv_loop_init(&w->loop);
+        w->stats = metrics_local_new();
+        int rc = open_listener(&w->loop, &w->listener, &opts->listen);
+        if (rc != 0) {
+            fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", opts->listen.text,
+                    uv_strerror(rc));
+            srv->nworkers = i + 1;
+            return -1;
+        }
+        w->listener.data = w;
+        /* Listen here, before the thread runs: a failure stops start-up. */
+        rc = uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
+        if (rc != 0) {
+            fprintf(stderr, "statusproxy: cannot listen on %s (worker %d): %s\n",
+                    opts->listen.text, i, uv_strerror(rc));
+            srv->nworkers = i + 1;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The rest of each worker's state, once the listeners are open. */
+static void init_workers(struct server *srv)
+{
+    const struct run_options *opts = srv->opts;
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        w->via_value = srv->via_value;
+        w->via_token = srv->via_token;
+        w->dest = &srv->dest;
+        w->rules = srv->current ? rules_ref(srv->current) : NULL;
+        w->pool = upstream_pool_new(&w->loop, opts->connect_timeout_ms, opts->idle_timeout_ms);
+        w->batch = audit_batch_new();
+        uv_async_init(&w->loop, &w->wake, on_wake);
+        w->wake.data = w;
+        uv_timer_init(&w->loop, &w->tick);
+        w->tick.data = w;
+        uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
+        uv_timer_init(&w->loop, &w->stop_timer);
+        w->stop_timer.data = w;
+        uv_timer_init(&w->loop, &w->accept_timer);
+        w->accept_timer.data = w;
+    }
+}
+
+/* Start the worker threads. A thread that cannot be created stops start-up:
+ * the workers not started are wound down here on the main thread (their
+ * loops never ran), the started ones by the caller's begin_stop. Returns how
+ * many threads run. */
+static int start_workers(struct server *srv)
+{
+    int i = 0;
+    for (; i < srv->nworkers; i++) {
+        int rc = uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+        if (rc != 0) {
+            LOG(LOG_ERROR, "cannot start worker thread %d: %s", i, uv_strerror(rc));
+            break;
+        }
+    }
+    for (int j = i; j < srv->nworkers; j++) {
+        struct worker *w = &srv->workers[j];
+        w->stopping = 1;
+        uv_close((uv_handle_t *)&w->listener, on_worker_closed);
+        worker_try_finish(w);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        rules_unref(w->rules);
+        w->rules = NULL;
+    }
+    return i;
 }
 
 int server_run(struct run_options *opts)
@@ -479,7 +719,7 @@ int server_run(struct run_options *opts)
     srv->pending = xcalloc((size_t)srv->nworkers, sizeof *srv->pending);
     srv->workers = xcalloc((size_t)srv->nworkers, sizeof *srv->workers);
     srv->metrics = metrics_new();
-    int status = 1;
+    int status = 1, ran = 0;
     /* A client that closes while we write must be an EPIPE for libuv, not
      * a signal that kills the process. */
     signal(SIGPIPE, SIG_IGN);
@@ -524,24 +764,10 @@ int server_run(struct run_options *opts)
         goto out;
     }
 
-    for (int i = 0; i < srv->nworkers; i++) {
-        struct worker *w = &srv->workers[i];
-        w->srv = srv;
-        w->id = i;
-        w->nworkers = srv->nworkers;
-        w->opts = opts;
-        uv_loop_init(&w->loop);
-        w->stats = metrics_local_new();
-        rc = open_listener(&w->loop, &w->listener, &opts->listen);
-        if (rc != 0) {
-            fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", opts->listen.text,
-                    uv_strerror(rc));
-            srv->nworkers = i + 1;
-            goto out;
-        }
-        w->listener.data = w;
-    }
+    if (open_workers(srv) != 0)
+        goto out;
     via_identity(srv);
+    build_dest_policy(srv);
     if (opts->admin_enabled) {
         srv->admin = admin_start(srv, srv->loop, &opts->admin, err, sizeof err);
         if (!srv->admin) {
@@ -550,21 +776,7 @@ int server_run(struct run_options *opts)
             goto out;
         }
     }
-    for (int i = 0; i < srv->nworkers; i++) {
-        struct worker *w = &srv->workers[i];
-        w->via_value = srv->via_value;
-        w->via_token = srv->via_token;
-        w->rules = srv->current ? rules_ref(srv->current) : NULL;
-        w->pool = upstream_pool_new(&w->loop, opts->connect_timeout_ms, opts->idle_timeout_ms);
-        w->batch = audit_batch_new();
-        uv_async_init(&w->loop, &w->wake, on_wake);
-        w->wake.data = w;
-        uv_timer_init(&w->loop, &w->tick);
-        w->tick.data = w;
-        uv_timer_start(&w->tick, on_tick, TICK_MS, TICK_MS);
-        uv_timer_init(&w->loop, &w->stop_timer);
-        w->stop_timer.data = w;
-    }
+    init_workers(srv);
 
     uv_signal_init(srv->loop, &srv->sigterm);
     uv_signal_init(srv->loop, &srv->sigint);
@@ -575,8 +787,12 @@ int server_run(struct run_options *opts)
     uv_signal_start(&srv->sighup, on_signal, SIGHUP);
     uv_timer_init(srv->loop, &srv->reload_timer);
     srv->reload_timer.data = srv;
+    uv_timer_init(srv->loop, &srv->audit_watch);
+    srv->audit_watch.data = srv;
+    uv_timer_start(&srv->audit_watch, on_audit_watch, AUDIT_WATCH_MS, AUDIT_WATCH_MS);
     uv_async_init(srv->loop, &srv->finished, on_worker_finished);
     srv->finished.data = srv;
+    uv_unref((uv_handle_t *)&srv->finished); /* the loop ends without waiting for it */
     if (opts->rules_path) {
         uv_fs_event_init(srv->loop, &srv->watch);
         srv->watch.data = srv;
@@ -584,20 +800,26 @@ int server_run(struct run_options *opts)
         watch_rules_file(srv);
     }
 
-    for (int i = 0; i < srv->nworkers; i++)
-        uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
-    LOG(LOG_INFO, "listening on %s (%s), %d worker%s%s%s", opts->listen.text,
+    int started = start_workers(srv);
+    if (started < srv->nworkers)
+        begin_stop(srv, "a worker thread could not start");
+    else
+        LOG(LOG_INFO, "listening on %s (%s), %d worker%s%s%s", opts->listen.text,
         opts->has_upstream ? opts->upstream_authority : "forward proxy", srv->nworkers,
         srv->nworkers == 1 ? "" : "s", opts->admin_enabled ? ", admin on " : "",
         opts->admin_enabled ? opts->admin.text : "");
 
     uv_run(srv->loop, UV_RUN_DEFAULT);
-    for (int i = 0; i < srv->nworkers; i++)
+    for (int i = 0; i < started; i++)
         uv_thread_join(&srv->workers[i].thread);
-    status = 0;
+    /* Every worker has sent its last wake-up: now `finished` may go. */
+    uv_close((uv_handle_t *)&srv->finished, on_main_closed);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    status = started == srv->nworkers ? 0 : 1;
+    ran = 1;
     LOG(LOG_INFO, "stopped; %llu records lost", (unsigned long long)server_dropped(srv));
 out:
-    if (status != 0) {
+    if (!ran) {
         /* Workers never started: close what was opened on their loops. */
         for (int i = 0; i < srv->nworkers; i++) {
             struct worker *w = &srv->workers[i];

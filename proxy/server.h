@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "audit.h"
+#include "dest.h"
 #include "options.h"
 #include "rules.h"
 
@@ -29,11 +30,15 @@ struct worker {
     int wake_closed;             /* under the server's lock: wake may not be sent */
     uv_timer_t tick;             /* flushes record batches, publishes counters */
     uv_timer_t stop_timer;       /* bounds the graceful stop */
+    uv_timer_t accept_timer;     /* retries accepting while out of fds */
+    int accept_paused;           /* out of file descriptors: not accepting */
+    int accept_pending;          /* libuv holds an accepted connection for us */
     const struct run_options *opts;
     struct rules *rules;         /* current set, one reference; NULL when none */
     struct upstream_pool *pool;
     const char *via_value;       /* "1.1 HOST:PORT (statusproxy)" */
     const char *via_token;       /* "HOST:PORT", this proxy's received-by */
+    const struct dest_policy *dest; /* where forward mode may connect (dest_check) */
     struct conn *conns;          /* live client connections */
     unsigned nconns;
     uint64_t next_conn_id;
@@ -48,6 +53,11 @@ struct worker {
 void worker_record(struct worker *w, const struct audit_entry *e, const char *also_rule);
 /* Is the client address allowed by --allow? */
 int worker_client_allowed(const struct worker *w, const struct sockaddr *sa);
+/* A client connection opened: counts it on the worker and across all
+ * workers (--max-connections is one global limit, whatever the spread of
+ * SO_REUSEPORT). Returns the number open in the whole process, this one
+ * included. */
+int worker_conn_opened(struct worker *w);
 /* A connection closed; lets a stopping worker finish. */
 void worker_conn_closed(struct worker *w);
 
@@ -55,6 +65,8 @@ void worker_conn_closed(struct worker *w);
 struct metrics *server_metrics(struct server *srv);
 /* Records the audit writer lost so far. */
 uint64_t server_dropped(struct server *srv);
+/* The audit writer's failed attempts per kind, into COUNTS[AUDIT_ERR_COUNT]. */
+void server_audit_errors(struct server *srv, uint64_t *counts);
 /* The rule set in force, with a reference for the caller (NULL when none). */
 struct rules *server_current_rules(struct server *srv);
 /* Parse TEXT and swap it in whole; on errors keep the old set and return -1

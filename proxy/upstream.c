@@ -36,6 +36,7 @@ struct upstream {
     struct addrinfo *addrs;      /* resolver result, tried in turn */
     struct addrinfo *next_addr;
     struct sockaddr_storage numeric; /* when the host is an IP literal */
+    struct sockaddr_storage peer_sa; /* connected to, for check_addr on reuse */
     int gai_pending;
     int fail_status;             /* a connect failure waiting to be reported */
     int reading;
@@ -245,6 +246,7 @@ static void on_connected(uv_connect_t *req, int status)
     int len = sizeof ss;
     if (uv_tcp_getpeername(&u->tcp, (struct sockaddr *)&ss, &len) == 0) {
         char ip[48];
+        u->peer_sa = ss;
         if (ss.ss_family == AF_INET6) {
             uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof ip);
             snprintf(u->peer, sizeof u->peer, "[%s]:%d", ip, u->port);
@@ -276,13 +278,22 @@ static void on_timer(struct deadline *d)
 static void start_connect(struct upstream *u)
 {
     const struct sockaddr *sa;
-    if (u->addrs) {
-        sa = u->next_addr->ai_addr;
-        u->next_addr = u->next_addr->ai_next;
-    } else {
-        sa = (const struct sockaddr *)&u->numeric;
-    }
     u->state = UP_CONNECTING;
+    for (;;) {
+        if (u->addrs) {
+            sa = u->next_addr->ai_addr;
+            u->next_addr = u->next_addr->ai_next;
+        } else {
+            sa = (const struct sockaddr *)&u->numeric;
+        }
+        int refused = u->ops->check_addr && u->owner ? u->ops->check_addr(sa, u->owner) : 0;
+        if (refused == 0)
+            break;
+        if (!u->addrs || !u->next_addr) {
+            fail_connect(u, refused);
+            return;
+        }
+    }
     int rc = uv_tcp_connect(&u->connect_req, &u->tcp, sa, on_connected);
     if (rc != 0)
         fail_connect(u, rc);
@@ -324,6 +335,8 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const char *host, int
         for (struct upstream *u = p->buckets[bucket_of(key)]; u; u = u->next) {
             if (strcmp(u->key, key) != 0)
                 continue;
+            if (ops->check_addr && ops->check_addr((const struct sockaddr *)&u->peer_sa, owner))
+                continue; /* a new connection gets the verdict for each address */
             pool_unlink(u);
             deadline_clear(&u->timer);
             u->state = UP_BUSY;

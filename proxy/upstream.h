@@ -31,6 +31,11 @@ struct upstream_ops {
     void (*on_read)(struct upstream *u, ssize_t nread, struct chunk *c, void *owner);
     /* A write the owner submitted completed. */
     void (*on_written)(struct upstream *u, int status, void *owner);
+    /* Optional: may the connection go to SA? Asked for each resolved
+     * address before connecting to it, and for a pooled connection's peer
+     * before reusing it. A non-zero (negative) result skips the address;
+     * when none is left, on_connect gets that result as its status. */
+    int (*check_addr)(const struct sockaddr *sa, void *owner);
 };
 
 struct upstream_pool;

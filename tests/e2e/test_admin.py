@@ -96,6 +96,7 @@ def test_metrics_match_traffic(rp, refused_port):
         "statusproxy_records_dropped_total": "counter",
         "statusproxy_faults_active": "gauge",
         "statusproxy_faults_overflow_total": "counter",
+        "statusproxy_audit_errors_total": "counter",
     }
     assert metric(m, "statusproxy_faults_overflow_total") == 0
     n = traffic(rp, refused_port)

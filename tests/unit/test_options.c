@@ -92,9 +92,29 @@ static void test_bad_flags_name_the_flag(void)
     expect_bad("--admin", "here");
     expect_bad("--max-connections", "0");
     expect_bad("--connect-ports", "0");
+    expect_bad("--deny-dest", "10.0.0.1/8");
+    expect_bad("--deny-dest", "metadata");
+    expect_bad("--max-request-body", "0");
+    expect_bad("--max-request-body", "10XB");
     expect_bad("--bogus", NULL);
     expect_bad("--listen", NULL);
     expect_bad("--fault-headers=1", NULL);
+}
+
+static void test_limits_flags(void)
+{
+    struct run_options o;
+    char err[256] = "";
+    char *argv[] = {"--deny-dest", "169.254.0.0/16", "--deny-dest=::1", "--max-request-body",
+                    "10MB"};
+    CHECK_INT(parse(&o, err, sizeof err, 5, argv), 0);
+    CHECK_INT((int)o.n_deny_dest, 2);
+    CHECK_INT(o.deny_dest[0].prefix, 16);
+    CHECK_INT(o.deny_dest[1].prefix, 128);
+    CHECK(o.max_request_body == 10ULL * 1024 * 1024);
+    options_free(&o);
+    CHECK(parse(&o, err, sizeof err, 0, argv) == 0 && o.max_request_body == 0);
+    options_free(&o);
 }
 
 static void test_help(void)
@@ -111,6 +131,7 @@ int main(void)
     RUN(test_defaults);
     RUN(test_values);
     RUN(test_bad_flags_name_the_flag);
+    RUN(test_limits_flags);
     RUN(test_help);
     return unit_summary("options");
 }

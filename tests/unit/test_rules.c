@@ -529,6 +529,18 @@ static void test_names_may_be_keywords(void)
     ERR_AT("rule status 503 => reset", 1, 1, "missing rule name");
 }
 
+/* The name index grows and rehashes: a duplicate among thousands is found,
+ * and distinct names are never taken for duplicates. */
+static void test_duplicate_names_among_many(void)
+{
+    struct sbuf b = {0};
+    for (int i = 0; i < 5000; i++)
+        sbuf_printf(&b, "rule r%d => reset\n", i);
+    sbuf_puts(&b, "rule r4321 => reset\n");
+    ERR_AT(b.data, 5001, 6, "duplicate rule name 'r4321' (first defined at line 4322)");
+    sbuf_free(&b);
+}
+
 static void test_error_duplicate_name_points_at_second(void)
 {
     ERR_AT("rule a => reset\n# gap\nrule  a => delay 1s\n", 3, 7,
@@ -1431,6 +1443,7 @@ int main(void)
     RUN(test_error_rule_name);
     RUN(test_names_may_be_keywords);
     RUN(test_error_duplicate_name_points_at_second);
+    RUN(test_duplicate_names_among_many);
     RUN(test_error_strings);
     RUN(test_error_control_character_outside_string);
     RUN(test_error_lone_backslash);
