@@ -30,9 +30,9 @@ WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wfo
 ifeq ($(WERROR),1)
 WARN     += -Werror
 endif
-PKGS     := libuv sqlite3
+PKGS     := libuv sqlite3 openssl
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -luv -lsqlite3)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -luv -lsqlite3 -lssl -lcrypto)
 CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -g $(OPT) $(WARN) -MMD -MP -Iproxy -I$(BUILD)/gen \
              -I$(LLHTTP_INC_DIR) $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL = $(PKG_LIBS) -lpthread -lm $(LDLIBS)
@@ -50,12 +50,12 @@ EMBED_SRCS := $(MIGRATIONS) $(wildcard proxy/assets/*)
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 # Test-only tools the end-to-end tests run (tests/tools/*.c).
-TEST_TOOLS := $(BUILD)/tests/audit_feed
+TEST_TOOLS := $(BUILD)/tests/audit_feed $(BUILD)/tests/mint_leaf
 # The benchmark's own origin server (tests/bench/backend.c).
 BENCH_BACKEND := $(BUILD)/bench/backend
 
 # Debian packages: what building and running need, and what the tests add.
-DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev
+DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev libssl-dev
 TEST_DEPS  := curl python3 python3-pytest sqlite3 openssl chromium
 BENCH_DEPS := wrk haproxy
 FUZZ_DEPS  := clang libclang-rt-14-dev
@@ -92,7 +92,7 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c tests/unit/unit.h $(LIB_OBJS) $(LLHTT
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -Itests/unit $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS) $(LDLIBS_ALL)
 
-$(BUILD)/tests/audit_feed: tests/tools/audit_feed.c $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS)
+$(TEST_TOOLS): $(BUILD)/tests/%: tests/tools/%.c $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) $(GEN_OBJS) $(LDLIBS_ALL)
 

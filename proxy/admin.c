@@ -435,7 +435,14 @@ static void route(struct admin_conn *ac)
     }
     if (path_is(path, len, "/stats") && get) {
         char *json = metrics_stats_json(server_metrics(srv), server_dropped(srv));
-        respond_with(ac, 200, "OK", NULL, json);
+        /* The routes come from the audit writer: spliced in as the last member. */
+        char *routes = server_routes_json(srv), *end = strrchr(json, '}');
+        if (end)
+            *end = '\0';
+        char *full = xasprintf("%s, \"routes\": %s}\n", json, routes);
+        respond_with(ac, 200, "OK", NULL, full);
+        free(full);
+        free(routes);
         free(json);
         return;
     }

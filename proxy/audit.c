@@ -11,7 +11,11 @@
  * that reads the batches, so SQLite runs one statement per transaction rather
  * than one per row with thirteen binds), per-minute aggregates always, and
  * the count of records the full queue turned away. Then it gives the batches
- * back for reuse. A failed transaction (the database locked by another
+ * back for reuse. Routes (route.c) are computed here, once per record at
+ * the start of each transaction, so the event loops never template paths;
+ * each aggregate row also sums a duration histogram (histogram.c), stored
+ * in its compact form and merged into the row by sp_hist_merge.
+ * A failed transaction (the database locked by another
  * process, a full disk) is rolled back whole and retried, so a record is
  * written exactly once or, if closing gives up, counted as lost.
  */
@@ -28,6 +32,8 @@
 #include <time.h>
 
 #include "db.h"
+#include "histogram.h"
+#include "route.h"
 #include "util.h"
 
 #define DEFAULT_QUEUE_LIMIT 65536
@@ -51,6 +57,7 @@ enum { T_CLIENT, T_METHOD, T_HOST, T_PATH, T_RULE, T_ACTION, T_ERROR, NTEXT };
 struct packed {
     int64_t start_ms;
     int64_t duration_us;
+    int64_t retry_after_ms;
     uint64_t bytes_in;
     uint64_t bytes_out;
     int32_t upstream_code;
@@ -70,7 +77,9 @@ struct audit_batch {
 /* One aggregate row being summed: the key of its first record, and sums. */
 struct agg {
     const struct packed *first;     /* NULL: a free slot */
-    const char *host, *rule;
+    const char *host, *rule, *route;
+    size_t route_len;
+    uint32_t order;                 /* index in agg_used and agg_hists */
     uint64_t hash;
     int64_t minute;
     int64_t count, duration, in, out;
@@ -94,6 +103,16 @@ struct audit {
     size_t agg_cap;
     uint32_t *agg_used;             /* slots in use, in order of first use */
     size_t agg_nused;
+    struct hist **agg_hists;        /* the histogram of each slot in use, by order */
+    size_t agg_nhists;              /* allocated (kept from batch to batch) */
+    uint8_t *hist_buf;              /* one encoded histogram (HIST_MAX_ENCODED) */
+    const struct route_patterns *patterns;
+    pthread_mutex_t cap_mu;         /* the cap is read by audit_routes_json */
+    struct route_cap *cap;
+    char *routes;                   /* the routes of the batches being written, back to back */
+    size_t routes_len, routes_cap;
+    uint32_t *route_at;             /* per record: offset in routes, then length */
+    size_t route_at_cap;
 
     pthread_mutex_t mu;             /* guards everything below but `dropped` */
     pthread_cond_t wake;            /* the writer waits here (monotonic clock) */
@@ -119,16 +138,19 @@ struct audit {
  * the batches being written. */
 static const char sql_insert_raw[] =
     "INSERT INTO exchanges (start_ms, client, method, host, path, upstream_code, final_code,"
-    " rule, action, error, duration_us, bytes_in, bytes_out)"
+    " rule, action, error, duration_us, bytes_in, bytes_out, route, retry_after_ms)"
     " SELECT start_ms, client, method, host, path, upstream_code, final_code,"
-    " rule, action, error, duration_us, bytes_in, bytes_out FROM audit_pending";
+    " rule, action, error, duration_us, bytes_in, bytes_out, route, retry_after_ms"
+    " FROM audit_pending";
 
 static const char sql_add_minute[] =
     "INSERT INTO minute_stats (minute, host, upstream_code, final_code, rule, count,"
-    " duration_us, bytes_in, bytes_out) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-    " ON CONFLICT (minute, host, upstream_code, final_code, rule) DO UPDATE SET"
+    " duration_us, bytes_in, bytes_out, route, hist)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    " ON CONFLICT (minute, host, route, upstream_code, final_code, rule) DO UPDATE SET"
     " count = count + excluded.count, duration_us = duration_us + excluded.duration_us,"
-    " bytes_in = bytes_in + excluded.bytes_in, bytes_out = bytes_out + excluded.bytes_out";
+    " bytes_in = bytes_in + excluded.bytes_in, bytes_out = bytes_out + excluded.bytes_out,"
+    " hist = sp_hist_merge(hist, excluded.hist)";
 
 static const char sql_add_dropped[] =
     "INSERT INTO dropped (minute, count) VALUES (?1, ?2)"
@@ -197,6 +219,7 @@ static size_t pack(struct audit_batch *b, const struct audit_entry *e,
     struct packed *p = (struct packed *)(b->buf + b->len);
     p->start_ms = e->start_ms;
     p->duration_us = e->duration_us;
+    p->retry_after_ms = e->retry_after_ms > 0 ? e->retry_after_ms : 0;
     p->bytes_in = e->bytes_in;
     p->bytes_out = e->bytes_out;
     p->upstream_code = e->upstream_code >= 0 ? e->upstream_code : -1;
@@ -314,13 +337,15 @@ struct pending_cursor {
     const struct audit *a;
     const struct audit_batch *b;    /* NULL: past the end */
     size_t off;                     /* of the current record in b */
+    size_t idx;                     /* of the current record among all being written */
     sqlite3_int64 row;
     const char *text[NTEXT];        /* the current record's strings */
 };
 
 enum {
     COL_START_MS, COL_CLIENT, COL_METHOD, COL_HOST, COL_PATH, COL_UPSTREAM_CODE, COL_FINAL_CODE,
-    COL_RULE, COL_ACTION, COL_ERROR, COL_DURATION_US, COL_BYTES_IN, COL_BYTES_OUT
+    COL_RULE, COL_ACTION, COL_ERROR, COL_DURATION_US, COL_BYTES_IN, COL_BYTES_OUT, COL_ROUTE,
+    COL_RETRY_AFTER_MS
 };
 
 static int pending_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
@@ -331,7 +356,8 @@ static int pending_connect(sqlite3 *db, void *aux, int argc, const char *const *
     UNUSED(err);
     int rc = sqlite3_declare_vtab(db, "CREATE TABLE x(start_ms, client, method, host, path,"
                                       " upstream_code, final_code, rule, action, error,"
-                                      " duration_us, bytes_in, bytes_out)");
+                                      " duration_us, bytes_in, bytes_out, route,"
+                                      " retry_after_ms)");
     if (rc != SQLITE_OK)
         return rc;
     struct pending_vtab *v = sqlite3_malloc(sizeof *v);
@@ -379,7 +405,8 @@ static int pending_close(sqlite3_vtab_cursor *c)
 static void settle(struct pending_cursor *cur)
 {
     for (; cur->b; cur->b = cur->b->next, cur->off = 0) {
-        for (; cur->off < cur->b->len; cur->off += record_at(cur->b, cur->off)->size) {
+        for (; cur->off < cur->b->len;
+             cur->off += record_at(cur->b, cur->off)->size, cur->idx++) {
             const struct packed *p = record_at(cur->b, cur->off);
             if (wants_raw(cur->a->mode, p)) {
                 locate(p, cur->text);
@@ -399,6 +426,7 @@ static int pending_filter(sqlite3_vtab_cursor *c, int idx, const char *idx_str, 
     struct pending_cursor *cur = (struct pending_cursor *)c;
     cur->b = cur->a->writing;
     cur->off = 0;
+    cur->idx = 0;
     cur->row = 0;
     settle(cur);
     return SQLITE_OK;
@@ -408,6 +436,7 @@ static int pending_next(sqlite3_vtab_cursor *c)
 {
     struct pending_cursor *cur = (struct pending_cursor *)c;
     cur->off += record_at(cur->b, cur->off)->size;
+    cur->idx++;
     cur->row++;
     settle(cur);
     return SQLITE_OK;
@@ -445,6 +474,15 @@ static int pending_column(sqlite3_vtab_cursor *c, sqlite3_context *ctx, int col)
     case COL_DURATION_US: sqlite3_result_int64(ctx, p->duration_us); return SQLITE_OK;
     case COL_BYTES_IN: sqlite3_result_int64(ctx, (sqlite3_int64)p->bytes_in); return SQLITE_OK;
     case COL_BYTES_OUT: sqlite3_result_int64(ctx, (sqlite3_int64)p->bytes_out); return SQLITE_OK;
+    case COL_ROUTE: {
+        const uint32_t *at = &cur->a->route_at[cur->idx * 2];
+        sqlite3_result_text(ctx, cur->a->routes + at[0], (int)at[1], SQLITE_STATIC);
+        return SQLITE_OK;
+    }
+    case COL_RETRY_AFTER_MS:
+        if (p->retry_after_ms > 0)
+            sqlite3_result_int64(ctx, p->retry_after_ms);
+        return SQLITE_OK;
     default: return SQLITE_OK;
     }
     if (t >= T_RULE && p->len[t] == 0)
@@ -524,50 +562,82 @@ static void agg_grow(struct audit *a)
     a->agg_cap = cap;
 }
 
-/* Sum the batches per aggregate key in a hash table kept from one
- * transaction to the next (a busy minute has a handful of distinct keys
- * however many exchanges it saw), then upsert one minute_stats row per key. */
-static int write_minutes(struct audit *a, const struct audit_batch *list)
+/* Template the route of every record being written (raw rows and aggregates
+ * read them by record index), into a->routes. */
+static void compute_routes(struct audit *a, const struct audit_batch *list)
 {
+    size_t n = 0;
+    for (const struct audit_batch *b = list; b; b = b->next)
+        n += b->n;
+    if (n * 2 > a->route_at_cap) {
+        a->route_at_cap = n * 2;
+        a->route_at = xrealloc(a->route_at, a->route_at_cap * sizeof *a->route_at);
+    }
+    a->routes_len = 0;
+    size_t i = 0;
     for (const struct audit_batch *b = list; b; b = b->next) {
-        for (size_t off = 0; off < b->len;) {
+        for (size_t off = 0; off < b->len; i++) {
             const struct packed *p = record_at(b, off);
             off += p->size;
-            const char *host = p->text + p->len[T_CLIENT] + p->len[T_METHOD];
-            const char *rule = host + p->len[T_HOST] + p->len[T_PATH];
-            size_t hlen = p->len[T_HOST], rlen = p->len[T_RULE];
-            int64_t minute = minute_of(p->start_ms);
-            uint64_t h = mix(mix(mix(0, (uint64_t)minute),
-                                 (uint64_t)(uint32_t)p->upstream_code << 32 |
-                                     (uint32_t)p->final_code),
-                             hlen << 16 | rlen);
-            h = hash_bytes(hash_bytes(h, host, hlen), rule, rlen);
-            if ((a->agg_nused + 1) * 2 > a->agg_cap)
-                agg_grow(a);
-            size_t mask = a->agg_cap - 1, j = (size_t)h & mask;
-            struct agg *g;
-            for (;; j = (j + 1) & mask) {
-                g = &a->aggs[j];
-                if (!g->first)
-                    break;
-                const struct packed *q = g->first;
-                if (g->hash == h && g->minute == minute &&
-                    q->upstream_code == p->upstream_code && q->final_code == p->final_code &&
-                    q->len[T_HOST] == hlen && q->len[T_RULE] == rlen &&
-                    memcmp(g->host, host, hlen) == 0 && memcmp(g->rule, rule, rlen) == 0)
-                    break;
+            if (a->routes_len + ROUTE_MAX + 1 > a->routes_cap) {
+                a->routes_cap = (a->routes_cap ? a->routes_cap * 2 : 65536) + ROUTE_MAX + 1;
+                a->routes = xrealloc(a->routes, a->routes_cap);
             }
-            if (!g->first) {
-                *g = (struct agg){.first = p, .host = host, .rule = rule, .hash = h,
-                                  .minute = minute};
-                a->agg_used[a->agg_nused++] = (uint32_t)j;
-            }
-            g->count++;
-            g->duration += p->duration_us;
-            g->in += (int64_t)p->bytes_in;
-            g->out += (int64_t)p->bytes_out;
+            const char *path = p->text + p->len[T_CLIENT] + p->len[T_METHOD] + p->len[T_HOST];
+            size_t len = route_template(a->patterns, path, p->len[T_PATH],
+                                        a->routes + a->routes_len, ROUTE_MAX + 1);
+            a->route_at[2 * i] = (uint32_t)a->routes_len;
+            a->route_at[2 * i + 1] = (uint32_t)len;
+            a->routes_len += len;
         }
     }
+}
+
+/* The aggregate slot of P (whose route is ROUTE[0..rlen)), added when new. */
+static struct agg *agg_slot(struct audit *a, const struct packed *p, const char *route,
+                            size_t rlen)
+{
+    const char *host = p->text + p->len[T_CLIENT] + p->len[T_METHOD];
+    const char *rule = host + p->len[T_HOST] + p->len[T_PATH];
+    size_t hlen = p->len[T_HOST], rlen_rule = p->len[T_RULE];
+    int64_t minute = minute_of(p->start_ms);
+    uint64_t h = mix(mix(mix(0, (uint64_t)minute),
+                         (uint64_t)(uint32_t)p->upstream_code << 32 | (uint32_t)p->final_code),
+                     hlen << 16 | rlen_rule);
+    h = hash_bytes(hash_bytes(hash_bytes(h, host, hlen), rule, rlen_rule), route, rlen);
+    if ((a->agg_nused + 1) * 2 > a->agg_cap)
+        agg_grow(a);
+    size_t mask = a->agg_cap - 1, j = (size_t)h & mask;
+    struct agg *g;
+    for (;; j = (j + 1) & mask) {
+        g = &a->aggs[j];
+        if (!g->first)
+            break;
+        const struct packed *q = g->first;
+        if (g->hash == h && g->minute == minute && q->upstream_code == p->upstream_code &&
+            q->final_code == p->final_code && q->len[T_HOST] == hlen &&
+            q->len[T_RULE] == rlen_rule && g->route_len == rlen &&
+            memcmp(g->host, host, hlen) == 0 && memcmp(g->rule, rule, rlen_rule) == 0 &&
+            memcmp(g->route, route, rlen) == 0)
+            return g;
+    }
+    uint32_t order = (uint32_t)a->agg_nused;
+    *g = (struct agg){.first = p, .host = host, .rule = rule, .route = route, .route_len = rlen,
+                      .order = order, .hash = h, .minute = minute};
+    a->agg_used[a->agg_nused++] = (uint32_t)j;
+    if (order >= a->agg_nhists) {
+        a->agg_hists = xrealloc(a->agg_hists, (order + 1) * sizeof *a->agg_hists);
+        a->agg_hists[order] = xmalloc(sizeof(struct hist));
+        a->agg_nhists = order + 1;
+    }
+    hist_clear(a->agg_hists[order]);
+    return g;
+}
+
+/* Upsert the summed rows, then empty the table for the next transaction
+ * (or the retry of this one). */
+static int flush_minutes(struct audit *a)
+{
     sqlite3_stmt *st = a->add_minute;
     int rc = 0;
     for (size_t k = 0; k < a->agg_nused && rc == 0; k++) {
@@ -581,13 +651,46 @@ static int write_minutes(struct audit *a, const struct audit_batch *list)
         sqlite3_bind_int64(st, 7, g->duration);
         sqlite3_bind_int64(st, 8, g->in);
         sqlite3_bind_int64(st, 9, g->out);
+        sqlite3_bind_text(st, 10, g->route, (int)g->route_len, SQLITE_STATIC);
+        size_t n = hist_encode(a->agg_hists[g->order], a->hist_buf, HIST_MAX_ENCODED);
+        sqlite3_bind_blob(st, 11, a->hist_buf, (int)n, SQLITE_STATIC);
         rc = run(st);
     }
-    /* Empty the table for the next transaction (or the retry of this one). */
     for (size_t k = 0; k < a->agg_nused; k++)
         a->aggs[a->agg_used[k]].first = NULL;
     a->agg_nused = 0;
     return rc;
+}
+
+/* Sum the batches per aggregate key in a hash table kept from one
+ * transaction to the next (a busy minute has a handful of distinct keys
+ * however many exchanges it saw), then upsert one minute_stats row per key.
+ * Routes beyond the per-host cap count as {other}. */
+static int write_minutes(struct audit *a, const struct audit_batch *list)
+{
+    size_t i = 0;
+    pthread_mutex_lock(&a->cap_mu);
+    for (const struct audit_batch *b = list; b; b = b->next) {
+        for (size_t off = 0; off < b->len; i++) {
+            const struct packed *p = record_at(b, off);
+            off += p->size;
+            const char *route = a->routes + a->route_at[2 * i];
+            size_t rlen = a->route_at[2 * i + 1];
+            const char *host = p->text + p->len[T_CLIENT] + p->len[T_METHOD];
+            if (!route_cap_admit(a->cap, host, p->len[T_HOST], route, rlen)) {
+                route = ROUTE_OTHER;
+                rlen = strlen(ROUTE_OTHER);
+            }
+            struct agg *g = agg_slot(a, p, route, rlen);
+            g->count++;
+            g->duration += p->duration_us;
+            g->in += (int64_t)p->bytes_in;
+            g->out += (int64_t)p->bytes_out;
+            hist_add(a->agg_hists[g->order], p->duration_us > 0 ? (uint64_t)p->duration_us : 0, 1);
+        }
+    }
+    pthread_mutex_unlock(&a->cap_mu);
+    return flush_minutes(a);
 }
 
 /* One transaction for the whole list: all of it or (rolled back) none. */
@@ -596,6 +699,7 @@ static int try_write(struct audit *a, const struct audit_batch *list, uint64_t d
 {
     if (run(a->begin) != 0)
         goto fail;
+    compute_routes(a, list);
     if (list && a->mode != AUDIT_LOG_NONE) {
         a->writing = list;
         int rc = run(a->insert_raw);
@@ -795,6 +899,21 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
+static void free_writer_state(struct audit *a)
+{
+    for (size_t k = 0; k < a->agg_nhists; k++)
+        free(a->agg_hists[k]);
+    free(a->agg_hists);
+    free(a->hist_buf);
+    route_cap_free(a->cap);
+    pthread_mutex_destroy(&a->cap_mu);
+    free(a->routes);
+    free(a->route_at);
+    free(a->aggs);
+    free(a->agg_used);
+    free(a);
+}
+
 static void finalize_all(struct audit *a)
 {
     sqlite3_stmt *all[] = {a->begin,      a->commit,      a->rollback, a->insert_raw,
@@ -820,6 +939,10 @@ struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errle
     a->limit = cfg->queue_limit ? cfg->queue_limit : DEFAULT_QUEUE_LIMIT;
     a->wake_at = a->limit >= 2 * WAKE_BATCH ? WAKE_BATCH : (a->limit + 1) / 2;
     a->tail = &a->head;
+    a->patterns = cfg->routes;
+    a->cap = route_cap_new(cfg->max_routes);
+    pthread_mutex_init(&a->cap_mu, NULL);
+    a->hist_buf = xmalloc(HIST_MAX_ENCODED);
     atomic_init(&a->dropped, 0);
 
     if (sqlite3_create_module_v2(db, "audit_pending", &pending_module, a, NULL) != SQLITE_OK) {
@@ -864,7 +987,7 @@ struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errle
 fail:
     finalize_all(a);
     db_close(db);
-    free(a);
+    free_writer_state(a);
     return NULL;
 }
 
@@ -911,6 +1034,7 @@ size_t audit_submit(struct audit *a, const struct audit_record *recs, size_t n)
             .start_ms = r->start_ms, .duration_us = r->duration_us,
             .upstream_code = r->upstream_code, .final_code = r->final_code,
             .bytes_in = r->bytes_in, .bytes_out = r->bytes_out,
+            .retry_after_ms = r->retry_after_ms,
         };
         /* A record is outside data to the writer: never read past an array. */
         const struct audit_text t[NTEXT] = {
@@ -965,6 +1089,38 @@ int audit_last_error(struct audit *a, char *buf, size_t len)
     return failing;
 }
 
+char *audit_routes_json(struct audit *a, size_t top)
+{
+    struct route_count *rc = xcalloc(top + 1, sizeof *rc);
+    struct sbuf o = {0};
+    pthread_mutex_lock(&a->cap_mu);
+    size_t n = route_cap_top(a->cap, rc, top);
+    /* Grouped by host, each host where its busiest route ranks. */
+    sbuf_putc(&o, '{');
+    for (size_t i = 0; i < n; i++) {
+        size_t first = 0;
+        while (strcmp(rc[first].host, rc[i].host) != 0)
+            first++;
+        if (first != i)
+            continue;
+        sbuf_printf(&o, "%s\"", o.len > 1 ? ", " : "");
+        sbuf_json_escape(&o, rc[i].host, strlen(rc[i].host));
+        sbuf_puts(&o, "\": {");
+        for (size_t j = i; j < n; j++) {
+            if (strcmp(rc[j].host, rc[i].host) != 0)
+                continue;
+            sbuf_printf(&o, "%s\"", j > i ? ", " : "");
+            sbuf_json_escape(&o, rc[j].route, strlen(rc[j].route));
+            sbuf_printf(&o, "\": %llu", (unsigned long long)rc[j].count);
+        }
+        sbuf_putc(&o, '}');
+    }
+    pthread_mutex_unlock(&a->cap_mu);
+    sbuf_putc(&o, '}');
+    free(rc);
+    return sbuf_steal(&o);
+}
+
 static void free_list(struct audit_batch *list)
 {
     while (list) {
@@ -990,7 +1146,5 @@ void audit_close(struct audit *a)
     pthread_cond_destroy(&a->written);
     free_list(a->head);
     free_list(a->spare);
-    free(a->aggs);
-    free(a->agg_used);
-    free(a);
+    free_writer_state(a);
 }

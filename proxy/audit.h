@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
+struct route_patterns;
+
 enum audit_mode { AUDIT_LOG_ALL, AUDIT_LOG_ERRORS, AUDIT_LOG_NONE };
 
 /* One finished exchange as the proxy hands it over (audit_batch_add): numbers,
@@ -45,6 +47,7 @@ struct audit_entry {
     struct audit_text action;  /* that rule's actions; empty when none */
     struct audit_text error;   /* empty, or connect_refused, connect_timeout, dns, timeout,
                                   bad_response, client_closed, upstream_closed, ... */
+    int64_t retry_after_ms;    /* the answer's Retry-After, in ms; 0: none */
 };
 
 /* The same exchange as a self-contained value, for tools and tests that build
@@ -64,6 +67,7 @@ struct audit_record {
     char rule[64];
     char action[128];
     char error[32];
+    int64_t retry_after_ms;    /* 0: none */
 };
 
 /* Records packed back to back (numbers, then the strings' bytes: about a
@@ -76,6 +80,9 @@ struct audit_config {
     enum audit_mode mode;
     uint64_t retain_ms;      /* raw rows older than this are pruned; 0: keep all */
     size_t queue_limit;      /* records waiting at most; beyond, they are counted lost */
+    const struct route_patterns *routes; /* run --route; NULL: none. Borrowed for the
+                                            audit's lifetime */
+    size_t max_routes;       /* distinct routes per host in the aggregates; 0: the default */
 };
 
 struct audit;
@@ -118,6 +125,11 @@ void audit_flush(struct audit *a);
  * SQLite message goes to BUF), 0 when its latest write succeeded. For the
  * caller to log: this module never logs. */
 int audit_last_error(struct audit *a, char *buf, size_t len);
+
+/* The TOP routes with the most exchanges since the audit opened, as a JSON
+ * object {"host": {"route": count, ...}, ...} (malloc'd, the caller's to
+ * free). Counted by the writer: up to a write interval behind. */
+char *audit_routes_json(struct audit *a, size_t top);
 
 /* What kind of failure a write attempt met, from SQLite's result code. */
 enum audit_error_kind {

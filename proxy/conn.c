@@ -356,6 +356,8 @@ void conn_answer(struct conn *c, int code, const struct rule_actions *a, const c
         sbuf_printf(&h, "X-Statusproxy-Rule: %s\r\n", rule);
     conn_put_connection_header(c, &h);
     sbuf_puts(&h, "\r\n");
+    if (code == 429 || code >= 500) /* for the report's retry view */
+        x->retry_after_ms = http_retry_after_ms(h.data, h.len);
     size_t head_len = h.len;
     if (body_out)
         sbuf_append(&h, b.data, b.len);
@@ -568,6 +570,7 @@ void conn_record(struct conn *c)
         .rule = AUDIT_TEXT(rname),
         .action = AUDIT_TEXT(action),
         .error = AUDIT_TEXT(x->error),
+        .retry_after_ms = x->retry_after_ms,
     };
     worker_record(c->w, &e, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
 }

@@ -125,6 +125,7 @@ struct exchange {
     struct sbuf held_head;       /* the answer's head, while held by a delay */
     const char *answer_ctype;    /* Content-Type of a synthesized body; NULL: text/plain */
     char error[32];
+    int64_t retry_after_ms;      /* the answer's Retry-After (429, 5xx); 0: none */
 };
 
 struct conn {

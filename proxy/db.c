@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 
 #include "embedded.h"
+#include "sqlfn.h"
 #include "util.h"
 
 static pthread_once_t config_once = PTHREAD_ONCE_INIT;
@@ -176,6 +177,11 @@ static int exec(sqlite3 *db, const char *sql, const char *what, char *err, size_
 int db_apply_migrations(sqlite3 *db, const struct db_migration *list, size_t n, char *err,
                         size_t errlen)
 {
+    /* Migrations may call our functions (schema 4 templates old paths). */
+    if (sqlfn_register(db) != 0) {
+        snprintf(err, errlen, "registering SQL functions: %s", sqlite3_errmsg(db));
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         const struct db_migration *m = &list[i];
         if (db_version(db) >= m->version)
@@ -262,6 +268,10 @@ sqlite3 *db_open(const char *path, enum db_mode mode, char *err, size_t errlen)
     }
     sqlite3_extended_result_codes(db, 0);
     sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+    if (sqlfn_register(db) != 0) {
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
+        goto fail;
+    }
     int latest = n ? list[n - 1].version : 0;
     if (check_identity(db, path, mode == DB_READ_WRITE, latest, err, errlen) != 0)
         goto fail;

@@ -511,3 +511,22 @@ int http_check_request(const struct http_head *h, int chunked, const char **why)
     }
     return 0;
 }
+
+int64_t http_retry_after_ms(const char *head, size_t len)
+{
+    static const char name[] = "\r\nretry-after:";
+    const size_t nlen = sizeof name - 1;
+    for (size_t i = 0; i + nlen <= len; i++) {
+        if (head[i] != '\r' || strncasecmp(head + i, name, nlen) != 0)
+            continue;
+        size_t j = i + nlen;
+        while (j < len && (head[j] == ' ' || head[j] == '\t'))
+            j++;
+        int64_t secs = 0;
+        size_t digits = 0;
+        for (; j < len && head[j] >= '0' && head[j] <= '9' && digits < 9; j++, digits++)
+            secs = secs * 10 + (head[j] - '0');
+        return digits ? secs * 1000 : 0;
+    }
+    return 0;
+}

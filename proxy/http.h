@@ -124,6 +124,11 @@ int http_chunk_crlf(const char *p, const char *end, int *pending);
 int http_chunk_piece_done(int chunked, uint64_t chunk_left, const char *after, const char *end,
                           int *pending);
 
+/* The Retry-After of a serialized answer head HEAD[0..len) ("Name: value"
+ * lines), in ms, when it is delay-seconds (RFC 9110 §10.2.3); 0 when absent
+ * or an HTTP-date (not interpreted). */
+int64_t http_retry_after_ms(const char *head, size_t len);
+
 /* Token grammar (RFC 9110 §5.6.2). */
 int http_is_tchar(unsigned char c);
 int http_is_token(const char *s, size_t len);

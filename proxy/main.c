@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ca_cli.h"
 #include "catalog.h"
 #include "db.h"
 #include "fault.h"
@@ -23,6 +24,7 @@ static const char usage_text[] =
     "       statusproxy rules check FILE       validate a rule file\n"
     "       statusproxy migrate --db FILE      apply pending migrations\n"
     "       statusproxy codes [--format json]  the status catalogue\n"
+    "       statusproxy ca init [--dir DIR]    create the local CA for HTTPS\n"
     "Run 'statusproxy run --help' for the proxy's options.\n";
 
 static int cmd_codes(int argc, char **argv)
@@ -178,10 +180,15 @@ static int cmd_migrate(int argc, char **argv)
 
 static const char report_help[] =
     "usage: statusproxy report --db FILE [--db FILE2 ...] [options]\n"
-    "  --by VIEW        code (default), class, host, rule, rewrite or minute\n"
+    "  --by VIEW        code (default), class, host, rule, rewrite, minute, route or retry\n"
     "  --since T        from T: a duration back from now (1h, 30m, 7d) or an ISO 8601 UTC time\n"
     "  --until T        until T (same forms)\n"
     "  --host GLOB      only hosts matching GLOB (* and ?, case-insensitive)\n"
+    "  --route GLOB     only routes matching GLOB (/users/{n}, /api/*)\n"
+    "  --baseline FILE  compare with this database (repeatable)\n"
+    "  --baseline-since T --baseline-until T   compare with that window of the --db files\n"
+    "  --assert EXPR    a CI gate, e.g. \"5xx < 1%\" or \"p99 < 500ms\" (repeatable);\n"
+    "                   exit 0 when all pass, 1 when one fails, 2 when malformed\n"
     "  --top N          the first N rows\n"
     "  --format F       table (default), json, csv or html\n";
 
@@ -203,14 +210,14 @@ static int cmd_report(int argc, char **argv)
     struct sbuf out = {0};
     int rc = report_run(&opts, now, &out, err, sizeof err);
     report_options_free(&opts);
-    if (rc != 0) {
+    if (rc < 0) {
         fprintf(stderr, "statusproxy report: %s\n", err);
     } else if (fwrite(out.data, 1, out.len, stdout) != out.len || fflush(stdout) != 0) {
         fprintf(stderr, "statusproxy report: writing the output failed\n");
         rc = -1;
     }
     sbuf_free(&out);
-    return rc == 0 ? 0 : 1;
+    return rc == 0 ? 0 : 1; /* 1 also when an --assert failed */
 }
 
 int main(int argc, char **argv)
@@ -234,6 +241,8 @@ int main(int argc, char **argv)
         return cmd_migrate(argc - 2, argv + 2);
     if (strcmp(cmd, "report") == 0)
         return cmd_report(argc - 2, argv + 2);
+    if (strcmp(cmd, "ca") == 0)
+        return ca_cli_main(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         fputs(usage_text, stdout);
         return 0;

@@ -42,6 +42,8 @@ const char options_help[] =
     "  --max-connections N       client connections at most [10000]\n"
     "  --max-active-faults N     exchanges held by delay/hang/throttle/slow-head at once\n"
     "                            [unlimited]; further such faults are skipped\n"
+    "  --route PATTERN           a route template, /users/{id} or /static/* (repeatable)\n"
+    "  --max-routes N            distinct routes per host in the aggregates [1000]\n"
     "  --max-request-body SIZE   request bodies larger than SIZE get 413 [unlimited]\n"
     "  --log-level LEVEL         error|warn|info|debug [info]\n"
     "Durations: 250ms, 5s, 2m, 1h, 7d.\n";
@@ -61,6 +63,7 @@ void options_defaults(struct run_options *o)
     o->response_timeout_ms = 60000;
     o->idle_timeout_ms = 60000;
     o->max_connections = 10000;
+    o->max_routes = ROUTE_DEFAULT_MAX;
     o->log_level = LOG_INFO;
 }
 
@@ -72,6 +75,8 @@ void options_free(struct run_options *o)
     free(o->proxy_auth);
     free(o->admin_token);
     free(o->connect_ports);
+    route_patterns_free(o->routes);
+    o->routes = NULL;
     free(o->deny_dest);
     o->deny_dest = NULL;
     o->n_deny_dest = 0;
@@ -231,8 +236,8 @@ static const char *const value_flags[] = {
     "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
-    "--max-connections", "--log-level", "--deny-dest", "--max-request-body",
-    "--max-active-faults",
+    "--max-connections", "--log-level", "--deny-dest", "--max-request-body", "--route",
+    "--max-routes", "--max-active-faults",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -254,6 +259,33 @@ static int positive_flag(const char *name, const char *value, uint64_t *out, cha
         return -1;
     }
     return 0;
+}
+
+static void set_upstream_authority(struct run_options *o)
+{
+    o->has_upstream = 1;
+    if (strchr(o->upstream_host, ':'))
+        snprintf(o->upstream_authority, sizeof o->upstream_authority, "[%s]:%d",
+                 o->upstream_host, o->upstream_port);
+    else
+        snprintf(o->upstream_authority, sizeof o->upstream_authority, "%s:%d", o->upstream_host,
+                 o->upstream_port);
+}
+
+/* --route and --max-routes (DESIGN §11). */
+static int route_flag(struct run_options *o, const char *name, const char *v, char *err,
+                      size_t errlen)
+{
+    if (strcmp(name, "--max-routes") == 0) {
+        if (parse_count(v, 1, 1000000, &o->max_routes) != 0) {
+            snprintf(err, errlen, "%s: expected a number from 1 to 1000000, got '%s'", name, v);
+            return -1;
+        }
+        return 0;
+    }
+    if (!o->routes)
+        o->routes = route_patterns_new();
+    return route_patterns_add(o->routes, v, err, errlen);
 }
 
 static int apply_max_request_body(struct run_options *o, const char *name, const char *v,
@@ -309,13 +341,7 @@ static int apply_core(struct run_options *o, const char *name, const char *v, ch
             snprintf(err, errlen, "%s: %s, got '%s'", name, why, v);
             return -1;
         }
-        o->has_upstream = 1;
-        if (strchr(o->upstream_host, ':'))
-            snprintf(o->upstream_authority, sizeof o->upstream_authority, "[%s]:%d",
-                     o->upstream_host, o->upstream_port);
-        else
-            snprintf(o->upstream_authority, sizeof o->upstream_authority, "%s:%d",
-                     o->upstream_host, o->upstream_port);
+        set_upstream_authority(o);
     } else if (strcmp(name, "--rules") == 0) {
         o->rules_path = v;
     } else if (strcmp(name, "--db") == 0) {
@@ -409,6 +435,8 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
         return apply_deny_dest(o, name, v, err, errlen);
     if (strcmp(name, "--max-active-faults") == 0)
         return positive_flag(name, v, &o->max_active_faults, err, errlen);
+    if (strcmp(name, "--route") == 0 || strcmp(name, "--max-routes") == 0)
+        return route_flag(o, name, v, err, errlen);
     return apply_core(o, name, v, err, errlen);
 }
 

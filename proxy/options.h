@@ -12,6 +12,7 @@
 
 #include "audit.h"
 #include "cidr.h"
+#include "route.h"
 
 /* An address to listen on, as given and as parsed. */
 struct listen_addr {
@@ -51,6 +52,8 @@ struct run_options {
     int *connect_ports;       /* ports CONNECT may reach; default 443 */
     size_t n_connect_ports;
     int log_level;            /* enum log_level */
+    struct route_patterns *routes; /* --route, or NULL; owned */
+    int max_routes;           /* --max-routes */
 };
 
 /* Fill O with the defaults of DESIGN §1. */

@@ -769,6 +769,8 @@ static void send_response_head(struct conn *c)
     }
     http_head_write(h, out);
     put_via(out, c->w->via_value);
+    if (status == 429 || status >= 500) /* for the report's retry view */
+        x->retry_after_ms = http_retry_after_ms(out->data, out->len);
     const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
     if (c->w->opts->mark_faults && (rule || x->fault_rule))
         put_field(out, "X-Statusproxy-Rule", rule ? rule_name(rule) : x->fault_rule);

@@ -85,6 +85,9 @@ static const char page_head[] =
     ".swatch{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:5px;"
     "vertical-align:-1px}\n"
     "details summary{cursor:pointer;color:#1d4ed8}\n"
+    ".periods{display:flex;flex-wrap:wrap;gap:16px}.periods svg{max-width:100%;height:auto}\n"
+    ".latency{display:flex;flex-wrap:wrap;gap:12px 24px;margin:12px 0}\n"
+    ".route-latency{margin:0}.route-latency figcaption{font-size:12px;color:#374151}\n"
     "</style>\n</head>\n<body>\n";
 
 /* A round step for the y axis: 1, 2 or 5 times a power of ten, >= MAX/4. */
@@ -120,31 +123,32 @@ static double bucket_x(size_t k, size_t nb, int plot_w)
     return nb == 1 ? PAD_L + plot_w / 2.0 : PAD_L + (double)k * plot_w / (double)(nb - 1);
 }
 
-static void write_chart(const struct report_page *p, struct sbuf *out)
+static void write_chart(const struct report_chart_point *points, size_t npoints, const char *id,
+                        struct sbuf *out)
 {
     sbuf_printf(out,
-                "<svg id=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 %d %d\""
+                "<svg id=\"%s\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 %d %d\""
                 " width=\"%d\" height=\"%d\" role=\"img\""
                 " aria-label=\"Exchanges per status class over time\">\n",
-                CHART_W, CHART_H, CHART_W, CHART_H);
+                id, CHART_W, CHART_H, CHART_W, CHART_H);
     int plot_w = CHART_W - PAD_L - PAD_R, plot_h = CHART_H - PAD_T - PAD_B;
-    if (p->npoints == 0) {
+    if (npoints == 0) {
         sbuf_printf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">No exchanges in this "
                          "range</text>\n</svg>\n",
                     CHART_W / 2, CHART_H / 2);
         return;
     }
-    int64_t first = p->points[0].minute_s, last = p->points[p->npoints - 1].minute_s;
+    int64_t first = points[0].minute_s, last = points[npoints - 1].minute_s;
     int64_t step = bucket_minutes((last - first) / 60) * 60;
     int64_t base = first / step * step - (first % step < 0 ? step : 0);
     size_t nb = (size_t)((last - base) / step) + 1;
     uint64_t(*b)[REPORT_SERIES_COUNT] = xcalloc(nb, sizeof *b);
     uint64_t totals[REPORT_SERIES_COUNT] = {0}, max = 0;
-    for (size_t i = 0; i < p->npoints; i++) {
-        size_t k = (size_t)((p->points[i].minute_s - base) / step);
+    for (size_t i = 0; i < npoints; i++) {
+        size_t k = (size_t)((points[i].minute_s - base) / step);
         for (int s = 0; s < REPORT_SERIES_COUNT; s++) {
-            b[k][s] += p->points[i].counts[s];
-            totals[s] += p->points[i].counts[s];
+            b[k][s] += points[i].counts[s];
+            totals[s] += points[i].counts[s];
         }
     }
     for (size_t k = 0; k < nb; k++)
@@ -246,18 +250,22 @@ static void write_value(struct sbuf *out, const struct report_value *v, int is_s
         esc(out, v->s);
         sbuf_puts(out, "</td>");
         break;
+    case REPORT_BOOL:
+        sbuf_printf(out, "<td>%s</td>", v->i ? "yes" : "no");
+        break;
     }
 }
 
 static void write_view(const struct report_result *r, struct sbuf *out)
 {
-    const char *name = report_view_name(r->view);
+    const char *name = r->name;
     sbuf_printf(out, "<table class=\"view\" id=\"by-%s\" data-view=\"%s\">\n<thead><tr>", name,
                 name);
     int share_col = -1;
     int *numeric = xcalloc(r->ncols + 1, sizeof *numeric);
     for (size_t c = 0; c < r->ncols; c++) {
-        numeric[c] = strcmp(r->cols[c], "count") == 0 || strcmp(r->cols[c], "share") == 0 ||
+        numeric[c] = strstr(r->cols[c], "count") || strstr(r->cols[c], "share") ||
+                     strstr(r->cols[c], "_ms") ||
                       strcmp(r->cols[c], "code") == 0 || strcmp(r->cols[c], "upstream_code") == 0 ||
                       (r->cols[c][0] >= '1' && r->cols[c][0] <= '5');
         if (strcmp(r->cols[c], "share") == 0)
@@ -279,6 +287,57 @@ static void write_view(const struct report_result *r, struct sbuf *out)
         sbuf_puts(out, "<p class=\"empty\">No exchanges.</p>\n");
 }
 
+#define LAT_ROUTES 10
+#define LAT_W 360
+#define LAT_BAR 14
+
+/* A small chart per top route: bars for p50, p95 and p99, scaled to the
+ * route's own p99, so the shape of its tail shows at a glance. */
+static void write_route_latency(const struct report_result *r, struct sbuf *out)
+{
+    int ch = -1, cr = -1, cp[3] = {-1, -1, -1};
+    static const char *const pn[3] = {"p50_ms", "p95_ms", "p99_ms"};
+    for (size_t c = 0; c < r->ncols; c++) {
+        if (strcmp(r->cols[c], "host") == 0)
+            ch = (int)c;
+        if (strcmp(r->cols[c], "route") == 0)
+            cr = (int)c;
+        for (int k = 0; k < 3; k++)
+            if (strcmp(r->cols[c], pn[k]) == 0)
+                cp[k] = (int)c;
+    }
+    if (ch < 0 || cr < 0 || cp[2] < 0)
+        return;
+    sbuf_puts(out, "<div class=\"latency\">\n");
+    for (size_t i = 0; i < r->nrows && i < LAT_ROUTES; i++) {
+        const struct report_value *row = &r->cells[i * r->ncols];
+        if (row[cp[2]].type != REPORT_REAL || row[cp[2]].r <= 0)
+            continue;
+        double max = row[cp[2]].r;
+        sbuf_puts(out, "<figure class=\"route-latency\"><figcaption>");
+        esc(out, row[ch].type == REPORT_TEXT ? row[ch].s : "");
+        sbuf_puts(out, " ");
+        esc(out, row[cr].type == REPORT_TEXT ? row[cr].s : "(before routes)");
+        sbuf_printf(out, "</figcaption>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\""
+                         " height=\"%d\" viewBox=\"0 0 %d %d\">",
+                    LAT_W, 3 * (LAT_BAR + 4), LAT_W, 3 * (LAT_BAR + 4));
+        for (int k = 0; k < 3; k++) {
+            double v = row[cp[k]].type == REPORT_REAL ? row[cp[k]].r : 0;
+            double w = v / max * (LAT_W - 130);
+            int y = k * (LAT_BAR + 4);
+            sbuf_printf(out,
+                        "<text x=\"0\" y=\"%d\">p%.2s</text><rect class=\"lat\" x=\"40\" y=\"%d\""
+                        " width=\"%.1f\" height=\"%d\" fill=\"%s\"/><text x=\"%.1f\" y=\"%d\">%.1f ms"
+                        "</text>",
+                        y + LAT_BAR - 2, pn[k] + 1, y, w, LAT_BAR,
+                        k == 2 ? "#dc2626" : k == 1 ? "#d97706" : "#16a34a", 44 + w,
+                        y + LAT_BAR - 2, v);
+        }
+        sbuf_puts(out, "</svg></figure>\n");
+    }
+    sbuf_puts(out, "</div>\n");
+}
+
 void report_html_write(const struct report_page *p, struct sbuf *out)
 {
     static const char *const titles[] = {
@@ -288,6 +347,7 @@ void report_html_write(const struct report_page *p, struct sbuf *out)
         "By rule (exchanges where a rule acted)",
         "Rewrites (final code differs from the upstream's, or a rule acted)",
         "By minute",
+        "By route (latency in ms)",
     };
     const struct report_options *o = p->opts;
     char when[32];
@@ -330,13 +390,24 @@ void report_html_write(const struct report_page *p, struct sbuf *out)
                 p->dropped ? " (the writer fell behind; the counts below miss them)" : "");
 
     sbuf_puts(out, "<section>\n<h2>Status classes over time</h2>\n");
-    write_chart(p, out);
+    if (p->has_base) {
+        sbuf_puts(out, "<div class=\"periods\">\n<div><h3>This period</h3>\n");
+        write_chart(p->points, p->npoints, "chart", out);
+        sbuf_printf(out, "</div>\n<div><h3>Baseline (%llu exchanges)</h3>\n",
+                    (unsigned long long)p->base_total);
+        write_chart(p->base_points, p->base_npoints, "base-chart", out);
+        sbuf_puts(out, "</div>\n</div>\n");
+    } else {
+        write_chart(p->points, p->npoints, "chart", out);
+    }
     sbuf_puts(out, "</section>\n");
-    for (int v = REPORT_BY_CODE; v <= REPORT_BY_MINUTE; v++) {
+    for (int v = REPORT_BY_CODE; v < REPORT_AGG_VIEWS; v++) {
         sbuf_printf(out, "<section>\n<h2>%s</h2>\n", titles[v]);
         if (v == REPORT_BY_MINUTE)
             sbuf_puts(out, "<details>\n<summary>Show every minute</summary>\n");
         write_view(p->views[v], out);
+        if (v == REPORT_BY_ROUTE)
+            write_route_latency(p->views[v], out);
         if (v == REPORT_BY_MINUTE)
             sbuf_puts(out, "</details>\n");
         sbuf_puts(out, "</section>\n");

@@ -34,10 +34,16 @@ struct report_chart_point {
 struct report_page {
     const struct report_options *opts;
     int64_t generated_ms;
-    const struct report_result *views[REPORT_BY_MINUTE + 1]; /* indexed by enum report_view */
+    const struct report_result *views[REPORT_AGG_VIEWS]; /* indexed by enum report_view */
     const struct report_chart_point *points; /* minutes with exchanges, ascending */
     size_t npoints;
     uint64_t total, dropped;
+    /* A baseline (--baseline, --baseline-since): its chart beside the
+     * current one; the views then carry base_* and delta_* columns. */
+    int has_base;
+    uint64_t base_total;
+    const struct report_chart_point *base_points;
+    size_t base_npoints;
 };
 
 /* Append the page to OUT. */

@@ -593,6 +593,13 @@ const struct run_options *server_options(struct server *srv)
     return srv->opts;
 }
 
+#define STATS_TOP_ROUTES 20
+
+char *server_routes_json(struct server *srv)
+{
+    return srv->audit ? audit_routes_json(srv->audit, STATS_TOP_ROUTES) : xstrdup("{}");
+}
+
 uint64_t server_dropped(struct server *srv)
 {
     return srv->audit ? audit_dropped(srv->audit) : 0;
@@ -757,7 +764,8 @@ int server_run(struct run_options *opts)
     }
 
     char err[512];
-    struct audit_config acfg = {opts->db_path, opts->log_exchanges, opts->retain_ms, 0};
+    struct audit_config acfg = {opts->db_path, opts->log_exchanges, opts->retain_ms, 0,
+                                opts->routes, (size_t)opts->max_routes};
     srv->audit = audit_open(&acfg, err, sizeof err);
     if (!srv->audit) {
         fprintf(stderr, "statusproxy: --db %s: %s\n", opts->db_path, err);

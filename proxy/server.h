@@ -63,6 +63,10 @@ void worker_conn_closed(struct worker *w);
 
 /* For the admin API (main thread). */
 struct metrics *server_metrics(struct server *srv);
+/* The busiest routes as JSON for /stats (audit_routes_json), "{}" without
+ * an audit; malloc'd. */
+char *server_routes_json(struct server *srv);
+
 /* Records the audit writer lost so far. */
 uint64_t server_dropped(struct server *srv);
 /* The audit writer's failed attempts per kind, into COUNTS[AUDIT_ERR_COUNT]. */

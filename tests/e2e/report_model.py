@@ -2,13 +2,87 @@
 from a list of exchanges, for the report tests to compare against.
 
 Each exchange is a dict with host, upstream, final, rule (None when absent)
-and minute ("YYYY-MM-DDTHH:MM:00Z")."""
+and minute ("YYYY-MM-DDTHH:MM:00Z"), and for percentiles (DESIGN §11)
+duration_us and route."""
 
+import math
 from collections import Counter
 from datetime import datetime, timezone
 
-VIEWS = ["code", "class", "host", "rule", "rewrite", "minute"]
+VIEWS = ["code", "class", "host", "rule", "rewrite", "minute", "route"]
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+PCT_VIEWS = ("code", "host", "rule", "route")
+
+
+def bucket_value(us):
+    """The value the report's histogram keeps for US: exact below 16 µs, else
+    the midpoint of its bucket (16 per power of two), as histogram.c does."""
+    if us < 16:
+        return us
+    e = us.bit_length() - 1
+    width = 1 << (e - 4)
+    sub = (us >> (e - 4)) & 15
+    return (16 + sub) * width + width // 2
+
+
+def route_of(path):
+    """DESIGN §11's route of PATH (no user patterns), written apart from the C."""
+    import re
+    def seg(x):
+        if x.isdigit():
+            return "{n}"
+        if re.fullmatch(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                        r"[0-9a-fA-F]{12}", x):
+            return "{uuid}"
+        if len(x) >= 8 and re.fullmatch(r"[0-9a-fA-F]+", x) and re.search(r"\d", x):
+            return "{hex}"
+        if len(x) >= 16 and re.fullmatch(r"[A-Za-z0-9_-]+", x) and re.search(r"\d", x) \
+                and re.search(r"[A-Za-z]", x):
+            return "{token}"
+        return x
+    return "/".join(seg(x) for x in path.split("/")) if path else "/"
+
+
+class AnyMs:
+    """Stands for a percentile the model cannot know (durations of real
+    traffic that left no raw row): equal to any number of milliseconds."""
+
+    def __eq__(self, other):
+        return isinstance(other, float)
+
+    def __repr__(self):
+        return "<any ms>"
+
+
+ANY_MS = AnyMs()
+
+
+def percentile_ms(durations, q):
+    """Nearest-rank quantile Q of DURATIONS (µs) as the report gives it, in ms;
+    ANY_MS when a duration is unknown (None)."""
+    if not durations:
+        return None
+    if any(d is None for d in durations):
+        return ANY_MS
+    kept = sorted(bucket_value(d) for d in durations)
+    rank = max(1, min(len(kept), math.ceil(q * len(kept))))
+    return kept[rank - 1] / 1000.0
+
+
+def add_percentiles(row, durations):
+    for name, q in (("p50_ms", 0.5), ("p95_ms", 0.95), ("p99_ms", 0.99)):
+        row[name] = percentile_ms(durations, q)
+    return row
+
+
+def with_pcts(rows, key, recs, keyof):
+    """Add p50/p95/p99 to ROWS (their key field(s) KEY) from RECS grouped by KEYOF."""
+    groups = {}
+    for r in recs:
+        groups.setdefault(keyof(r), []).append(r.get("duration_us"))
+    for row in rows:
+        add_percentiles(row, groups.get(tuple(row[k] for k in key), []))
+    return rows
 
 
 def klass(code):
@@ -33,6 +107,7 @@ def expected_rows(view, recs, names=None):
         c = Counter(r["final"] for r in recs)
         rows = [{"code": k, "name": names.get(k) if k is not None else None,
                  "class": klass(k), "count": n, "share": n / total} for k, n in c.items()]
+        rows = with_pcts(rows, ("code",), recs, lambda r: (r["final"],))
         return sorted(rows, key=lambda r: (-r["count"], nulls_last(r["code"])))
     if view == "class":
         c = Counter(klass(r["final"]) for r in recs)
@@ -48,12 +123,27 @@ def expected_rows(view, recs, names=None):
             if klass(r["final"]) in CLASSES:
                 row[klass(r["final"])] += 1
         if view == "host":
-            return sorted(rows.values(), key=lambda r: (-r["count"], r["host"]))
+            rows = with_pcts(list(rows.values()), ("host",), recs, lambda r: (r["host"],))
+            return sorted(rows, key=lambda r: (-r["count"], r["host"]))
         return sorted(rows.values(), key=lambda r: r["minute"])
     if view == "rule":
         c = Counter(r["rule"] for r in recs if r["rule"])
-        return sorted(({"rule": k, "count": n} for k, n in c.items()),
-                      key=lambda r: (-r["count"], r["rule"]))
+        rows = with_pcts([{"rule": k, "count": n} for k, n in c.items()], ("rule",), recs,
+                         lambda r: (r["rule"],))
+        return sorted(rows, key=lambda r: (-r["count"], r["rule"]))
+    if view == "route":
+        rows = {}
+        for r in recs:
+            k = (r["host"], r.get("route"))
+            row = rows.setdefault(k, {"host": k[0], "route": k[1], "count": 0, "1xx": 0,
+                                      "2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0})
+            row["count"] += 1
+            if klass(r["final"]) in CLASSES:
+                row[klass(r["final"])] += 1
+        rows = with_pcts(list(rows.values()), ("host", "route"), recs,
+                         lambda r: (r["host"], r.get("route")))
+        return sorted(rows, key=lambda r: (-r["count"], r["host"], r["route"] is None,
+                                           r["route"] or ""))
     if view == "rewrite":
         c = Counter((r["upstream"], r["final"], r["rule"]) for r in recs
                     if r["upstream"] is None or r["upstream"] != r["final"] or r["rule"])

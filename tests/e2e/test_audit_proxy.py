@@ -36,7 +36,7 @@ import pytest
 
 from helpers import ConnectionClosed, HttpConn, ProtocolError, free_port, wait_until
 
-from report_model import VIEWS, expected_rows, minute_of_ms
+from report_model import ANY_MS, VIEWS, expected_rows, minute_of_ms, route_of
 
 REPO = Path(__file__).resolve().parents[2]
 MIGRATIONS = sorted((REPO / "migrations").glob("[0-9]*_*.sql"))
@@ -337,10 +337,12 @@ def recs_of(plan, rows_by_sent=None):
     out = []
     for s in plan:
         r = {"host": s.expect["host"], "upstream": s.expect["upstream"],
-             "final": s.expect["final"], "rule": s.expect["rule"]}
+             "final": s.expect["final"], "rule": s.expect["rule"],
+             "route": route_of(s.expect["path"])}
         if rows_by_sent is not None:   # the row matched the expectation (AnyOf resolved)
             row = rows_by_sent[id(s)]
-            r.update(upstream=row["upstream_code"], start_ms=row["start_ms"])
+            r.update(upstream=row["upstream_code"], start_ms=row["start_ms"],
+                     duration_us=row["duration_us"])
         out.append(r)
     return out
 
@@ -391,9 +393,11 @@ def test_known_mix_every_view(proxy_factory, backend, refused_port, statusproxy_
     assert {"upstream_code": None, "code": 504, "rule": None, "count": 1} in rewrite
     assert {"upstream_code": 999, "code": 502, "rule": None, "count": 1} in rewrite
     assert {"upstream_code": 404, "code": None, "rule": "r", "count": 1} in rewrite
+    pcts = {"p50_ms": ANY_MS, "p95_ms": ANY_MS, "p99_ms": ANY_MS}
     assert report(statusproxy_bin, p.db, "--by", "rule") == [
-        {"rule": "hide", "count": 4}, {"rule": "down", "count": 2},
-        {"rule": "flaky", "count": 2}, {"rule": "mask", "count": 2}, {"rule": "r", "count": 1}]
+        dict(r, **pcts) for r in (
+            {"rule": "hide", "count": 4}, {"rule": "down", "count": 2},
+            {"rule": "flaky", "count": 2}, {"rule": "mask", "count": 2}, {"rule": "r", "count": 1})]
 
     # csv: a header row, then the json rows as text.
     for view in ("host", "rewrite"):
@@ -407,7 +411,7 @@ def test_known_mix_every_view(proxy_factory, backend, refused_port, statusproxy_
     lines = text.splitlines()
     assert lines[0].split()[0].lower() == "host"
     for w, line in zip(expect_view("host", recs), lines[1:]):
-        assert line.split()[:7] == [str(v) for v in w.values()], line
+        assert line.split()[:7] == [str(v) for v in w.values()][:7], line
     text = report(statusproxy_bin, p.db, "--by", "code", fmt="table")
     assert re.search(r"^\s*200\s+OK\s+2xx\s+14\s", text, re.M), text
 
@@ -480,7 +484,8 @@ def test_merge_two_proxy_runs(proxy_factory, backend, refused_port, statusproxy_
     assert_views(statusproxy_bin, [a.db, b.db], recs_a + recs_b, names, "--since", "1h")
     merged = report(statusproxy_bin, [a.db, b.db], "--by", "host", "--host", "shop.*")
     assert merged == [{"host": "shop.example", "count": 9, "1xx": 0, "2xx": 3, "3xx": 2,
-                       "4xx": 2, "5xx": 2}]
+                       "4xx": 2, "5xx": 2, "p50_ms": ANY_MS, "p95_ms": ANY_MS,
+                       "p99_ms": ANY_MS}]
 
 
 # ================================================== records reach the file
@@ -953,7 +958,7 @@ def test_database_from_a_run_reported_after_stop(proxy_factory, backend, statusp
     stop_clean(p)
     assert scalar(p.db, "PRAGMA user_version") == latest()
     want = [{"host": "after.example", "count": 3, "1xx": 0, "2xx": 2, "3xx": 0,
-             "4xx": 0, "5xx": 1}]
+             "4xx": 0, "5xx": 1, "p50_ms": ANY_MS, "p95_ms": ANY_MS, "p99_ms": ANY_MS}]
     assert report(statusproxy_bin, p.db, "--by", "host") == want
     m = cli(statusproxy_bin, "migrate", "--db", p.db)
     assert m.returncode == 0 and m.stdout == "schema version %d\n" % latest(), m.stderr

@@ -48,6 +48,14 @@ def iso(dt):
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (dt.microsecond // 1000)
 
 
+def duration_us(r):
+    """A record's duration, from its own fields (so a subset of records keeps
+    the durations it was fed with): 1 to about 3 ms."""
+    sec = r.start.minute * 60 + r.start.second if isinstance(r.start, datetime) \
+        else r.start // 1000 % 3600
+    return 1000 + sec * 7 + 131 * len(r.host)
+
+
 def feed_lines(records):
     lines = []
     for i, r in enumerate(records):
@@ -57,7 +65,7 @@ def feed_lines(records):
             "-" if r.upstream is None else str(r.upstream),
             "-" if r.final is None else str(r.final),
             r.rule or "-", ("set-status %s" % r.final) if r.rule else "-", r.error or "-",
-            str(1000 + i), "120", "3400"]))
+            str(duration_us(r)), "120", "3400"]))
     return "\n".join(lines) + "\n"
 
 
@@ -137,8 +145,11 @@ def expect(view, recs, names=None):
         if isinstance(start, datetime):
             return start.strftime("%Y-%m-%dT%H:%M:00Z")
         return minute_of_ms(start)
+    # feed_lines gives record i the path /p/i (route /p/{n}).
     return expected_rows(view, [{"host": r.host, "upstream": r.upstream, "final": r.final,
-                                 "rule": r.rule, "minute": minute(r.start)} for r in recs],
+                                 "rule": r.rule, "minute": minute(r.start),
+                                 "route": "/p/{n}", "duration_us": duration_us(r)}
+                                for r in recs],
                          names)
 
 
@@ -199,14 +210,16 @@ def test_default_view_is_code(mixdb, names):
 def test_json_types(mixdb):
     rows = report_json("--db", mixdb, "--by", "code")
     for row in rows:
-        assert list(row) == ["code", "name", "class", "count", "share"]
+        assert list(row) == ["code", "name", "class", "count", "share", "p50_ms", "p95_ms",
+                             "p99_ms"]
         assert row["code"] is None or type(row["code"]) is int
         assert type(row["count"]) is int
         assert 0 <= row["share"] <= 1
     assert abs(sum(r["share"] for r in rows) - 1) < 1e-9
     none = [r for r in rows if r["code"] is None]
-    assert none == [{"code": None, "name": None, "class": None, "count": 3,
-                     "share": 3 / len(MIX)}]
+    assert [{k: v for k, v in r.items() if not k.endswith("_ms")} for r in none] == \
+        [{"code": None, "name": None, "class": None, "count": 3, "share": 3 / len(MIX)}]
+    assert all(type(r[p]) is float for r in rows for p in ("p50_ms", "p95_ms", "p99_ms"))
     rewrite = report_json("--db", mixdb, "--by", "rewrite")
     assert {"upstream_code": 999, "code": 502, "rule": None, "count": 1} in rewrite
     assert {"upstream_code": None, "code": 502, "rule": None, "count": 2} in rewrite
@@ -240,13 +253,15 @@ def test_csv_quotes_fields(work):
     feed(db, [Rec(at(0), "h.example", 500, 503, 'say "no", twice', None)])
     rows = list(csv.reader(io.StringIO(report("--db", db, "--by", "rule", "--format", "csv"),
                                        newline="")))
-    assert rows == [["rule", "count"], ['say "no", twice', "1"]]
+    assert [r[:2] for r in rows] == [["rule", "count"], ['say "no", twice', "1"]]
+    assert rows[0][2:] == ["p50_ms", "p95_ms", "p99_ms"]
 
 
 def test_table_code_view(mixdb, names):
     text = report("--db", mixdb, "--by", "code")
     lines = text.splitlines()
-    assert re.match(r"^CODE\s+NAME\s+CLASS\s+COUNT\s+SHARE$", lines[0])
+    assert re.match(r"^CODE\s+NAME\s+CLASS\s+COUNT\s+SHARE\s+P50_MS\s+P95_MS\s+P99_MS$",
+                    lines[0])
     want = expect("code", MIX, names)
     count_ends = set()
     for w, line in zip(want, lines[1:]):
@@ -348,7 +363,9 @@ def test_merge_databases(mixdb, split_dbs, names, work):
         assert report_json("--db", a, "--db", b, "--by", view) == expect(view, MIX, names)
     # The same file twice counts twice: merging sums.
     doubled = report_json("--db", mixdb, "--db", mixdb, "--by", "host")
-    assert doubled == [dict(r, **{k: v * 2 for k, v in r.items() if k != "host"})
+    # (Percentiles of the same durations twice are the same.)
+    assert doubled == [dict(r, **{k: v * 2 for k, v in r.items()
+                                  if k != "host" and not k.endswith("_ms")})
                        for r in expect("host", MIX)]
     # One bad file fails the whole report.
     p = run("report", "--db", a, "--db", work / "absent.db")
@@ -383,9 +400,11 @@ def test_dropped_records_shown(work):
     assert "%d exchanges, %d records dropped" % (kept, dropped) in table
     page = report("--db", db, "--format", "html")
     assert 'data-dropped="%d"' % dropped in page
-    # The JSON rows keep their fixed fields only.
-    assert report_json("--db", db) == [{"code": 200, "name": "OK", "class": "2xx",
-                                        "count": kept, "share": 1}]
+    # The JSON rows keep their fixed fields only (§6, and §11's percentiles).
+    rows = report_json("--db", db)
+    assert [{k: v for k, v in r.items() if not k.endswith("_ms")} for r in rows] == \
+        [{"code": 200, "name": "OK", "class": "2xx", "count": kept, "share": 1}]
+    assert all(type(rows[0][k]) is float for k in ("p50_ms", "p95_ms", "p99_ms"))
 
 
 def test_locked_database_loses_nothing(work):
@@ -513,7 +532,8 @@ def test_html_renders_in_headless_chromium(mixdb, work):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     dom = parse_page(p.stdout)
-    assert dom.tags["svg"] == 1
+    # One chart of classes, and one small latency chart per top route (§11).
+    assert dom.tags["svg"] == 1 + min(10, len(expect("route", MIX)))
     assert "by-code" in dom.tables and len(dom.tables["by-code"]) > 1
     present = sorted(k for k in Counter(klass(r.final) for r in MIX) if k)
     assert series_classes(dom) == present, "one series per class present"
@@ -523,7 +543,8 @@ def test_html_renders_in_headless_chromium(mixdb, work):
 def test_html_empty_range(mixdb):
     page = parse_page(report("--db", mixdb, "--format", "html", "--until", "2020-01-01"))
     assert series_classes(page) == []
-    assert page.tables["by-code"] == [["code", "name", "class", "count", "share"]]
+    assert page.tables["by-code"] == [["code", "name", "class", "count", "share", "p50_ms",
+                                       "p95_ms", "p99_ms"]]
 
 
 # --------------------------------------------------------- migrations

@@ -9,7 +9,7 @@
  *
  * One record per line, fields separated by tabs; '#' starts a comment line:
  *   start client method host path upstream_code final_code
- *         [rule action error duration_us bytes_in bytes_out]
+ *         [rule action error duration_us bytes_in bytes_out retry_after_ms]
  * start is Unix milliseconds or an ISO 8601 UTC time; a code, rule, action or
  * error that is empty or "-" is absent. By default the tool waits for the
  * writer whenever the queue could overflow, so nothing is lost; --no-wait
@@ -27,7 +27,7 @@
 #include "util.h"
 
 #define BATCH 256
-#define MAX_FIELDS 13
+#define MAX_FIELDS 14
 
 static int parse_code(const char *s, int *out)
 {
@@ -110,12 +110,14 @@ static int parse_record(char *line, int64_t now_ms, struct audit_record *r, cons
     copy_field(r->action, sizeof r->action, f[8]);
     copy_field(r->error, sizeof r->error, f[9]);
     uint64_t dur;
+    uint64_t retry_after = 0;
     if (parse_u64(f[10], &dur) || parse_u64(f[11], &r->bytes_in) ||
-        parse_u64(f[12], &r->bytes_out)) {
-        *why = "duration_us, bytes_in, bytes_out: expected numbers";
+        parse_u64(f[12], &r->bytes_out) || parse_u64(f[13], &retry_after)) {
+        *why = "duration_us, bytes_in, bytes_out, retry_after_ms: expected numbers";
         return -1;
     }
     r->duration_us = (int64_t)dur;
+    r->retry_after_ms = (int64_t)retry_after;
     return 0;
 }
 

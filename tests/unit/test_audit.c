@@ -77,7 +77,7 @@ static long long wait_for(const char *path, const char *sql, long long want, uns
 static struct audit *open_audit(const char *path, enum audit_mode mode, uint64_t retain_ms,
                                 size_t queue_limit)
 {
-    struct audit_config cfg = {path, mode, retain_ms, queue_limit};
+    struct audit_config cfg = {path, mode, retain_ms, queue_limit, NULL, 0};
     char err[256] = "";
     struct audit *a = audit_open(&cfg, err, sizeof err);
     if (!a)
@@ -668,7 +668,7 @@ static void test_open_refuses_unusable_database(void)
     for (int i = 0; i < 100; i++)
         fputs("this is a text file, not a database\n", f);
     fclose(f);
-    struct audit_config cfg = {path, AUDIT_LOG_ALL, 0, 0};
+    struct audit_config cfg = {path, AUDIT_LOG_ALL, 0, 0, NULL, 0};
     char err[256] = "";
     CHECK(audit_open(&cfg, err, sizeof err) == NULL);
     CHECK(strstr(err, "not a statusproxy database") != NULL);

@@ -200,8 +200,24 @@ static void test_grammar(void)
     }
 }
 
+static void test_retry_after(void)
+{
+    const char *h1 = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                     "retry-after:  120\r\n\r\n";
+    CHECK_INT(http_retry_after_ms(h1, strlen(h1)), 120000);
+    const char *h2 = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: Wed, 21 Oct 2026 07:28:00 GMT"
+                     "\r\n\r\n";
+    CHECK_INT(http_retry_after_ms(h2, strlen(h2)), 0);  /* an HTTP-date: not interpreted */
+    const char *h3 = "HTTP/1.1 503 x\r\nX-Retry-After: 5\r\n\r\n";
+    CHECK_INT(http_retry_after_ms(h3, strlen(h3)), 0);  /* another field */
+    const char *h4 = "HTTP/1.1 503 x\r\nRetry-After: 7";
+    CHECK_INT(http_retry_after_ms(h4, strlen(h4)), 7000);
+    CHECK_INT(http_retry_after_ms(h4, strlen(h4) - 1), 0); /* cut before the value */
+}
+
 int main(void)
 {
+    RUN(test_retry_after);
     RUN(test_pieces_join_and_trim);
     RUN(test_empty_value);
     RUN(test_limit);

@@ -260,8 +260,88 @@ static void test_table_aligned_with_bars_and_footer(void)
     report_result_free(&r);
 }
 
+static void test_assert_parse_good(void)
+{
+    struct report_assert a;
+    char err[256];
+    CHECK_INT(report_assert_parse("5xx < 1%", &a, err, sizeof err), 0);
+    CHECK_INT(a.what, REPORT_ASSERT_CLASS);
+    CHECK_INT(a.arg, 5);
+    CHECK_INT(a.op, REPORT_LT);
+    CHECK_INT(a.unit, REPORT_UNIT_PERCENT);
+    CHECK(a.value == 1);
+    CHECK_INT(report_assert_parse("p99<=500ms", &a, err, sizeof err), 0);
+    CHECK_INT(a.what, REPORT_ASSERT_P99);
+    CHECK_INT(a.op, REPORT_LE);
+    CHECK_INT(a.unit, REPORT_UNIT_MS);
+    CHECK(a.value == 500);
+    CHECK_INT(report_assert_parse("p50 > 2s", &a, err, sizeof err), 0);
+    CHECK(a.value == 2000);
+    CHECK_INT(a.op, REPORT_GT);
+    CHECK_INT(report_assert_parse("code 503 == 0", &a, err, sizeof err), 0);
+    CHECK_INT(a.what, REPORT_ASSERT_CODE);
+    CHECK_INT(a.arg, 503);
+    CHECK_INT(a.op, REPORT_EQ);
+    CHECK_INT(a.unit, REPORT_UNIT_COUNT);
+    CHECK_INT(report_assert_parse("  errors >= 0.5 %", &a, err, sizeof err), 0);
+    CHECK_INT(a.what, REPORT_ASSERT_ERRORS);
+    CHECK_INT(a.op, REPORT_GE);
+    CHECK(a.value == 0.5);
+    CHECK_INT(report_assert_parse("count > 100", &a, err, sizeof err), 0);
+    CHECK_INT(a.what, REPORT_ASSERT_COUNT);
+    CHECK_INT(report_assert_parse("p95 < 250ms", &a, err, sizeof err), 0);
+    CHECK_INT(a.what, REPORT_ASSERT_P95);
+    CHECK_STR(a.expr, "p95 < 250ms");
+}
+
+static void test_assert_parse_bad_names_the_expression(void)
+{
+    static const char *const bad[] = {
+        "", "5xx", "5xx <", "5xx < ", "6xx < 1", "5xx <> 1", "5xx = 1", "5xx < x",
+        "5xx < 1ms",     /* a duration for a count */
+        "p99 < 5",       /* a percentile needs a duration */
+        "p99 < 5%", "count < 5%", "code 50 == 1", "code 5000 == 1", "code abc == 1",
+        "latency < 5ms", "5xx < 1% extra", "5xx < -1",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct report_assert a;
+        char err[256] = "";
+        int rc = report_assert_parse(bad[i], &a, err, sizeof err);
+        if (rc != -1 || !strstr(err, "--assert") || !strstr(err, bad[i])) {
+            fprintf(stderr, "  expression '%s': rc %d, err '%s'\n", bad[i], rc, err);
+            CHECK(rc == -1 && strstr(err, bad[i]));
+        }
+    }
+}
+
+static void test_flags_deep(void)
+{
+    struct report_options o;
+    char err[256];
+    char *argv[] = {"--db", "a.db", "--by", "route", "--route", "/users/*", "--baseline",
+                    "b.db", "--baseline", "c.db", "--assert", "5xx < 1%"};
+    CHECK_INT(report_parse_args(12, argv, 1000000, &o, err, sizeof err), 0);
+    CHECK_INT(o.view, REPORT_BY_ROUTE);
+    CHECK_STR(o.route_glob, "/users/*");
+    CHECK_INT(o.nbaselines, 2);
+    CHECK_STR(o.baselines[1], "c.db");
+    CHECK_INT(o.nasserts, 1);
+    report_options_free(&o);
+    char *bad[] = {"--db", "a.db", "--assert", "nonsense"};
+    CHECK_INT(report_parse_args(4, bad, 1000000, &o, err, sizeof err), -1);
+    CHECK(strstr(err, "nonsense") != NULL);
+    char *half[] = {"--db", "a.db", "--baseline-since", "1h"};
+    CHECK_INT(report_parse_args(4, half, 10000000, &o, err, sizeof err), -1);
+    CHECK(strstr(err, "--baseline-until") != NULL);
+    char *retry[] = {"--db", "a.db", "--by", "retry", "--baseline", "b.db"};
+    CHECK_INT(report_parse_args(6, retry, 10000000, &o, err, sizeof err), -1);
+}
+
 int main(void)
 {
+    RUN(test_assert_parse_good);
+    RUN(test_assert_parse_bad_names_the_expression);
+    RUN(test_flags_deep);
     RUN(test_times_iso);
     RUN(test_times_durations);
     RUN(test_times_invalid);
