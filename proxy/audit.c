@@ -665,9 +665,12 @@ static int flush_minutes(struct audit *a)
 /* Sum the batches per aggregate key in a hash table kept from one
  * transaction to the next (a busy minute has a handful of distinct keys
  * however many exchanges it saw), then upsert one minute_stats row per key.
- * Routes beyond the per-host cap count as {other}. */
-static int write_minutes(struct audit *a, const struct audit_batch *list)
+ * Routes beyond the per-host cap count as {other}. The cap's counts (for
+ * /stats) grow once per record: not again when a failed transaction is
+ * retried (*COUNTED is then set). */
+static int write_minutes(struct audit *a, const struct audit_batch *list, int *counted)
 {
+    uint64_t once = *counted ? 0 : 1;
     size_t i = 0;
     pthread_mutex_lock(&a->cap_mu);
     for (const struct audit_batch *b = list; b; b = b->next) {
@@ -677,7 +680,7 @@ static int write_minutes(struct audit *a, const struct audit_batch *list)
             const char *route = a->routes + a->route_at[2 * i];
             size_t rlen = a->route_at[2 * i + 1];
             const char *host = p->text + p->len[T_CLIENT] + p->len[T_METHOD];
-            if (!route_cap_admit(a->cap, host, p->len[T_HOST], route, rlen)) {
+            if (!route_cap_admit(a->cap, host, p->len[T_HOST], route, rlen, once)) {
                 route = ROUTE_OTHER;
                 rlen = strlen(ROUTE_OTHER);
             }
@@ -690,12 +693,13 @@ static int write_minutes(struct audit *a, const struct audit_batch *list)
         }
     }
     pthread_mutex_unlock(&a->cap_mu);
+    *counted = 1;
     return flush_minutes(a);
 }
 
 /* One transaction for the whole list: all of it or (rolled back) none. */
-static int try_write(struct audit *a, const struct audit_batch *list, uint64_t drops, char *err,
-                     size_t errlen)
+static int try_write(struct audit *a, const struct audit_batch *list, uint64_t drops,
+                     int *counted, char *err, size_t errlen)
 {
     if (run(a->begin) != 0)
         goto fail;
@@ -707,7 +711,7 @@ static int try_write(struct audit *a, const struct audit_batch *list, uint64_t d
         if (rc != 0)
             goto fail;
     }
-    if (write_minutes(a, list) != 0)
+    if (write_minutes(a, list, counted) != 0)
         goto fail;
     if (drops) {
         sqlite3_bind_int64(a->add_dropped, 1, minute_of(time_now_ms()));
@@ -784,9 +788,10 @@ static void write_batch(struct audit *a, const struct audit_batch *list, size_t 
 {
     unsigned wait_ms = RETRY_FIRST_MS;
     uint64_t stop_seen_us = 0;
+    int counted = 0;
     for (;;) {
         char err[256];
-        if (try_write(a, list, drops, err, sizeof err) == 0) {
+        if (try_write(a, list, drops, &counted, err, sizeof err) == 0) {
             set_error(a, "");
             break;
         }
@@ -940,7 +945,7 @@ struct audit *audit_open(const struct audit_config *cfg, char *err, size_t errle
     a->wake_at = a->limit >= 2 * WAKE_BATCH ? WAKE_BATCH : (a->limit + 1) / 2;
     a->tail = &a->head;
     a->patterns = cfg->routes;
-    a->cap = route_cap_new(cfg->max_routes);
+    a->cap = route_cap_new(cfg->max_routes, 0);
     pthread_mutex_init(&a->cap_mu, NULL);
     a->hist_buf = xmalloc(HIST_MAX_ENCODED);
     atomic_init(&a->dropped, 0);

@@ -122,9 +122,11 @@ int hist_decode_add(struct hist *h, const uint8_t *p, size_t len)
         uint64_t step, count;
         if (get_varint(&p, end, &step) || get_varint(&p, end, &count))
             return -1;
-        index += step;
-        if (index >= HIST_BUCKETS)
+        /* Compared before adding: a huge step must not wrap the index
+         * around to a bucket that looks valid. */
+        if (step >= HIST_BUCKETS - index)
             return -1;
+        index += step;
         h->counts[index] += count;
         h->total += count;
     }

@@ -1428,21 +1428,18 @@ static void write_result(const struct report_result *r, enum report_format f, st
     }
 }
 
-/* --by retry: raw rows of every --db, in the order written. */
+/* --by retry: raw rows of every --db, merged by time. */
 static int run_retry(const struct report_options *o, struct sbuf *out, char *err, size_t errlen)
 {
     struct report_retry *rt = report_retry_new();
+    sqlite3 **srcs = xcalloc(o->ndbs + 1, sizeof *srcs);
     uint64_t raw = 0;
     int rc = -1;
-    for (size_t i = 0; i < o->ndbs; i++) {
-        sqlite3 *src = open_source(o->dbs[i], err, errlen);
-        if (!src)
+    for (size_t i = 0; i < o->ndbs; i++)
+        if (!(srcs[i] = open_source(o->dbs[i], err, errlen)))
             goto out;
-        int r = report_retry_scan(rt, src, o, &raw, err, errlen);
-        db_close(src);
-        if (r != 0)
-            goto out;
-    }
+    if (report_retry_scan(rt, srcs, o->ndbs, o, &raw, err, errlen) != 0)
+        goto out;
     if (raw == 0) {
         snprintf(err, errlen,
                  "--by retry: %s no raw rows (written with --log-exchanges none?); "
@@ -1456,6 +1453,9 @@ static int run_retry(const struct report_options *o, struct sbuf *out, char *err
     report_result_free(&r);
     rc = 0;
 out:
+    for (size_t i = 0; i < o->ndbs; i++)
+        db_close(srcs[i]);
+    free(srcs);
     report_retry_free(rt);
     return rc;
 }

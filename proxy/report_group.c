@@ -2,8 +2,8 @@
  * report_group — in-memory GROUP BY for reports (see report_group.h).
  *
  * A key is its values serialized back to back: a type byte, then 8 bytes
- * of an integer or a 4-byte length and the text. Groups live in an array;
- * an open-addressing index over it finds them by hash.
+ * of an integer or a 4-byte length and the text. Keys are numbered by
+ * report_keys; the sums live in an array by that number.
  */
 #include "report_group.h"
 
@@ -12,53 +12,43 @@
 #include <string.h>
 
 #include "histogram.h"
+#include "report_keys.h"
 #include "util.h"
 
 #define MAX_KEY_TEXT 4096
 
 enum { K_NULL, K_INT, K_TEXT };
 
+/* The sums of one group, indexed by its key's number in keys. */
 struct group {
-    char *key;
-    size_t klen;
-    uint64_t hash;
     int64_t count;
     struct hist *hist;          /* NULL until a row brings one */
 };
 
 struct report_group {
+    struct report_keys *keys;
     struct group *groups;
-    size_t n, cap;
-    uint32_t *index;            /* 0: free; else group position + 1 */
-    size_t index_cap;
+    size_t cap;
     struct sbuf key;            /* the key being built */
 };
 
 struct report_group *report_group_new(void)
 {
-    return xcalloc(1, sizeof(struct report_group));
+    struct report_group *g = xcalloc(1, sizeof(struct report_group));
+    g->keys = report_keys_new();
+    return g;
 }
 
 void report_group_free(struct report_group *g)
 {
     if (!g)
         return;
-    for (size_t i = 0; i < g->n; i++) {
-        free(g->groups[i].key);
+    for (size_t i = 0; i < report_keys_count(g->keys); i++)
         free(g->groups[i].hist);
-    }
+    report_keys_free(g->keys);
     free(g->groups);
-    free(g->index);
     sbuf_free(&g->key);
     free(g);
-}
-
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-    return h ^ (h >> 31);
 }
 
 static void build_key(struct sbuf *k, sqlite3_stmt *st, int nkey)
@@ -88,47 +78,19 @@ static void build_key(struct sbuf *k, sqlite3_stmt *st, int nkey)
     }
 }
 
-static void index_grow(struct report_group *g)
-{
-    size_t cap = g->index_cap ? g->index_cap * 2 : 256;
-    uint32_t *idx = xcalloc(cap, sizeof *idx);
-    for (size_t i = 0; i < g->n; i++) {
-        size_t j = g->groups[i].hash & (cap - 1);
-        while (idx[j])
-            j = (j + 1) & (cap - 1);
-        idx[j] = (uint32_t)i + 1;
-    }
-    free(g->index);
-    g->index = idx;
-    g->index_cap = cap;
-}
-
-static struct group *find(struct report_group *g, const char *key, size_t klen)
-{
-    if ((g->n + 1) * 2 > g->index_cap)
-        index_grow(g);
-    uint64_t h = hash_bytes(key, klen);
-    size_t j = h & (g->index_cap - 1);
-    for (; g->index[j]; j = (j + 1) & (g->index_cap - 1)) {
-        struct group *e = &g->groups[g->index[j] - 1];
-        if (e->hash == h && e->klen == klen && memcmp(e->key, key, klen) == 0)
-            return e;
-    }
-    if (g->n == g->cap) {
-        g->cap = g->cap ? g->cap * 2 : 256;
-        g->groups = xrealloc(g->groups, g->cap * sizeof *g->groups);
-    }
-    struct group *e = &g->groups[g->n];
-    *e = (struct group){.key = xmalloc(klen + 1), .klen = klen, .hash = h};
-    memcpy(e->key, key, klen);
-    g->index[j] = (uint32_t)++g->n;
-    return e;
-}
-
 void report_group_add(struct report_group *g, sqlite3_stmt *st, int nkey)
 {
     build_key(&g->key, st, nkey);
-    struct group *e = find(g, g->key.data, g->key.len);
+    size_t before = report_keys_count(g->keys);
+    size_t i = (size_t)report_keys_find(g->keys, g->key.data, g->key.len, 1);
+    if (i == before) { /* a new group */
+        if (i == g->cap) {
+            g->cap = g->cap ? g->cap * 2 : 256;
+            g->groups = xrealloc(g->groups, g->cap * sizeof *g->groups);
+        }
+        g->groups[i] = (struct group){0};
+    }
+    struct group *e = &g->groups[i];
     e->count += sqlite3_column_int64(st, nkey);
     if (sqlite3_column_type(st, nkey + 1) != SQLITE_BLOB)
         return;
@@ -166,9 +128,10 @@ int report_group_flush(const struct report_group *g, sqlite3_stmt *ins, int nkey
 {
     uint8_t *buf = xmalloc(HIST_MAX_ENCODED);
     int rc = 0;
-    for (size_t i = 0; i < g->n && rc == 0; i++) {
+    for (size_t i = 0; i < report_keys_count(g->keys) && rc == 0; i++) {
         const struct group *e = &g->groups[i];
-        bind_key(ins, e->key, nkey);
+        size_t klen;
+        bind_key(ins, report_keys_get(g->keys, i, &klen), nkey);
         sqlite3_bind_int64(ins, nkey + 2, e->count);
         if (e->hist && e->hist->total)
             sqlite3_bind_blob(ins, nkey + 3, buf, (int)hist_encode(e->hist, buf, HIST_MAX_ENCODED),

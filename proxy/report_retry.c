@@ -13,12 +13,11 @@
 #include <string.h>
 
 #include "db.h"
+#include "report_keys.h"
 #include "util.h"
 
+/* The state of one key, indexed by the key's number in keys. */
 struct retry_key {
-    char *key;              /* client '\0' method '\0' host '\0' route */
-    size_t klen;
-    uint64_t hash;
     int64_t failures, retries, premature;
     int64_t min_gap_ms;     /* -1: no retry yet */
     int64_t fail_end_ms;    /* the last failure's end */
@@ -27,75 +26,43 @@ struct retry_key {
 };
 
 struct report_retry {
-    struct retry_key *keys;
-    size_t n, cap;
-    uint32_t *index;        /* open addressing over keys; 0: free, else position + 1 */
-    size_t index_cap;
+    struct report_keys *keys; /* client '\0' method '\0' host '\0' route */
+    struct retry_key *state;
+    size_t cap;
     uint64_t scanned;       /* raw rows read: the footer's exchange count */
 };
 
 struct report_retry *report_retry_new(void)
 {
-    return xcalloc(1, sizeof(struct report_retry));
+    struct report_retry *rt = xcalloc(1, sizeof(struct report_retry));
+    rt->keys = report_keys_new();
+    return rt;
 }
 
 void report_retry_free(struct report_retry *rt)
 {
     if (!rt)
         return;
-    for (size_t i = 0; i < rt->n; i++)
-        free(rt->keys[i].key);
-    free(rt->keys);
-    free(rt->index);
+    report_keys_free(rt->keys);
+    free(rt->state);
     free(rt);
-}
-
-static uint64_t hash_key(const char *s, size_t n)
-{
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-    return h;
-}
-
-static void index_grow(struct report_retry *rt)
-{
-    size_t cap = rt->index_cap ? rt->index_cap * 2 : 1024;
-    uint32_t *idx = xcalloc(cap, sizeof *idx);
-    for (size_t i = 0; i < rt->n; i++) {
-        size_t j = rt->keys[i].hash & (cap - 1);
-        while (idx[j])
-            j = (j + 1) & (cap - 1);
-        idx[j] = (uint32_t)i + 1;
-    }
-    free(rt->index);
-    rt->index = idx;
-    rt->index_cap = cap;
 }
 
 /* The state of KEY[0..n), or NULL; added when ADD. */
 static struct retry_key *lookup(struct report_retry *rt, const char *key, size_t n, int add)
 {
-    if ((rt->n + 1) * 2 > rt->index_cap)
-        index_grow(rt);
-    uint64_t h = hash_key(key, n);
-    size_t j = h & (rt->index_cap - 1);
-    for (; rt->index[j]; j = (j + 1) & (rt->index_cap - 1)) {
-        struct retry_key *k = &rt->keys[rt->index[j] - 1];
-        if (k->hash == h && k->klen == n && memcmp(k->key, key, n) == 0)
-            return k;
-    }
-    if (!add)
+    size_t before = report_keys_count(rt->keys);
+    long i = report_keys_find(rt->keys, key, n, add);
+    if (i < 0)
         return NULL;
-    if (rt->n == rt->cap) {
-        rt->cap = rt->cap ? rt->cap * 2 : 256;
-        rt->keys = xrealloc(rt->keys, rt->cap * sizeof *rt->keys);
+    if ((size_t)i == before) { /* a new key */
+        if (before == rt->cap) {
+            rt->cap = rt->cap ? rt->cap * 2 : 256;
+            rt->state = xrealloc(rt->state, rt->cap * sizeof *rt->state);
+        }
+        rt->state[i] = (struct retry_key){.min_gap_ms = -1};
     }
-    struct retry_key *k = &rt->keys[rt->n];
-    *k = (struct retry_key){.key = xmalloc(n), .klen = n, .hash = h, .min_gap_ms = -1};
-    memcpy(k->key, key, n);
-    rt->index[j] = (uint32_t)++rt->n;
-    return k;
+    return &rt->state[i];
 }
 
 /* One raw row of KEY: starting at START, ending at END, answered CODE
@@ -137,8 +104,9 @@ static int has_raw_rows(sqlite3 *src)
     return any;
 }
 
-int report_retry_scan(struct report_retry *rt, sqlite3 *src, const struct report_options *o,
-                      uint64_t *raw, char *err, size_t errlen)
+/* Prepare the raw-row query of SRC in O's range and filters into *ST. */
+static int prepare_scan(sqlite3 *src, const struct report_options *o, sqlite3_stmt **st,
+                        char *err, size_t errlen)
 {
     char sql[640], route_filter[80] = "";
     /* Files older than schema 4 have no route nor Retry-After columns. */
@@ -151,47 +119,94 @@ int report_retry_scan(struct report_retry *rt, sqlite3 *src, const struct report
              " %s FROM exchanges WHERE start_ms >= ?1 AND start_ms < ?2%s%s ORDER BY id",
              route, v4 ? "coalesce(retry_after_ms, 0)" : "0",
              o->host_glob ? " AND sp_glob(?3, host)" : "", route_filter);
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(src, sql, -1, &st, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(src, sql, -1, st, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "retry query: %s", sqlite3_errmsg(src));
         return -1;
     }
-    *raw += (uint64_t)has_raw_rows(src);
-    sqlite3_bind_int64(st, 1, o->since_ms);
-    sqlite3_bind_int64(st, 2, o->until_ms);
+    sqlite3_bind_int64(*st, 1, o->since_ms);
+    sqlite3_bind_int64(*st, 2, o->until_ms);
     if (o->host_glob)
-        sqlite3_bind_text(st, 3, o->host_glob, -1, SQLITE_STATIC);
+        sqlite3_bind_text(*st, 3, o->host_glob, -1, SQLITE_STATIC);
     if (o->route_glob)
-        sqlite3_bind_text(st, 4, o->route_glob, -1, SQLITE_STATIC);
-    struct sbuf key = {0};
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        rt->scanned++;
-        sbuf_reset(&key);
-        for (int c = 0; c < 4; c++) {
-            sbuf_append(&key, (const char *)sqlite3_column_text(st, c),
-                        (size_t)sqlite3_column_bytes(st, c));
-            if (c < 3)
-                sbuf_putc(&key, '\0');
+        sqlite3_bind_text(*st, 4, o->route_glob, -1, SQLITE_STATIC);
+    return 0;
+}
+
+/* Feed the current row of ST to RT. */
+static void observe_row(struct report_retry *rt, sqlite3_stmt *st, struct sbuf *key)
+{
+    rt->scanned++;
+    sbuf_reset(key);
+    for (int c = 0; c < 4; c++) {
+        sbuf_append(key, (const char *)sqlite3_column_text(st, c),
+                    (size_t)sqlite3_column_bytes(st, c));
+        if (c < 3)
+            sbuf_putc(key, '\0');
+    }
+    int64_t start = sqlite3_column_int64(st, 4);
+    int64_t end = start + sqlite3_column_int64(st, 5) / 1000;
+    observe(rt, key->data, key->len, start, end, sqlite3_column_int(st, 6),
+            sqlite3_column_int64(st, 7));
+}
+
+/* Several files may hold the same period (one per proxy): their rows are
+ * merged by start time, each file read in the order written, so a failure
+ * seen by one proxy and its retry seen by another count as they happened. */
+int report_retry_scan(struct report_retry *rt, sqlite3 *const *srcs, size_t n,
+                      const struct report_options *o, uint64_t *raw, char *err, size_t errlen)
+{
+    sqlite3_stmt **st = xcalloc(n + 1, sizeof *st);
+    int *live = xcalloc(n + 1, sizeof *live);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        rc = prepare_scan(srcs[i], o, &st[i], err, errlen);
+        *raw += rc == 0 ? (uint64_t)has_raw_rows(srcs[i]) : 0;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        int s = sqlite3_step(st[i]);
+        live[i] = s == SQLITE_ROW;
+        if (s != SQLITE_ROW && s != SQLITE_DONE) {
+            snprintf(err, errlen, "retry query: %s", sqlite3_errmsg(srcs[i]));
+            rc = -1;
         }
-        int64_t start = sqlite3_column_int64(st, 4);
-        int64_t end = start + sqlite3_column_int64(st, 5) / 1000;
-        observe(rt, key.data, key.len, start, end, sqlite3_column_int(st, 6),
-                sqlite3_column_int64(st, 7));
+    }
+    struct sbuf key = {0};
+    while (rc == 0) {
+        size_t next = n;    /* the file whose next row starts first */
+        for (size_t i = 0; i < n; i++)
+            if (live[i] && (next == n || sqlite3_column_int64(st[i], 4) <
+                                             sqlite3_column_int64(st[next], 4)))
+                next = i;
+        if (next == n)
+            break;
+        observe_row(rt, st[next], &key);
+        int s = sqlite3_step(st[next]);
+        live[next] = s == SQLITE_ROW;
+        if (s != SQLITE_ROW && s != SQLITE_DONE) {
+            snprintf(err, errlen, "retry query: %s", sqlite3_errmsg(srcs[next]));
+            rc = -1;
+        }
     }
     sbuf_free(&key);
-    if (rc != SQLITE_DONE)
-        snprintf(err, errlen, "retry query: %s", sqlite3_errmsg(src));
-    sqlite3_finalize(st);
-    return rc == SQLITE_DONE ? 0 : -1;
+    for (size_t i = 0; i < n; i++)
+        sqlite3_finalize(st[i]);
+    free(st);
+    free(live);
+    return rc;
 }
+
+/* Key order for the result: most failures first, then the key's bytes. */
+struct ranked {
+    const struct retry_key *k;
+    const char *key;
+    size_t klen;
+};
 
 static int by_failures(const void *a, const void *b)
 {
-    const struct retry_key *x = *(const struct retry_key *const *)a;
-    const struct retry_key *y = *(const struct retry_key *const *)b;
-    if (x->failures != y->failures)
-        return x->failures > y->failures ? -1 : 1;
+    const struct ranked *x = a, *y = b;
+    if (x->k->failures != y->k->failures)
+        return x->k->failures > y->k->failures ? -1 : 1;
     size_t n = x->klen < y->klen ? x->klen : y->klen;
     int c = memcmp(x->key, y->key, n);
     return c ? c : (x->klen > y->klen) - (x->klen < y->klen);
@@ -216,16 +231,19 @@ void report_retry_result(const struct report_retry *rt, size_t top, struct repor
     out->cols = xcalloc(out->ncols, sizeof *out->cols);
     for (size_t c = 0; c < out->ncols; c++)
         out->cols[c] = xstrdup(cols[c]);
-    const struct retry_key **order = xcalloc(rt->n + 1, sizeof *order);
-    for (size_t i = 0; i < rt->n; i++)
-        order[i] = &rt->keys[i];
-    qsort(order, rt->n, sizeof *order, by_failures);
-    out->nrows = top && top < rt->n ? top : rt->n;
+    size_t n = report_keys_count(rt->keys);
+    struct ranked *order = xcalloc(n + 1, sizeof *order);
+    for (size_t i = 0; i < n; i++) {
+        order[i].k = &rt->state[i];
+        order[i].key = report_keys_get(rt->keys, i, &order[i].klen);
+    }
+    qsort(order, n, sizeof *order, by_failures);
+    out->nrows = top && top < n ? top : n;
     out->cells = xcalloc(out->nrows * out->ncols + 1, sizeof *out->cells);
     for (size_t i = 0; i < out->nrows; i++) {
-        const struct retry_key *k = order[i];
+        const struct retry_key *k = order[i].k;
         struct report_value *row = &out->cells[i * out->ncols];
-        const char *p = k->key, *end = k->key + k->klen;
+        const char *p = order[i].key, *end = order[i].key + order[i].klen;
         for (int c = 0; c < 4; c++) {
             const char *z = c < 3 ? memchr(p, '\0', (size_t)(end - p)) : end;
             row[c] = text_value(p, (size_t)(z - p));

@@ -5,9 +5,9 @@
  * or 5xx: failures, retries (requests of the key within 5 minutes after a
  * failure ended), premature (retries sent before that failure's Retry-After
  * allowed), min_gap_ms (shortest failure-to-retry gap), recovered (a 2xx or
- * 3xx came after the last failure). Rows are scanned in the order written,
- * which is time order within one file; several files are read one after
- * the other, so they should hold different periods.
+ * 3xx came after the last failure). Each file's rows are read in the order
+ * written; several files (one per proxy, maybe of the same period) are
+ * merged by the rows' start times.
  */
 #ifndef STATUSPROXY_REPORT_RETRY_H
 #define STATUSPROXY_REPORT_RETRY_H
@@ -22,11 +22,11 @@
 struct report_retry;
 
 struct report_retry *report_retry_new(void);
-/* Read SRC's raw rows in O's range and filters (SRC has the sp_glob SQL
- * function); *RAW grows by the raw rows SRC holds at all. Returns 0 or -1
- * with a message in ERR. */
-int report_retry_scan(struct report_retry *rt, sqlite3 *src, const struct report_options *o,
-                      uint64_t *raw, char *err, size_t errlen);
+/* Read the raw rows of SRCS[0..n) in O's range and filters, merged by start
+ * time (each has the sp_glob SQL function); *RAW grows by how many of them
+ * hold raw rows at all. Returns 0 or -1 with a message in ERR. */
+int report_retry_scan(struct report_retry *rt, sqlite3 *const *srcs, size_t n,
+                      const struct report_options *o, uint64_t *raw, char *err, size_t errlen);
 /* The rows, sorted by failures (most first), then the key; TOP: 0 for all. */
 void report_retry_result(const struct report_retry *rt, size_t top, struct report_result *out);
 void report_retry_free(struct report_retry *rt);

@@ -189,7 +189,7 @@ struct host_count {
 };
 
 struct route_cap {
-    size_t max;
+    size_t max, total;
     struct cap_entry *set;
     size_t set_cap, set_n;
     struct host_count *hosts;
@@ -203,10 +203,11 @@ static uint64_t fnv(uint64_t h, const char *s, size_t n)
     return h;
 }
 
-struct route_cap *route_cap_new(size_t max)
+struct route_cap *route_cap_new(size_t max, size_t total)
 {
     struct route_cap *c = xcalloc(1, sizeof *c);
     c->max = max ? max : ROUTE_DEFAULT_MAX;
+    c->total = total ? total : ROUTE_DEFAULT_TOTAL;
     return c;
 }
 
@@ -284,10 +285,17 @@ static struct cap_entry *entry(struct route_cap *c, const char *host, size_t hle
 }
 
 int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const char *route,
-                    size_t rlen)
+                    size_t rlen, uint64_t n)
 {
     struct cap_entry *e = entry(c, host, hlen, route, rlen, 0);
     int kept = 1;
+    if (!e && c->set_n >= c->total) {
+        /* Full: a new route is {other}, counted where its host has one. */
+        e = entry(c, host, hlen, ROUTE_OTHER, strlen(ROUTE_OTHER), 0);
+        if (e)
+            e->count += n;
+        return 0;
+    }
     if (!e) {
         struct host_count *hc = host_slot(c, host, hlen);
         if (hc->n < c->max) {
@@ -299,7 +307,7 @@ int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const ch
         }
         e = entry(c, host, hlen, route, rlen, 1);
     }
-    e->count++;
+    e->count += n;
     return kept;
 }
 

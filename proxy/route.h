@@ -16,6 +16,9 @@
 #define ROUTE_MAX 1023          /* longer routes are cut, like paths */
 #define ROUTE_OTHER "{other}"
 #define ROUTE_DEFAULT_MAX 1000  /* --max-routes */
+/* (host, route) pairs kept in all: hosts come from clients (any name in
+ * forward mode), so the table is bounded whatever they send. */
+#define ROUTE_DEFAULT_TOTAL 50000
 
 /* User patterns, in the order given; the first that matches wins. */
 struct route_patterns;
@@ -32,15 +35,18 @@ void route_patterns_free(struct route_patterns *p);
 size_t route_template(const struct route_patterns *p, const char *path, size_t len, char *out,
                       size_t cap);
 
-/* Distinct routes seen per host, at most MAX each, with the exchanges each
- * counted (those beyond the cap under ROUTE_OTHER). */
+/* Distinct routes seen per host, at most MAX each and TOTAL in all, with the
+ * exchanges each counted (those beyond a cap under ROUTE_OTHER; once TOTAL
+ * pairs exist, a new host's exchanges are verdicts only, not counted). */
 struct route_cap;
 
-struct route_cap *route_cap_new(size_t max);
-/* Count one exchange of ROUTE of HOST. 1 when the route is kept (seen
- * before, or a new one under the cap), 0 when it counts as {other}. */
+/* MAX 0: ROUTE_DEFAULT_MAX; TOTAL 0: ROUTE_DEFAULT_TOTAL. */
+struct route_cap *route_cap_new(size_t max, size_t total);
+/* Count N exchanges of ROUTE of HOST (N may be 0: only the verdict, for
+ * exchanges counted before). 1 when the route is kept (seen before, or a
+ * new one under the cap), 0 when it counts as {other}. */
 int route_cap_admit(struct route_cap *c, const char *host, size_t hlen, const char *route,
-                    size_t rlen);
+                    size_t rlen, uint64_t n);
 
 /* One counted route; host and route point into the cap (valid until its
  * next change). */

@@ -9,19 +9,18 @@ migration of a database written by schema 3."""
 import csv
 import http.client
 import io
-import json
 import sqlite3
 import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from helpers import wait_until
 from rules_support import Admin
 from test_report import BIN, FEED, MIGRATIONS, APPLICATION_ID, run
+from test_report import report as report_ok, report_json as rjson
 
 # ------------------------------------------------------------ a backend
 
@@ -79,16 +78,6 @@ def get(proxy, path, source="127.0.0.1"):
         return r.status
     finally:
         c.close()
-
-
-def report_ok(*args):
-    p = run("report", *args)
-    assert p.returncode == 0, p.stderr
-    return p.stdout
-
-
-def rjson(*args):
-    return json.loads(report_ok(*args, "--format", "json"))
 
 
 def stop(proxy):
@@ -354,13 +343,25 @@ def test_migrate_schema_3_database(tmp_path):
     con.close()
     # Read-only reports work on the old file, before migrating.
     assert [r["count"] for r in rjson("--db", db, "--by", "code")] == [1, 1]
+    # ... also merged with a schema 4 file: percentiles from the rows that have them.
+    new = tmp_path / "new.db"
+    feed_lines(new, [rec(1795000003000, 200, path="/users/8", dur_us=20000)])
+    both = {r["code"]: r for r in rjson("--db", db, "--db", new, "--by", "code")}
+    assert (both[200]["count"], both[503]["count"], both[503]["p99_ms"]) == (2, 1, None)
+    assert 20 * 0.95 <= both[200]["p99_ms"] <= 20 * 1.05
+    both = rjson("--db", db, "--db", new, "--by", "route")
+    assert [(r["route"], r["count"]) for r in both] == [(None, 2), ("/users/{n}", 1)]
     m = run("migrate", "--db", db)
     assert (m.returncode, m.stdout.strip()) == (0, "schema version 4"), m.stderr
     with sqlite3.connect(db) as c:
         routes = [r[0] for r in c.execute("SELECT route FROM exchanges ORDER BY id")]
         kept = c.execute("SELECT count(*), sum(count) FROM minute_stats").fetchone()
+        views = (c.execute("SELECT route, retry_after_ms FROM exchange_log ORDER BY id").fetchall(),
+                 c.execute("SELECT route, count FROM minute_log").fetchall())
     assert routes == ["/users/{n}", "/items/{uuid}"]
     assert kept == (2, 2)
+    # The readable views were recreated with the new columns.
+    assert views == ([("/users/{n}", None), ("/items/{uuid}", None)], [(None, 1), (None, 1)])
     # Old aggregates have no route and no durations; new records add both.
     rows = rjson("--db", db, "--by", "route")
     assert [(r["route"], r["count"], r["p50_ms"]) for r in rows] == [(None, 2, None)]
@@ -369,3 +370,32 @@ def test_migrate_schema_3_database(tmp_path):
     assert [(r["route"], r["count"]) for r in rows] == [(None, 2), ("/users/{n}", 1)]
     retry = rjson("--db", db, "--by", "retry")
     assert [(r["route"], r["failures"]) for r in retry] == [("/items/{uuid}", 1)]
+
+
+def rrec(ms, code, client="10.0.0.9", path="/r/1", ra_ms=0):
+    return "%d\t%s\tGET\th.example\t%s\t%d\t%d\t-\t-\t-\t1000\t10\t10\t%d\n" % (
+        ms, client, path, code, code, ra_ms)
+
+
+def test_retry_view_merges_databases_by_time(tmp_path):
+    # Two proxies saw the same client in the same period: the retry view of
+    # both files must read their rows in time order, as one file would.
+    a, b, one = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "one.db"
+    lines_a = [rrec(T + 10_000, 503, ra_ms=5000),               # failure, via proxy A
+               rrec(T + 40_000, 200, client="10.0.0.8")]        # another client recovers
+    lines_b = [rrec(T + 1_000, 200),                            # before any failure
+               rrec(T + 12_000, 200),                           # premature retry, via B
+               rrec(T + 20_000, 503, client="10.0.0.8")]
+    feed_lines(a, lines_a)
+    feed_lines(b, lines_b)
+    feed_lines(one, sorted(lines_a + lines_b, key=lambda l: int(l.split("\t")[0])))
+    want = rjson("--db", one, "--by", "retry")
+    got = rjson("--db", a, "--db", b, "--by", "retry")
+    assert got == want
+    rows = {r["client"]: r for r in got}
+    assert (rows["10.0.0.9"]["retries"], rows["10.0.0.9"]["premature"],
+            rows["10.0.0.9"]["min_gap_ms"], rows["10.0.0.9"]["recovered"]) == (1, 1, 1999, True)
+    assert (rows["10.0.0.8"]["failures"], rows["10.0.0.8"]["retries"],
+            rows["10.0.0.8"]["recovered"]) == (1, 1, True)
+    # The files in the other order: the same rows.
+    assert rjson("--db", b, "--db", a, "--by", "retry") == want

@@ -89,6 +89,10 @@ static void test_merge_equals_union(void)
     hist_clear(&d);
     size_t n = hist_encode(&b, buf, sizeof buf);
     CHECK(hist_decode_add(&d, buf, n) == 0);
+    CHECK(memcmp(&d, &b, sizeof d) == 0);
+    /* Decoding adds: a second copy doubles every bucket. */
+    CHECK(hist_decode_add(&d, buf, n) == 0);
+    CHECK(d.total == 2 * b.total && d.counts[hist_index(1000)] == 2 * b.counts[hist_index(1000)]);
     n = hist_encode(&u, buf, sizeof buf);
     CHECK(n > 1 && n < 1200);
     hist_clear(&d);
@@ -102,10 +106,14 @@ static void test_decode_refuses_garbage(void)
     const uint8_t bad_version[] = {9, 0, 1};
     const uint8_t cut[] = {1, 5, 0x80};
     const uint8_t past_end[] = {1, 0xff, 0x7f, 1};
+    /* A step so large that the index would wrap around to a valid bucket. */
+    const uint8_t wraps[] = {1, 5, 1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 1};
     CHECK_INT(hist_decode_add(&h, bad_version, sizeof bad_version), -1);
     CHECK_INT(hist_decode_add(&h, cut, sizeof cut), -1);
     CHECK_INT(hist_decode_add(&h, past_end, sizeof past_end), -1);
     CHECK_INT(hist_decode_add(&h, cut, 0), -1);
+    hist_clear(&h);
+    CHECK_INT(hist_decode_add(&h, wraps, sizeof wraps), -1);
 }
 
 int main(void)

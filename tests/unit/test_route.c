@@ -78,30 +78,30 @@ static void test_cut_to_capacity(void)
 
 static void test_cap_per_host(void)
 {
-    struct route_cap *c = route_cap_new(2);
-    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2), 1);
-    CHECK_INT(route_cap_admit(c, "a", 1, "/y", 2), 1);
-    CHECK_INT(route_cap_admit(c, "a", 1, "/z", 2), 0);
-    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2), 1);   /* seen: still kept */
-    CHECK_INT(route_cap_admit(c, "b", 1, "/z", 2), 1);   /* another host, its own count */
+    struct route_cap *c = route_cap_new(2, 0);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2, 1), 1);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/y", 2, 1), 1);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/z", 2, 1), 0);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2, 1), 1);   /* seen: still kept */
+    CHECK_INT(route_cap_admit(c, "b", 1, "/z", 2, 1), 1);   /* another host, its own count */
     for (int i = 0; i < 500; i++) {
         char r[16];
         int n = snprintf(r, sizeof r, "/r%d", i);
-        CHECK_INT(route_cap_admit(c, "h", 1, r, (size_t)n), i < 2);
+        CHECK_INT(route_cap_admit(c, "h", 1, r, (size_t)n, 1), i < 2);
     }
     route_cap_free(c);
 }
 
 static void test_cap_counts_and_top(void)
 {
-    struct route_cap *c = route_cap_new(2);
+    struct route_cap *c = route_cap_new(2, 0);
     for (int i = 0; i < 5; i++)
-        route_cap_admit(c, "a", 1, "/x", 2);
+        route_cap_admit(c, "a", 1, "/x", 2, 1);
     for (int i = 0; i < 3; i++)
-        route_cap_admit(c, "a", 1, "/y", 2);
+        route_cap_admit(c, "a", 1, "/y", 2, 1);
     for (int i = 0; i < 4; i++)
-        route_cap_admit(c, "a", 1, i % 2 ? "/z" : "/w", 2); /* beyond the cap */
-    route_cap_admit(c, "b", 1, "/x", 2);
+        route_cap_admit(c, "a", 1, i % 2 ? "/z" : "/w", 2, 1); /* beyond the cap */
+    route_cap_admit(c, "b", 1, "/x", 2, 1);
     struct route_count top[3];
     CHECK_INT(route_cap_top(c, top, 3), 3);
     CHECK_STR(top[0].route, "/x");
@@ -116,6 +116,33 @@ static void test_cap_counts_and_top(void)
     route_cap_free(c);
 }
 
+/* Hosts come from clients: however many they name, the pairs kept stay
+ * under the total bound, and the extra exchanges count as {other}. */
+static void test_cap_total_bound(void)
+{
+    struct route_cap *c = route_cap_new(2, 10);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2, 1), 1);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/y", 2, 1), 1);
+    CHECK_INT(route_cap_admit(c, "a", 1, "/z", 2, 1), 0);  /* a's {other} */
+    int kept = 0;
+    for (int i = 0; i < 5000; i++) {
+        char h[16];
+        int n = snprintf(h, sizeof h, "h%d.example", i);
+        kept += route_cap_admit(c, h, (size_t)n, "/", 1, 1);
+    }
+    CHECK_INT(kept, 7);                                     /* 10 pairs in all */
+    CHECK_INT(route_cap_admit(c, "a", 1, "/x", 2, 1), 1);   /* known pairs still count */
+    CHECK_INT(route_cap_admit(c, "a", 1, "/w", 2, 1), 0);   /* into a's {other} */
+    struct route_count all[20];
+    CHECK_INT(route_cap_top(c, all, 20), 10);
+    uint64_t other = 0;
+    for (int i = 0; i < 10; i++)
+        if (strcmp(all[i].route, ROUTE_OTHER) == 0)
+            other += all[i].count;
+    CHECK_INT(other, 2);
+    route_cap_free(c);
+}
+
 int main(void)
 {
     RUN(test_numbers);
@@ -126,5 +153,6 @@ int main(void)
     RUN(test_cut_to_capacity);
     RUN(test_cap_per_host);
     RUN(test_cap_counts_and_top);
+    RUN(test_cap_total_bound);
     return unit_summary("route");
 }

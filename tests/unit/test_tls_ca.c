@@ -48,6 +48,14 @@ static char *new_ca_dir(char **root)
     return dir;
 }
 
+/* Remove what new_ca_dir made and free its names. */
+static void drop_ca_dir(char *dir, char *root)
+{
+    remove_dir(root);
+    free(dir);
+    free(root);
+}
+
 static struct tls_ca *load_ok(const char *dir, size_t max)
 {
     char err[512] = "";
@@ -90,9 +98,7 @@ static void test_create_writes_files(void)
         CHECK_INT(EVP_PKEY_get_bits(tls_ca_leaf_key(ca)), 256);
     }
     tls_ca_free(ca);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 static void test_create_refuses_existing(void)
@@ -115,9 +121,7 @@ static void test_create_refuses_existing(void)
         fclose(f);
     CHECK(nb > 0 && nb == na && memcmp(before, after, nb) == 0);
     free(key);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 /* Verify LEAF against a store holding only CA's certificate, for a server
@@ -217,9 +221,7 @@ static void test_leaf_verifies_with_sans(void)
         X509_free(leaf);
     }
     tls_ca_free(ca);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 static void test_leaf_rejected_by_other_ca(void)
@@ -238,12 +240,8 @@ static void test_leaf_rejected_by_other_ca(void)
     }
     tls_ca_free(ca1);
     tls_ca_free(ca2);
-    remove_dir(root1);
-    remove_dir(root2);
-    free(dir1);
-    free(dir2);
-    free(root1);
-    free(root2);
+    drop_ca_dir(dir1, root1);
+    drop_ca_dir(dir2, root2);
 }
 
 static void test_bad_names(void)
@@ -260,9 +258,7 @@ static void test_bad_names(void)
         X509_free(x);
     }
     tls_ca_free(ca);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 static void test_cache_hit_and_eviction(void)
@@ -304,9 +300,7 @@ static void test_cache_hit_and_eviction(void)
             X509_free(all[i]);
     }
     tls_ca_free(ca);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 static void test_key_permissions(void)
@@ -334,9 +328,7 @@ static void test_key_permissions(void)
     ca = load_ok(dir, 0);
     tls_ca_free(ca);
     free(key);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 static void test_missing_files(void)
@@ -355,9 +347,7 @@ static void test_missing_files(void)
     CHECK(strstr(err, cert) != NULL);
     free(key);
     free(cert);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 static void test_mismatched_key_refused(void)
@@ -373,12 +363,8 @@ static void test_mismatched_key_refused(void)
     CHECK(strstr(err, "does not belong to the certificate") != NULL);
     tls_ca_free(ca);
     free(cmd);
-    remove_dir(root1);
-    remove_dir(root2);
-    free(dir1);
-    free(dir2);
-    free(root1);
-    free(root2);
+    drop_ca_dir(dir1, root1);
+    drop_ca_dir(dir2, root2);
 }
 
 static void test_not_a_ca_refused(void)
@@ -401,9 +387,7 @@ static void test_not_a_ca_refused(void)
         free(cert);
     }
     tls_ca_free(ca);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 struct hammer {
@@ -470,9 +454,7 @@ static void test_threads_share_cache(void)
         }
     }
     tls_ca_free(ca);
-    remove_dir(root);
-    free(dir);
-    free(root);
+    drop_ca_dir(dir, root);
 }
 
 int main(void)
