@@ -260,6 +260,7 @@ static char *rules_json(struct rules *set)
     struct sbuf b = {0};
     sbuf_putc(&b, '[');
     size_t n = set ? rules_count(set) : 0;
+    uint64_t now = rules_now_ms();
     for (size_t i = 0; i < n; i++) {
         const struct rule *r = rules_at(set, i);
         const char *name = rule_name(r), *src = rule_source(r);
@@ -269,8 +270,19 @@ static char *rules_json(struct rules *set)
         sbuf_printf(&b, "\", \"phase\": \"%s\", \"line\": %d, \"source\": \"",
                     rule_phase(r) == RULES_RESPONSE ? "response" : "request", rule_line(r));
         sbuf_json_escape(&b, src, strlen(src));
-        sbuf_printf(&b, "\", \"enabled\": %s, \"hits\": %llu}", rule_enabled(r) ? "true" : "false",
+        sbuf_printf(&b, "\", \"enabled\": %s, \"hits\": %llu", rule_enabled(r) ? "true" : "false",
                     (unsigned long long)rule_hits(r));
+        int active;
+        uint64_t next;
+        if (rule_time_state(r, now, &active, &next)) {
+            /* DESIGN §10 time matchers: do they hold now, and for how long. */
+            sbuf_printf(&b, ", \"active\": %s, \"next_change_ms\": ", active ? "true" : "false");
+            if (next == UINT64_MAX)
+                sbuf_puts(&b, "null");
+            else
+                sbuf_printf(&b, "%llu", (unsigned long long)next);
+        }
+        sbuf_putc(&b, '}');
     }
     sbuf_puts(&b, n ? "\n]\n" : "]\n");
     return sbuf_steal(&b);

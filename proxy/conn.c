@@ -26,6 +26,7 @@
 
 #include "catalog.h"
 #include "conn_int.h"
+#include "fault.h"
 #include "log.h"
 #include "server.h"
 #include "tunnel.h"
@@ -283,6 +284,37 @@ void conn_put_connection_header(struct conn *c, struct sbuf *h)
         sbuf_puts(h, "Connection: keep-alive\r\n");
 }
 
+/* bad-chunk on an answer of ours: B becomes one chunk followed by a broken
+ * chunk-size line; the connection closes after it. */
+static void break_chunked_body(struct conn *c, struct sbuf *b)
+{
+    struct sbuf out = {0};
+    sbuf_printf(&out, "%zx\r\n", b->len);
+    sbuf_append(&out, b->data, b->len);
+    sbuf_puts(&out, "\r\n" FAULT_BAD_CHUNK_LINE);
+    sbuf_free(b);
+    *b = out;
+    c->close_after = 1;
+    conn_set_error(c, "fault_bad_chunk");
+}
+
+static void on_slow_answer_done(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    struct exchange *x = &c->x;
+    if (c->phase != PH_EXCHANGE)
+        return;
+    sender_copy(&c->out, x->held_head.data, x->held_head.len);
+    sbuf_reset(&x->held_head);
+    x->resp = RESP_DONE;
+    conn_flush(c);
+    if (c->phase != PH_EXCHANGE)
+        return;
+    if (x->req != REQ_DONE)
+        conn_parse_requests(c);
+    conn_maybe_finish(c);
+}
+
 /* Answer the current request ourselves: CODE with the body of DESIGN §3
  * ("CODE Reason\n", text/plain) unless BODY or the rule's body says
  * otherwise. A answers for a rule (reason, body, headers) or is NULL.
@@ -304,8 +336,13 @@ void conn_answer(struct conn *c, int code, const struct rule_actions *a, const c
         sbuf_printf(&b, "%d %s\n", code, reason);
     }
     enum catalog_body kind = catalog_body(code);
+    int body_out = kind == CATALOG_BODY_ALLOWED && !x->is_head;
+    int broken = body_out && x->bad_chunk && c->req.minor == 1;
     sbuf_printf(&h, "HTTP/1.1 %d %s\r\n", code, reason);
-    if (kind == CATALOG_BODY_ALLOWED) {
+    if (broken) {
+        sbuf_printf(&h, "Content-Type: %s\r\nTransfer-Encoding: chunked\r\n", ctype);
+        break_chunked_body(c, &b);
+    } else if (kind == CATALOG_BODY_ALLOWED) {
         sbuf_printf(&h, "Content-Type: %s\r\nContent-Length: %zu\r\n", ctype, b.len);
     } else if (kind == CATALOG_BODY_EMPTY) {
         sbuf_puts(&h, "Content-Length: 0\r\n");
@@ -315,6 +352,8 @@ void conn_answer(struct conn *c, int code, const struct rule_actions *a, const c
     if (a) {
         for (size_t i = 0; i < a->n_set_headers; i++)
             sbuf_printf(&h, "%s: %s\r\n", a->set_headers[i].name, a->set_headers[i].value);
+        if (a->retry_after_auto)
+            sbuf_printf(&h, "Retry-After: %llu\r\n", (unsigned long long)x->retry_after_s);
     }
     const char *rule = x->has_resp_v ? rule_name(x->resp_v.rule)
                        : x->has_req_v ? rule_name(x->req_v.rule)
@@ -325,16 +364,27 @@ void conn_answer(struct conn *c, int code, const struct rule_actions *a, const c
     sbuf_puts(&h, "\r\n");
     if (code == 429 || code >= 500) /* for the report's retry view */
         x->retry_after_ms = http_retry_after_ms(h.data, h.len);
-    sender_copy(&c->out, h.data, h.len);
-    if (kind == CATALOG_BODY_ALLOWED && !x->is_head)
-        sender_copy(&c->out, b.data, b.len);
-    sbuf_free(&h);
-    sbuf_free(&b);
+    size_t head_len = h.len;
+    if (body_out)
+        sbuf_append(&h, b.data, b.len);
     x->final_code = code;
     x->resp_head_sent = 1;
-    x->resp = RESP_DONE;
     if (must_close(c))
         c->close_after = 1;
+    if (x->slow_head_ms) {
+        /* slow-head: the head goes out bit by bit, then the rest. */
+        sbuf_free(&x->held_head);
+        x->held_head = h;
+        x->slow_len = head_len;
+        x->resp = RESP_HOLD;
+        sbuf_free(&b);
+        conn_slow_head(c, on_slow_answer_done);
+        return;
+    }
+    sender_copy(&c->out, h.data, h.len);
+    sbuf_free(&h);
+    sbuf_free(&b);
+    x->resp = RESP_DONE;
     conn_flush(c);
 }
 
@@ -505,6 +555,10 @@ void conn_record(struct conn *c)
     if (!x->active)
         return;
     x->active = 0;
+    if (x->fault_slot) {
+        x->fault_slot = 0;
+        fault_release();
+    }
     const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
     const char *rname = rule ? rule_name(rule) : x->fault_rule ? x->fault_rule : "";
     const char *action = rule ? rule_actions_text(rule) : x->fault_rule ? x->fault_action : "";
@@ -893,15 +947,131 @@ static void read_fault_headers(struct conn *c)
     }
     v = http_head_get(&c->req, "X-Statusproxy-Delay", &len);
     uint64_t ms;
-    if (v && units_parse_duration(v, len, &ms) == 0 && ms <= 600000) {
+    char d[48];
+    if (v && fault_header_delay(v, len, &ms, d, sizeof d) == 0 &&
+        (x->fault_slot || !ms || (x->fault_slot = fault_acquire()))) {
         x->delay_ms = ms;
         x->fault_rule = "fault-header";
         size_t used = strlen(x->fault_action);
-        char d[32];
-        units_format_duration(ms, d, sizeof d);
-        snprintf(x->fault_action + used, sizeof x->fault_action - used, "%sdelay %s",
-                 used ? " " : "", d);
+        snprintf(x->fault_action + used, sizeof x->fault_action - used, "%s%s", used ? " " : "", d);
     }
+    v = http_head_get(&c->req, "X-Statusproxy-Fault", &len);
+    enum rules_break brk;
+    int bad_chunk;
+    if (v && !x->abort_code && fault_header_kind(v, len, &brk, &bad_chunk) == 0 &&
+        (brk != RULES_BREAK_HANG || x->fault_slot || (x->fault_slot = fault_acquire()))) {
+        x->brk = brk;
+        x->brk_arg = brk == RULES_BREAK_GARBAGE ? FAULT_GARBAGE_DEFAULT : 0;
+        x->bad_chunk = bad_chunk;
+        x->fault_rule = "fault-header";
+        size_t used = strlen(x->fault_action);
+        snprintf(x->fault_action + used, sizeof x->fault_action - used, "%s%.*s", used ? " " : "",
+                 (int)(len < 16 ? len : 16), v);
+    }
+}
+
+int conn_take_faults(struct conn *c, const struct rules_verdict *v)
+{
+    struct exchange *x = &c->x;
+    const struct rule_actions *a = v->actions;
+    int holds = v->delay_ms || a->brk == RULES_BREAK_HANG || a->throttle_bps || a->slow_head_ms;
+    if (holds && !x->fault_slot) {
+        if (!fault_acquire())
+            return 0;
+        x->fault_slot = 1;
+    }
+    if (a->brk) {
+        x->brk = a->brk;
+        x->brk_arg = a->brk == RULES_BREAK_HANG ? a->hang_ms : a->garbage_bytes;
+    }
+    x->bad_chunk |= a->bad_chunk;
+    if (a->slow_head_ms)
+        x->slow_head_ms = a->slow_head_ms;
+    if (v->retry_after_s)
+        x->retry_after_s = v->retry_after_s;
+    return 1;
+}
+
+static void on_slow_tick(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    struct exchange *x = &c->x;
+    if (c->phase != PH_EXCHANGE)
+        return;
+    uint64_t elapsed = uv_now(t->loop) - x->slow_start_ms;
+    if (elapsed >= x->slow_head_ms) {
+        /* Time is up: drop what was sent from the held head; DONE sends the rest. */
+        memmove(x->held_head.data, x->held_head.data + x->slow_sent,
+                x->held_head.len - x->slow_sent);
+        x->held_head.len -= x->slow_sent;
+        x->slow_sent = 0;
+        x->slow_head_ms = 0;
+        x->slow_done(t);
+        return;
+    }
+    size_t due = fault_slow_due(x->slow_len, x->slow_head_ms, elapsed);
+    if (due > x->slow_sent) {
+        sender_copy(&c->out, x->held_head.data + x->slow_sent, due - x->slow_sent);
+        x->slow_sent = due;
+        conn_flush(c);
+        if (c->phase != PH_EXCHANGE)
+            return;
+    }
+    uint64_t tick = fault_slow_tick_ms(x->slow_len, x->slow_head_ms);
+    if (elapsed + tick > x->slow_head_ms)
+        tick = x->slow_head_ms - elapsed;
+    uv_timer_start(t, on_slow_tick, tick, 0);
+}
+
+void conn_slow_head(struct conn *c, uv_timer_cb done)
+{
+    struct exchange *x = &c->x;
+    x->slow_done = done;
+    x->slow_start_ms = uv_now(c->ptimer.loop);
+    x->slow_sent = 0;
+    if (x->slow_len > x->held_head.len)
+        x->slow_len = x->held_head.len;
+    on_slow_tick(&c->ptimer);
+}
+
+/* hang [DURATION] is over: close without a byte. */
+static void on_hang_end(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->phase != PH_EXCHANGE)
+        return;
+    conn_record(c);
+    conn_close_gracefully(c);
+}
+
+/* hang, empty or garbage instead of the answer (DESIGN §10). The records
+ * carry no final code and the fault's own error. */
+static void break_answer(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    x->final_code = -1;
+    x->sink = SINK_DISCARD;
+    if (x->brk == RULES_BREAK_HANG) {
+        conn_set_error(c, "fault_hang");
+        /* Without a duration, until the client leaves (client_gone records it). */
+        if (x->brk_arg)
+            uv_timer_start(&c->ptimer, on_hang_end, x->brk_arg, 0);
+        return;
+    }
+    if (x->brk == RULES_BREAK_GARBAGE) {
+        uint8_t *junk = xmalloc(x->brk_arg);
+        fault_garbage(junk, x->brk_arg);
+        sender_copy(&c->out, junk, x->brk_arg);
+        free(junk);
+        conn_set_error(c, "fault_garbage");
+    } else {
+        conn_set_error(c, "fault_empty");
+    }
+    conn_flush(c);
+    if (c->phase != PH_EXCHANGE)
+        return;
+    conn_record(c);
+    conn_close_gracefully(c);
 }
 
 void conn_rules_exchange(struct conn *c, struct rules_exchange *rx, int status)
@@ -924,6 +1094,10 @@ void conn_on_abort_timer(uv_timer_t *t)
     struct exchange *x = &c->x;
     if (x->do_reset) {
         conn_close(c, CLOSE_RESET);
+        return;
+    }
+    if (x->brk) {
+        break_answer(c);
         return;
     }
     conn_answer(c, x->abort_code, x->abort_actions, NULL, NULL);
@@ -990,20 +1164,22 @@ static void on_request_head(struct conn *c)
     }
     if (c->w->opts->fault_headers)
         read_fault_headers(c);
-    if (x->rules && !x->abort_code) {
+    if (x->rules && !x->abort_code && !x->brk) {
         struct rules_exchange rx;
         conn_rules_exchange(c, &rx, 0);
         x->has_req_v = rules_match(x->rules, RULES_REQUEST, &rx, &x->req_v);
+        while (x->has_req_v && !conn_take_faults(c, &x->req_v))
+            x->has_req_v = rules_match_next(x->rules, RULES_REQUEST, &rx, &x->req_v);
         if (x->has_req_v) {
             const struct rule_actions *a = x->req_v.actions;
-            if (a->abort_code) {
+            if (a->abort_code || a->brk) {
                 x->abort_code = a->abort_code;
                 x->abort_actions = a;
                 x->delay_ms = x->req_v.delay_ms;
             }
         }
     }
-    if (x->abort_code) {
+    if (x->abort_code || x->brk) {
         abort_request(c);
         return;
     }

@@ -91,6 +91,16 @@ struct exchange {
     int abort_code;
     const struct rule_actions *abort_actions;
     uint64_t delay_ms;
+    /* DESIGN §10 faults, from a rule of either phase or a fault header */
+    enum rules_break brk;        /* hang, empty or garbage instead of the answer */
+    uint64_t brk_arg;            /* hang: ms (0: until the client leaves); garbage: bytes */
+    int bad_chunk;               /* break the chunked framing after the first chunk */
+    uint64_t slow_head_ms;       /* spread the answer's head over this */
+    uint64_t slow_start_ms;      /* when the slow head began */
+    size_t slow_len, slow_sent;  /* head bytes to spread, and sent so far */
+    uv_timer_cb slow_done;       /* sends what is left once the time is up */
+    uint64_t retry_after_s;      /* for set-header Retry-After auto */
+    int fault_slot;              /* holds one of --max-active-faults */
 
     /* upstream and response */
     struct upstream *up;
@@ -191,6 +201,13 @@ void conn_record(struct conn *c);
 void conn_rules_exchange(struct conn *c, struct rules_exchange *rx, int status);
 /* Timer callback: send the held abort answer (or the reset) of x.abort_*. */
 void conn_on_abort_timer(uv_timer_t *t);
+/* Take the DESIGN §10 faults of verdict V into the exchange; 0 when the
+ * blast-radius cap says skip it (the caller then goes on with the rules
+ * after V, as if V had not matched), else 1. */
+int conn_take_faults(struct conn *c, const struct rules_verdict *v);
+/* Send x.held_head[0..x.slow_len) spread over x.slow_head_ms, using the
+ * pacing timer; then DONE runs (on the timer) and sends what is left. */
+void conn_slow_head(struct conn *c, uv_timer_cb done);
 
 /* ---- relay.c: the upstream side ---- */
 

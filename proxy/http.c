@@ -136,6 +136,8 @@ static enum http_known classify(const char *name, size_t len)
             return IS("proxy-authorization") ? HTTP_F_PROXY_AUTHORIZATION : HTTP_F_OTHER;
         if (((unsigned char)name[14] | 0x20) == 'a')
             return IS("x-statusproxy-abort") ? HTTP_F_X_STATUSPROXY_ABORT : HTTP_F_OTHER;
+        if (((unsigned char)name[14] | 0x20) == 'f')
+            return IS("x-statusproxy-fault") ? HTTP_F_X_STATUSPROXY_FAULT : HTTP_F_OTHER;
         return IS("x-statusproxy-delay") ? HTTP_F_X_STATUSPROXY_DELAY : HTTP_F_OTHER;
     default: return HTTP_F_OTHER;
     }
@@ -496,7 +498,8 @@ void http_head_drop_hop_by_hop(struct http_head *h, int keep_upgrade)
     uint32_t drop = bit(HTTP_F_CONNECTION) | bit(HTTP_F_KEEP_ALIVE) |
                     bit(HTTP_F_PROXY_CONNECTION) | bit(HTTP_F_TE) | bit(HTTP_F_TRAILER) |
                     bit(HTTP_F_TRANSFER_ENCODING) | bit(HTTP_F_CONTENT_LENGTH) |
-                    bit(HTTP_F_X_STATUSPROXY_ABORT) | bit(HTTP_F_X_STATUSPROXY_DELAY);
+                    bit(HTTP_F_X_STATUSPROXY_ABORT) | bit(HTTP_F_X_STATUSPROXY_DELAY) |
+                    bit(HTTP_F_X_STATUSPROXY_FAULT);
     if (!keep_upgrade)
         drop |= bit(HTTP_F_UPGRADE);
     if (!(h->known_seen & drop))

@@ -35,6 +35,7 @@ enum http_known {
     HTTP_F_VIA,
     HTTP_F_X_STATUSPROXY_ABORT,
     HTTP_F_X_STATUSPROXY_DELAY,
+    HTTP_F_X_STATUSPROXY_FAULT,
 };
 
 struct http_field {

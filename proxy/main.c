@@ -5,10 +5,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ca_cli.h"
 #include "catalog.h"
 #include "db.h"
+#include "fault.h"
 #include "log.h"
 #include "options.h"
 #include "report.h"
@@ -105,6 +107,9 @@ static int cmd_run(int argc, char **argv)
         return 2;
     }
     log_set_level((enum log_level)opts.log_level);
+    /* The fault headers' stream: reproducible with --seed, else random. */
+    fault_set_seed(opts.has_seed ? opts.seed : time_mono_us() ^ ((uint64_t)getpid() << 32));
+    fault_set_max_active(opts.max_active_faults);
     int status = server_run(&opts);
     options_free(&opts);
     return status;

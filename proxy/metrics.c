@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "catalog.h"
+#include "fault.h"
 #include "util.h"
 
 /* Upper bounds of the duration histogram, in seconds. */
@@ -386,6 +387,15 @@ char *metrics_prometheus(struct metrics *m, uint64_t dropped_db)
                     "# TYPE statusproxy_active_connections gauge\n"
                     "statusproxy_active_connections %u\n",
                 conns);
+    sbuf_printf(&o, "# HELP statusproxy_faults_active Exchanges held by a delay, hang, throttle "
+                    "or slow-head now.\n"
+                    "# TYPE statusproxy_faults_active gauge\n"
+                    "statusproxy_faults_active %llu\n"
+                    "# HELP statusproxy_faults_overflow_total Faults skipped because "
+                    "--max-active-faults was reached.\n"
+                    "# TYPE statusproxy_faults_overflow_total counter\n"
+                    "statusproxy_faults_overflow_total %llu\n",
+                (unsigned long long)fault_active(), (unsigned long long)fault_overflow());
     sbuf_puts(&o, "# HELP statusproxy_rule_hits_total Exchanges each rule acted on.\n"
                   "# TYPE statusproxy_rule_hits_total counter\n");
     n = countmap_sorted(&m->c.rules, &order);
@@ -448,9 +458,15 @@ char *metrics_stats_json(struct metrics *m, uint64_t dropped_db)
     json_counts(&o, &m->c.errors);
     sbuf_puts(&o, ", \"rules\": ");
     json_counts(&o, &m->c.rules);
-    sbuf_printf(&o, ", \"dropped\": %llu, \"active_connections\": %u}\n",
+    sbuf_printf(&o, ", \"dropped\": %llu, \"active_connections\": %u",
                 (unsigned long long)(dropped_db > m->c.dropped ? dropped_db : m->c.dropped),
                 conns);
+    sbuf_printf(&o, ", \"faults\": {\"active\": %llu, \"skipped\": %llu, \"max_active\": ",
+                (unsigned long long)fault_active(), (unsigned long long)fault_overflow());
+    if (fault_max_active())
+        sbuf_printf(&o, "%llu}}\n", (unsigned long long)fault_max_active());
+    else
+        sbuf_puts(&o, "null}}\n");
     pthread_mutex_unlock(&m->lock);
     countmap_free(&codes);
     countmap_free(&classes);

@@ -41,6 +41,8 @@ const char options_help[] =
     "  --idle-timeout D          idle keep-alive connections are closed after D [60s]\n"
     "  --tunnel-idle-timeout D   CONNECT/101 tunnels silent both ways are closed after D [10m]\n"
     "  --max-connections N       client connections at most [10000]\n"
+    "  --max-active-faults N     exchanges held by delay/hang/throttle/slow-head at once\n"
+    "                            [unlimited]; further such faults are skipped\n"
     "  --route PATTERN           a route template, /users/{id} or /static/* (repeatable)\n"
     "  --max-routes N            distinct routes per host in the aggregates [1000]\n"
     "  --max-request-body SIZE   request bodies larger than SIZE get 413 [unlimited]\n"
@@ -237,7 +239,7 @@ static const char *const value_flags[] = {
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
     "--tunnel-idle-timeout", "--max-connections", "--log-level", "--deny-dest",
-    "--max-request-body", "--route", "--max-routes",
+    "--max-request-body", "--route", "--max-routes", "--max-active-faults",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -265,6 +267,16 @@ static uint64_t *timeout_field(struct run_options *o, const char *name)
     if (strcmp(name, "--tunnel-idle-timeout") == 0)
         return &o->tunnel_idle_timeout_ms;
     return NULL;
+}
+
+static int positive_flag(const char *name, const char *value, uint64_t *out, char *err,
+                         size_t errlen)
+{
+    if (parse_u64(value, out) != 0 || *out == 0) {
+        snprintf(err, errlen, "%s: expected a number of at least 1, got '%s'", name, value);
+        return -1;
+    }
+    return 0;
 }
 
 static void set_upstream_authority(struct run_options *o)
@@ -433,6 +445,8 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
         return apply_max_request_body(o, name, v, err, errlen);
     if (strcmp(name, "--deny-dest") == 0)
         return apply_deny_dest(o, name, v, err, errlen);
+    if (strcmp(name, "--max-active-faults") == 0)
+        return positive_flag(name, v, &o->max_active_faults, err, errlen);
     if (strcmp(name, "--route") == 0 || strcmp(name, "--max-routes") == 0)
         return route_flag(o, name, v, err, errlen);
     return apply_core(o, name, v, err, errlen);

@@ -46,6 +46,7 @@ struct run_options {
     uint64_t header_timeout_ms, connect_timeout_ms, response_timeout_ms, idle_timeout_ms;
     uint64_t tunnel_idle_timeout_ms; /* CONNECT/101 tunnels without a byte either way */
     int max_connections;
+    uint64_t max_active_faults; /* 0: unlimited */
     uint64_t max_request_body; /* bytes; 0: unlimited */
     struct cidr *deny_dest;   /* --deny-dest blocks (forward mode, after DNS) */
     size_t n_deny_dest;

@@ -15,6 +15,7 @@
 
 #include "catalog.h"
 #include "conn_int.h"
+#include "fault.h"
 #include "log.h"
 #include "server.h"
 #include "tunnel.h"
@@ -575,6 +576,14 @@ static void send_body_to_client(struct conn *c, struct chunk *ch, const char *at
     }
     if (x->truncate_left > 0)
         x->truncate_left -= (int64_t)len;
+    if (x->bad_chunk && x->out_mode == OUT_CHUNKED) {
+        /* One good chunk, then a broken size line; the caller closes. */
+        emit_body(c, ch, at, len);
+        sender_static(&c->out, FAULT_BAD_CHUNK_LINE, sizeof FAULT_BAD_CHUNK_LINE - 1);
+        conn_set_error(c, "fault_bad_chunk");
+        x->truncate_left = 0;
+        return;
+    }
     if (x->pace.bps) {
         pace_push(&x->pace, ch, at, len);
         if (!uv_is_active((uv_handle_t *)&c->ptimer)) {
@@ -661,6 +670,13 @@ static int apply_actions(struct conn *c, const struct rule_actions *a, uint64_t 
         x->truncate_left = a->truncate;
     if (a->reset)
         x->do_reset = 1;
+    if (a->retry_after_auto) {
+        char v[24];
+        int n = snprintf(v, sizeof v, "%llu", (unsigned long long)x->retry_after_s);
+        http_head_remove(&c->resp, "Retry-After");
+        if (http_head_add_field(&c->resp, "Retry-After", 11, v, (size_t)n) != 0)
+            return -1;
+    }
     return 0;
 }
 
@@ -758,8 +774,10 @@ static void on_response_head(struct conn *c)
         struct rules_exchange rx;
         conn_rules_exchange(c, &rx, status);
         x->has_resp_v = rules_match(x->rules, RULES_RESPONSE, &rx, &x->resp_v);
+        while (x->has_resp_v && !conn_take_faults(c, &x->resp_v))
+            x->has_resp_v = rules_match_next(x->rules, RULES_RESPONSE, &rx, &x->resp_v);
     }
-    if (x->has_resp_v && x->resp_v.actions->abort_code) {
+    if (x->has_resp_v && (x->resp_v.actions->abort_code || x->resp_v.actions->brk)) {
         /* The upstream's answer is replaced; its connection is not reusable. */
         const struct rule_actions *a = x->resp_v.actions;
         relay_detach(c, 0);
@@ -773,6 +791,8 @@ static void on_response_head(struct conn *c)
         uv_timer_start(&c->ptimer, conn_on_abort_timer, x->delay_ms, 0);
         return;
     }
+    if (x->bad_chunk) /* without a length, the body goes chunked to HTTP/1.1 clients */
+        http_head_remove(h, "Content-Length");
     send_response_head(c);
 }
 
@@ -877,6 +897,14 @@ static void release_response_head(struct conn *c)
         conn_close(c, CLOSE_RESET);
         return;
     }
+    if (x->slow_head_ms) {
+        /* slow-head: the head trickles out, then this runs again for the rest. */
+        x->resp = RESP_HOLD;
+        x->slow_len = x->held_head.len;
+        deadline_clear(&c->xtimer);
+        conn_slow_head(c, on_ptimer_release);
+        return;
+    }
     sender_copy(&c->out, x->held_head.data, x->held_head.len);
     sbuf_reset(&x->held_head);
     x->resp_head_sent = 1;
@@ -891,7 +919,7 @@ static void on_ptimer_release(uv_timer_t *t)
     if (c->phase != PH_EXCHANGE)
         return;
     release_response_head(c);
-    if (c->phase != PH_EXCHANGE)
+    if (c->phase != PH_EXCHANGE || c->x.resp == RESP_HOLD)
         return;
     if (c->x.done_pending) {
         c->x.done_pending = 0;
@@ -907,6 +935,10 @@ static void on_response_done(struct conn *c)
 {
     struct exchange *x = &c->x;
     deadline_clear(&c->xtimer);
+    if (x->bad_chunk && x->truncate_left == 0) {
+        truncate_reached(c); /* the broken framing is out: no last chunk */
+        return;
+    }
     x->resp_complete = 1;
     if (x->pace.n) {
         x->resp = RESP_DONE;

@@ -21,6 +21,12 @@ struct rules_header_op {
     const char *value; /* NULL for del-header */
 };
 
+/* How `delay` draws its value (DESIGN §4, §10). */
+enum rules_delay_kind { RULES_DELAY_UNIFORM, RULES_DELAY_NORMAL, RULES_DELAY_LOGNORMAL };
+
+/* The broken answers that replace an answer altogether (DESIGN §10). */
+enum rules_break { RULES_BREAK_NONE, RULES_BREAK_HANG, RULES_BREAK_EMPTY, RULES_BREAK_GARBAGE };
+
 /* What a rule does; owned by the rule set, valid while the set is referenced. */
 struct rule_actions {
     int abort_code;                       /* 0: none; else 200-599 */
@@ -35,9 +41,17 @@ struct rule_actions {
     size_t n_del_headers;
     int has_delay;
     uint64_t delay_min_ms, delay_max_ms;  /* equal for a fixed delay */
+    enum rules_delay_kind delay_kind;
+    double delay_a, delay_b;              /* normal: mean, sd; lognormal: p50, p99 (ms) */
     uint64_t throttle_bps;                /* 0: none; body bytes per second */
     int reset;                            /* close the client with a TCP reset */
     int64_t truncate;                     /* -1: none; else body bytes to send, then close */
+    enum rules_break brk;                 /* hang, empty or garbage instead of an answer */
+    uint64_t hang_ms;                     /* hang: 0 = until the client leaves */
+    uint64_t garbage_bytes;               /* garbage: how many random bytes */
+    int bad_chunk;                        /* break the chunked framing after one chunk */
+    uint64_t slow_head_ms;                /* 0: none; else spread the head over this */
+    int retry_after_auto;                 /* set-header Retry-After auto */
 };
 
 struct rule;  /* opaque */
@@ -86,6 +100,8 @@ struct rules_verdict {
     const struct rule *rule;
     const struct rule_actions *actions;
     uint64_t delay_ms;         /* drawn from the rule's delay range; 0 when none */
+    uint64_t retry_after_s;    /* rate-limit: whole seconds until the window has room */
+    size_t next;               /* where rules_match_next goes on (index in the phase) */
 };
 
 /* Find the first enabled rule of PHASE whose matchers all hold, count it
@@ -93,6 +109,18 @@ struct rules_verdict {
  * filled, or 0 when no rule applies. Thread-safe; allocates nothing. */
 int rules_match(struct rules *rs, enum rules_phase phase, const struct rules_exchange *x,
                 struct rules_verdict *v);
+
+/* The clock of the time matchers and rate limits: monotonic milliseconds.
+ * Tests may inject their own (NULL restores the default); not thread-safe,
+ * set it before any matching. */
+void rules_set_clock(uint64_t (*now_ms)(void));
+uint64_t rules_now_ms(void);
+
+/* Go on after the rule V matched, as if it had not: the later rules of
+ * PHASE only (those before it are not evaluated again). Same contract as
+ * rules_match; used when --max-active-faults skips V's fault. */
+int rules_match_next(struct rules *rs, enum rules_phase phase, const struct rules_exchange *x,
+                     struct rules_verdict *v);
 
 /* Does the set have any rule of PHASE (lets callers skip work)? */
 int rules_has_phase(const struct rules *rs, enum rules_phase phase);
@@ -110,8 +138,13 @@ const char *rule_normalized(const struct rule *r);   /* canonical one-line form 
 const char *rule_actions_text(const struct rule *r); /* canonical actions, for the audit log */
 const struct rule_actions *rule_get_actions(const struct rule *r);
 int rule_enabled(const struct rule *r);
+/* For a rule with `during` or `cycle`: 1, with *ACTIVE (do its time matchers
+ * hold at NOW_MS) and *NEXT_MS (milliseconds until that changes; UINT64_MAX:
+ * never). 0 for a rule without time matchers. */
+int rule_time_state(const struct rule *r, uint64_t now_ms, int *active, uint64_t *next_ms);
 uint64_t rule_hits(const struct rule *r);
-/* Enable or disable the rule named NAME: 0, or -1 when there is none. */
+/* Enable or disable the rule named NAME: 0, or -1 when there is none.
+ * Enabling restarts the rule's clock (the time of its `during`/`cycle`). */
 int rules_set_enabled(struct rules *rs, const char *name, int enabled);
 
 #endif

@@ -12,6 +12,7 @@
 
 #include "cidr.h"
 #include "glob.h"
+#include "ratelimit.h"
 #include "rules.h"
 #include "util.h"
 
@@ -57,6 +58,7 @@ void rules_line_free(struct rules_line *line);
 enum rule_matcher {
     RM_METHOD, RM_HOST, RM_PATH, RM_HEADER, RM_CLIENT, RM_STATUS,
     RM_CHANCE, RM_EVERY, RM_AFTER, RM_LIMIT,
+    RM_DURING, RM_CYCLE, RM_RATE_LIMIT,
     RM_COUNT
 };
 
@@ -96,6 +98,13 @@ struct rule {
     double chance;            /* probability in [0, 1] */
     uint64_t every, after, limit;
 
+    /* time and rate matchers (DESIGN §10), in milliseconds */
+    uint64_t during_start, during_end; /* during_end UINT64_MAX: open */
+    uint64_t cycle_period, cycle_on;
+    uint64_t rate_n, rate_ms;
+    int rate_per_client;
+    struct ratelimit *rate;   /* made by rules_set_build */
+
     struct rule_actions actions;
     struct rules_header_op *set_headers, *del_headers; /* what actions points at; owned */
 
@@ -105,6 +114,7 @@ struct rule {
     _Atomic uint64_t hits;        /* times the rule applied (also what `limit` caps) */
     _Atomic uint64_t chance_draws, delay_draws;
     atomic_int enabled;
+    _Atomic uint64_t epoch_ms;    /* rules_now_ms() when loaded or last enabled */
 };
 
 struct rules {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "catalog.h"
+#include "dist.h"
 #include "http.h"
 #include "rules_int.h"
 #include "units.h"
@@ -78,7 +79,8 @@ static const char *const matcher_words[RM_COUNT] = {
     [RM_METHOD] = "method", [RM_HOST] = "host",     [RM_PATH] = "path",
     [RM_HEADER] = "header", [RM_CLIENT] = "client", [RM_STATUS] = "status",
     [RM_CHANCE] = "chance", [RM_EVERY] = "every",   [RM_AFTER] = "after",
-    [RM_LIMIT] = "limit",
+    [RM_LIMIT] = "limit",   [RM_DURING] = "during", [RM_CYCLE] = "cycle",
+    [RM_RATE_LIMIT] = "rate-limit",
 };
 
 /* What each matcher's value looks like, for "missing value" messages. */
@@ -93,11 +95,15 @@ static const char *const matcher_expects[RM_COUNT] = {
     [RM_EVERY] = "a count N >= 1",
     [RM_AFTER] = "a count N >= 0",
     [RM_LIMIT] = "a count N >= 1",
+    [RM_DURING] = "START..END or START.., e.g. 0s..30s",
+    [RM_CYCLE] = "PERIOD on ON, e.g. 60s on 10s",
+    [RM_RATE_LIMIT] = "N/DURATION, e.g. 10/1s, optionally followed by per-client",
 };
 
 enum rule_action {
     RA_ABORT, RA_SET_STATUS, RA_REASON, RA_BODY, RA_SET_HEADER, RA_DEL_HEADER,
     RA_DELAY, RA_THROTTLE, RA_RESET, RA_TRUNCATE,
+    RA_HANG, RA_EMPTY, RA_GARBAGE, RA_BAD_CHUNK, RA_SLOW_HEAD,
     RA_COUNT
 };
 
@@ -105,7 +111,8 @@ static const char *const action_words[RA_COUNT] = {
     [RA_ABORT] = "abort",          [RA_SET_STATUS] = "set-status", [RA_REASON] = "reason",
     [RA_BODY] = "body",            [RA_SET_HEADER] = "set-header", [RA_DEL_HEADER] = "del-header",
     [RA_DELAY] = "delay",          [RA_THROTTLE] = "throttle",     [RA_RESET] = "reset",
-    [RA_TRUNCATE] = "truncate",
+    [RA_TRUNCATE] = "truncate",    [RA_HANG] = "hang",             [RA_EMPTY] = "empty",
+    [RA_GARBAGE] = "garbage",      [RA_BAD_CHUNK] = "bad-chunk",   [RA_SLOW_HEAD] = "slow-head",
 };
 
 static const char *const action_expects[RA_COUNT] = {
@@ -115,10 +122,16 @@ static const char *const action_expects[RA_COUNT] = {
     [RA_BODY] = "a quoted body text",
     [RA_SET_HEADER] = "a header name and a quoted value",
     [RA_DEL_HEADER] = "a header name",
-    [RA_DELAY] = "a duration or MIN..MAX, e.g. 2s or 100ms..400ms",
+    [RA_DELAY] = "a duration, MIN..MAX, normal MEAN SD or lognormal P50 P99, e.g. 2s, "
+                 "100ms..400ms or lognormal 100ms 2s",
     [RA_THROTTLE] = "a rate, e.g. 64KB/s",
     [RA_RESET] = "nothing",
     [RA_TRUNCATE] = "a byte count, e.g. 1024 or 4KB",
+    [RA_HANG] = "an optional duration, e.g. 30s",
+    [RA_EMPTY] = "nothing",
+    [RA_GARBAGE] = "an optional byte count, e.g. 64",
+    [RA_BAD_CHUNK] = "nothing",
+    [RA_SLOW_HEAD] = "a duration, e.g. 5s",
 };
 
 static int word_index(const char *const *words, size_t n, const struct rules_token *t)
@@ -211,6 +224,8 @@ struct draft {
     struct pos matcher_at[RM_COUNT];
     struct pos action_at[RA_COUNT];
     struct pos abort_code_at, set_status_code_at; /* their values */
+    struct pos retry_auto_at;      /* set-header Retry-After auto */
+    const struct rules_token *extra; /* cycle's ON, rate-limit's per-client */
     struct sbuf matchers, actions; /* normalized text, each piece led by a space */
     size_t cap_set, cap_del; /* the counts are in r->actions */
 };
@@ -585,6 +600,106 @@ static void parse_counter(struct parser *ps, struct draft *dr, enum rule_matcher
     sbuf_printf(&dr->matchers, " %s %llu", matcher_words[m], (unsigned long long)n);
 }
 
+/* One duration token piece S[0..len) for matcher or action KW; 0 or -1. */
+static int parse_dur(struct parser *ps, const struct rules_token *v, const char *kw, const char *s,
+                     size_t len, uint64_t *out)
+{
+    if (units_parse_duration(s, len, out) == 0)
+        return 0;
+    ERR(ps, v, "invalid duration '%.*s' for '%s' (expected e.g. 250ms, 5s, 2m or 1h)", (int)len,
+        s, kw);
+    return -1;
+}
+
+static void parse_during(struct parser *ps, struct draft *dr, const struct rules_token *v)
+{
+    struct rule *r = dr->r;
+    const char *dots = strstr(v->text, "..");
+    if (!dots) {
+        ERR(ps, v, "'during' needs START..END or START.., got '%s' (e.g. during 0s..30s)",
+            v->text);
+        return;
+    }
+    size_t l1 = (size_t)(dots - v->text), l2 = v->len - l1 - 2;
+    uint64_t lo, hi = UINT64_MAX;
+    if (parse_dur(ps, v, "during", v->text, l1, &lo) != 0 ||
+        (l2 && parse_dur(ps, v, "during", dots + 2, l2, &hi) != 0))
+        return;
+    if (hi <= lo) {
+        ERR(ps, v, "'during %s' can never hold: END must be after START", v->text);
+        return;
+    }
+    r->during_start = lo;
+    r->during_end = hi;
+    char a[32] = "0s", b[32] = ""; /* "0s" reads better than "0ms" as a start */
+    if (lo)
+        units_format_duration(lo, a, sizeof a);
+    if (hi != UINT64_MAX)
+        units_format_duration(hi, b, sizeof b);
+    sbuf_printf(&dr->matchers, " during %s..%s", a, b);
+}
+
+static void parse_cycle(struct parser *ps, struct draft *dr, const struct rules_token *v)
+{
+    struct rule *r = dr->r;
+    const struct rules_token *on = dr->extra;
+    uint64_t period, on_ms;
+    if (parse_dur(ps, v, "cycle", v->text, v->len, &period) != 0 ||
+        parse_dur(ps, on, "cycle", on->text, on->len, &on_ms) != 0)
+        return;
+    if (period == 0) {
+        ERR(ps, v, "'cycle' needs a PERIOD above 0");
+        return;
+    }
+    if (on_ms == 0) {
+        ERR(ps, on, "'cycle %s on 0' can never hold", v->text);
+        return;
+    }
+    if (on_ms >= period)
+        WARN(ps, on, "'cycle %s on %s' always holds: ON is not shorter than PERIOD", v->text,
+             on->text);
+    r->cycle_period = period;
+    r->cycle_on = on_ms < period ? on_ms : period;
+    char a[32], b[32];
+    units_format_duration(period, a, sizeof a);
+    units_format_duration(on_ms, b, sizeof b);
+    sbuf_printf(&dr->matchers, " cycle %s on %s", a, b);
+}
+
+/* Rate-limit counts fit in the window's 32-bit slot counters. */
+#define RATE_MAX_N 1000000000ULL
+
+static void parse_rate(struct parser *ps, struct draft *dr, const struct rules_token *v)
+{
+    struct rule *r = dr->r;
+    const char *slash = memchr(v->text, '/', v->len);
+    uint64_t n, ms;
+    struct rules_token count = *v;
+    if (slash)
+        count.len = (size_t)(slash - v->text);
+    if (!slash || parse_count(&count, &n) != 0) {
+        ERR(ps, v, "invalid rate '%s' for 'rate-limit' (expected N/DURATION, e.g. 10/1s)", v->text);
+        return;
+    }
+    if (parse_dur(ps, v, "rate-limit", slash + 1, v->len - count.len - 1, &ms) != 0)
+        return;
+    if (n == 0 || n > RATE_MAX_N) {
+        ERR(ps, v, "'rate-limit %s': N must be 1 to %llu", v->text, RATE_MAX_N);
+        return;
+    }
+    if (ms == 0) {
+        ERR(ps, v, "'rate-limit %s': the window must be longer than 0", v->text);
+        return;
+    }
+    r->rate_n = n;
+    r->rate_ms = ms;
+    r->rate_per_client = dr->extra != NULL;
+    char d[32];
+    units_format_duration(ms, d, sizeof d);
+    sbuf_printf(&dr->matchers, " rate-limit %llu/%s%s", (unsigned long long)n, d,
+                r->rate_per_client ? " per-client" : "");
+}
+
 static void parse_matcher(struct parser *ps, struct draft *dr, enum rule_matcher m,
                           const struct rules_token *v)
 {
@@ -600,6 +715,9 @@ static void parse_matcher(struct parser *ps, struct draft *dr, enum rule_matcher
     case RM_EVERY:
     case RM_AFTER:
     case RM_LIMIT: parse_counter(ps, dr, m, v); break;
+    case RM_DURING: parse_during(ps, dr, v); break;
+    case RM_CYCLE: parse_cycle(ps, dr, v); break;
+    case RM_RATE_LIMIT: parse_rate(ps, dr, v); break;
     case RM_COUNT: break;
     }
     /* Only a matcher that parsed counts, so that whole-rule checks never
@@ -642,6 +760,8 @@ static const char *header_named(const struct draft *dr, const char *name, size_t
     for (size_t i = 0; i < dr->r->actions.n_del_headers; i++)
         if (str_ieq(name, len, dr->r->del_headers[i].name))
             return "del-header";
+    if (dr->r->actions.retry_after_auto && str_ieq(name, len, "Retry-After"))
+        return "set-header";
     return NULL;
 }
 
@@ -702,9 +822,14 @@ static void parse_delay(struct parser *ps, struct draft *dr, const struct rules_
     const char *dots = strstr(v->text, "..");
     uint64_t lo, hi;
     if (!dots) {
+        static const char *const dists[] = {"normal", "lognormal"};
+        const char *near = v->quoted ? NULL : nearest(v->text, dists, ARRAY_LEN(dists));
         if (units_parse_duration(v->text, v->len, &lo) != 0) {
-            ERR(ps, v, "invalid duration '%s' (expected e.g. 250ms, 5s, 2m, or MIN..MAX)",
-                v->text);
+            if (near)
+                ERR(ps, v, "unknown delay distribution '%s' (did you mean '%s'?)", v->text, near);
+            else
+                ERR(ps, v, "invalid duration '%s' (expected e.g. 250ms, 5s, 2m, or MIN..MAX)",
+                    v->text);
             return;
         }
         hi = lo;
@@ -734,6 +859,121 @@ static void parse_delay(struct parser *ps, struct draft *dr, const struct rules_
         sbuf_printf(&dr->actions, " delay %s", a);
     else
         sbuf_printf(&dr->actions, " delay %s..%s", a, b);
+}
+
+/* `delay normal MEAN SD` or `delay lognormal P50 P99` (KIND, A, B). */
+static void parse_delay_dist(struct parser *ps, struct draft *dr, const struct rules_token *kind,
+                             const struct rules_token *va, const struct rules_token *vb)
+{
+    struct rule_actions *ac = &dr->r->actions;
+    int lognormal = kind->text[0] == 'l';
+    uint64_t a, b;
+    if (parse_dur(ps, va, "delay", va->text, va->len, &a) != 0 ||
+        parse_dur(ps, vb, "delay", vb->text, vb->len, &b) != 0)
+        return;
+    if (lognormal && (a == 0 || b < a)) {
+        ERR(ps, a == 0 ? va : vb, "'delay lognormal %s %s': needs 0 < P50 <= P99", va->text,
+            vb->text);
+        return;
+    }
+    if (a > DIST_MAX_MS || b > DIST_MAX_MS) {
+        ERR(ps, a > DIST_MAX_MS ? va : vb, "'delay %s': values above 1h are cut to 1h anyway",
+            kind->text);
+        return;
+    }
+    ac->has_delay = 1;
+    ac->delay_kind = lognormal ? RULES_DELAY_LOGNORMAL : RULES_DELAY_NORMAL;
+    ac->delay_a = (double)a;
+    ac->delay_b = (double)b;
+    char x[32], y[32];
+    units_format_duration(a, x, sizeof x);
+    units_format_duration(b, y, sizeof y);
+    sbuf_printf(&dr->actions, " delay %s %s %s", lognormal ? "lognormal" : "normal", x, y);
+}
+
+/* hang [DURATION], garbage [BYTES], slow-head DURATION. */
+static void parse_broken(struct parser *ps, struct draft *dr, enum rule_action a,
+                         const struct rules_token *v)
+{
+    struct rule_actions *ac = &dr->r->actions;
+    uint64_t n = 0;
+    char buf[32];
+    if (a == RA_GARBAGE) {
+        n = 64;
+        if (v && (units_parse_bytes(v->text, v->len, &n) != 0 || n == 0 || n > 1048576)) {
+            ERR(ps, v, "invalid byte count '%s' for 'garbage' (expected 1 to 1MB, e.g. 64)",
+                v->text);
+            return;
+        }
+        ac->brk = RULES_BREAK_GARBAGE;
+        ac->garbage_bytes = n;
+        units_format_bytes(n, buf, sizeof buf);
+        sbuf_printf(&dr->actions, " garbage %s", buf);
+        return;
+    }
+    if (v && parse_dur(ps, v, action_words[a], v->text, v->len, &n) != 0)
+        return;
+    if (a == RA_SLOW_HEAD && n == 0) {
+        ERR(ps, v, "'slow-head' needs a duration above 0");
+        return;
+    }
+    units_format_duration(n, buf, sizeof buf);
+    if (a == RA_SLOW_HEAD) {
+        ac->slow_head_ms = n;
+        sbuf_printf(&dr->actions, " slow-head %s", buf);
+    } else {
+        ac->brk = RULES_BREAK_HANG;
+        ac->hang_ms = n;
+        sbuf_printf(&dr->actions, n ? " hang %s" : " hang", buf);
+    }
+}
+
+/* set-header NAME "VALUE" (or Retry-After auto) and del-header NAME. */
+static void parse_header_action(struct parser *ps, struct draft *dr, enum rule_action a,
+                                const struct rules_token *kw, const struct rules_token *v,
+                                const struct rules_token *v2)
+{
+    struct rule *r = dr->r;
+    struct rule_actions *ac = &r->actions;
+    if (!check_header_name(ps, kw, v))
+        return;
+    const char *other = header_named(dr, v->text, v->len);
+    if (other) {
+        ERR(ps, v, "header %s is already changed by '%s' in this rule", v->text, other);
+        return;
+    }
+    if (a == RA_SET_HEADER && v2 && !v2->quoted && strcmp(v2->text, "auto") == 0) {
+        if (!str_ieq(v->text, v->len, "Retry-After")) {
+            ERR(ps, v2, "'auto' is known only for Retry-After: write a quoted value for %s",
+                v->text);
+            return;
+        }
+        ac->retry_after_auto = 1;
+        dr->retry_auto_at = pos_of(v2);
+        sbuf_puts(&dr->actions, " set-header Retry-After auto");
+        return;
+    }
+    if (a == RA_SET_HEADER) {
+        if (!v2 || !need_quoted(ps, kw, v2) || v2->bad ||
+            !check_head_text(ps, v2, "a header value"))
+            return;
+        if (ac->n_set_headers == dr->cap_set) {
+            dr->cap_set = dr->cap_set ? dr->cap_set * 2 : 4;
+            r->set_headers = xrealloc(r->set_headers, dr->cap_set * sizeof *r->set_headers);
+        }
+        r->set_headers[ac->n_set_headers++] = (struct rules_header_op){
+            xstrndup(v->text, v->len), xstrndup(v2->text, v2->len)};
+        sbuf_printf(&dr->actions, " set-header %s ", v->text);
+        put_quoted(&dr->actions, v2->text, v2->len);
+    } else {
+        if (ac->n_del_headers == dr->cap_del) {
+            dr->cap_del = dr->cap_del ? dr->cap_del * 2 : 4;
+            r->del_headers = xrealloc(r->del_headers, dr->cap_del * sizeof *r->del_headers);
+        }
+        r->del_headers[ac->n_del_headers++] =
+            (struct rules_header_op){xstrndup(v->text, v->len), NULL};
+        sbuf_printf(&dr->actions, " del-header %s", v->text);
+    }
 }
 
 /* Parse one action whose keyword is KW; its values come from LN at *I. */
@@ -773,39 +1013,27 @@ static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a
         put_quoted(&dr->actions, v->text, v->len);
         break;
     case RA_SET_HEADER:
-    case RA_DEL_HEADER: {
-        if (!check_header_name(ps, kw, v))
-            break;
-        const char *other = header_named(dr, v->text, v->len);
-        if (other) {
-            ERR(ps, v, "header %s is already changed by '%s' in this rule", v->text, other);
-            break;
-        }
-        if (a == RA_SET_HEADER) {
-            if (!v2 || !need_quoted(ps, kw, v2) || v2->bad ||
-                !check_head_text(ps, v2, "a header value"))
-                break;
-            if (ac->n_set_headers == dr->cap_set) {
-                dr->cap_set = dr->cap_set ? dr->cap_set * 2 : 4;
-                r->set_headers = xrealloc(r->set_headers, dr->cap_set * sizeof *r->set_headers);
-            }
-            r->set_headers[ac->n_set_headers++] = (struct rules_header_op){
-                xstrndup(v->text, v->len), xstrndup(v2->text, v2->len)};
-            sbuf_printf(&dr->actions, " set-header %s ", v->text);
-            put_quoted(&dr->actions, v2->text, v2->len);
-        } else {
-            if (ac->n_del_headers == dr->cap_del) {
-                dr->cap_del = dr->cap_del ? dr->cap_del * 2 : 4;
-                r->del_headers = xrealloc(r->del_headers, dr->cap_del * sizeof *r->del_headers);
-            }
-            r->del_headers[ac->n_del_headers++] = (struct rules_header_op){xstrndup(v->text, v->len),
-                                                                   NULL};
-            sbuf_printf(&dr->actions, " del-header %s", v->text);
-        }
+    case RA_DEL_HEADER:
+        parse_header_action(ps, dr, a, kw, v, v2);
         break;
-    }
     case RA_DELAY:
-        parse_delay(ps, dr, v);
+        if (dr->extra)
+            parse_delay_dist(ps, dr, v, v2, dr->extra);
+        else
+            parse_delay(ps, dr, v);
+        break;
+    case RA_HANG:
+    case RA_GARBAGE:
+    case RA_SLOW_HEAD:
+        parse_broken(ps, dr, a, v);
+        break;
+    case RA_EMPTY:
+        ac->brk = RULES_BREAK_EMPTY;
+        sbuf_puts(&dr->actions, " empty");
+        break;
+    case RA_BAD_CHUNK:
+        ac->bad_chunk = 1;
+        sbuf_puts(&dr->actions, " bad-chunk");
         break;
     case RA_THROTTLE:
         if (units_parse_rate(v->text, v->len, &n) != 0) {
@@ -856,7 +1084,9 @@ static void check_reset(struct parser *ps, const struct draft *dr)
 {
     static const enum rule_action writers[] = {RA_ABORT,      RA_SET_STATUS, RA_REASON,
                                                RA_BODY,       RA_SET_HEADER, RA_DEL_HEADER,
-                                               RA_THROTTLE,   RA_TRUNCATE};
+                                               RA_THROTTLE,   RA_TRUNCATE,   RA_HANG,
+                                               RA_EMPTY,      RA_GARBAGE,    RA_BAD_CHUNK,
+                                               RA_SLOW_HEAD};
     struct pos reset = dr->action_at[RA_RESET];
     if (!reset.line)
         return;
@@ -925,6 +1155,37 @@ static void check_target(struct parser *ps, const struct rule *r, int code, stru
     }
 }
 
+/* hang, empty and garbage replace the answer: nothing that shapes an answer
+ * can go with them, nor can two of them go together (reset is check_reset's). */
+static void check_broken(struct parser *ps, const struct draft *dr)
+{
+    static const struct {
+        enum rule_action a;
+        const char *why;
+    } broken[] = {
+        {RA_HANG, "hang sends no answer"},
+        {RA_EMPTY, "empty closes the connection without an answer"},
+        {RA_GARBAGE, "garbage sends random bytes instead of an answer"},
+    };
+    static const enum rule_action shapers[] = {RA_ABORT,    RA_SET_STATUS, RA_REASON,
+                                               RA_BODY,     RA_SET_HEADER, RA_DEL_HEADER,
+                                               RA_THROTTLE, RA_TRUNCATE,   RA_BAD_CHUNK,
+                                               RA_SLOW_HEAD};
+    for (size_t i = 0; i < ARRAY_LEN(broken); i++) {
+        for (size_t k = 0; k < ARRAY_LEN(shapers); k++)
+            conflict(ps, dr, broken[i].a, shapers[k], broken[i].why);
+        for (size_t k = i + 1; k < ARRAY_LEN(broken); k++)
+            conflict(ps, dr, broken[i].a, broken[k].a, broken[i].why);
+    }
+    conflict(ps, dr, RA_BAD_CHUNK, RA_TRUNCATE, "both cut the body; bad-chunk breaks it after one chunk");
+    conflict(ps, dr, RA_BAD_CHUNK, RA_THROTTLE, "bad-chunk sends one chunk and closes: there is "
+             "nothing to pace");
+    if (dr->r->actions.retry_after_auto && !(dr->r->has & (1u << RM_RATE_LIMIT)))
+        rules_diag_add(ps->d, 1, dr->retry_auto_at.line, dr->retry_auto_at.col,
+                       "'Retry-After auto' needs a 'rate-limit' matcher in the rule: it is the "
+                       "time until that window has room");
+}
+
 static void check_rule(struct parser *ps, struct draft *dr)
 {
     struct rule *r = dr->r;
@@ -934,6 +1195,7 @@ static void check_rule(struct parser *ps, struct draft *dr)
     conflict(ps, dr, RA_ABORT, RA_SET_STATUS, "abort already chooses the status");
     conflict(ps, dr, RA_ABORT, RA_TRUNCATE, "an abort answer is written whole");
     check_reset(ps, dr);
+    check_broken(ps, dr);
 
     if (at[RA_BODY].line && !at[RA_ABORT].line)
         rules_diag_add(ps->d, 1, at[RA_BODY].line, at[RA_BODY].col,
@@ -951,7 +1213,7 @@ static void check_rule(struct parser *ps, struct draft *dr)
         no_body_code = ac->set_status;
     int spec_empty = !ac->abort_code && !no_body_code && (r->has & (1u << RM_STATUS)) &&
                      spec_bodiless(r);
-    static const enum rule_action body_actions[] = {RA_TRUNCATE, RA_THROTTLE};
+    static const enum rule_action body_actions[] = {RA_TRUNCATE, RA_THROTTLE, RA_BAD_CHUNK};
     for (size_t i = 0; i < ARRAY_LEN(body_actions); i++) {
         struct pos p = at[body_actions[i]];
         if (!p.line)
@@ -1080,6 +1342,38 @@ static void skip_unknown(const struct rules_line *ln, size_t *i)
         (*i)++;
 }
 
+/* The words after the value of `cycle` (`on ON`) and `rate-limit`
+ * (`per-client`), consumed into DR->extra. 0 (and an error) when they are
+ * missing or misspelt. */
+static int take_extra(struct parser *ps, struct draft *dr, enum rule_matcher m,
+                      const struct rules_line *ln, size_t *i, const struct rules_token *v)
+{
+    const struct rules_token *t = *i < ln->n ? &ln->tok[*i] : NULL;
+    const char *word = m == RM_CYCLE ? "on" : "per-client";
+    int is_word = t && !t->quoted && strcmp(t->text, word) == 0;
+    if (m == RM_CYCLE) {
+        if (!is_word) {
+            ERR(ps, t ? t : v, "expected 'on ON' after 'cycle %s' (e.g. cycle 60s on 10s)",
+                v->text);
+            skip_unknown(ln, i);
+            return 0;
+        }
+        (*i)++;
+        dr->extra = take_value(ps, ln, i, t, "the time on in each period, e.g. 10s");
+        return dr->extra != NULL;
+    }
+    if (is_word) {
+        dr->extra = t;
+        (*i)++;
+    } else if (t && !t->quoted && !is_keyword(t) && nearest(t->text, &word, 1)) {
+        ERR(ps, t, "unknown word '%s' after 'rate-limit %s' (did you mean 'per-client'?)",
+            t->text, v->text);
+        (*i)++;
+        return 0;
+    }
+    return 1;
+}
+
 static void parse_matchers(struct parser *ps, struct draft *dr, const struct rules_line *ln,
                            size_t *i)
 {
@@ -1095,6 +1389,9 @@ static void parse_matchers(struct parser *ps, struct draft *dr, const struct rul
             continue;
         }
         const struct rules_token *v = take_value(ps, ln, i, t, matcher_expects[m]);
+        dr->extra = NULL;
+        if (v && (m == RM_CYCLE || m == RM_RATE_LIMIT) && !take_extra(ps, dr, m, ln, i, v))
+            v = NULL;
         if (m != RM_HEADER && dr->matcher_at[m].line) {
             ERR(ps, t, "duplicate matcher '%s' (first at column %d; only 'header' may repeat)",
                 t->text, dr->matcher_at[m].col);
@@ -1124,13 +1421,28 @@ static void parse_actions(struct parser *ps, struct draft *dr, const struct rule
             continue;
         }
         const struct rules_token *v = NULL, *v2 = NULL;
-        if (a != RA_RESET) {
+        int bare = a == RA_RESET || a == RA_EMPTY || a == RA_BAD_CHUNK;
+        int optional = a == RA_HANG || a == RA_GARBAGE;
+        if (optional && *i < ln->n && !is_keyword(&ln->tok[*i]))
+            v = &ln->tok[(*i)++];
+        else if (!bare && !optional)
             v = take_value(ps, ln, i, t, action_expects[a]);
-            if (v && a == RA_SET_HEADER) {
-                v2 = take_value(ps, ln, i, v, "a quoted header value");
-                if (!v2)
-                    v = NULL;
-            }
+        if (v && a == RA_SET_HEADER) {
+            v2 = take_value(ps, ln, i, v, "a quoted header value");
+            if (!v2)
+                v = NULL;
+        }
+        dr->extra = NULL;
+        if (v && a == RA_DELAY && !v->quoted &&
+            (strcmp(v->text, "normal") == 0 || strcmp(v->text, "lognormal") == 0)) {
+            const char *what = v->text[0] == 'n' ? "MEAN SD" : "P50 P99";
+            v2 = take_value(ps, ln, i, v, what);
+            dr->extra = v2 ? take_value(ps, ln, i, v, what) : NULL;
+            if (!dr->extra)
+                v = NULL;
+        } else if (v && a == RA_DELAY && !v->quoted && strlen(v->text) > 4 &&
+                   (edit_distance(v->text, "normal") <= 2 || edit_distance(v->text, "lognormal") <= 2)) {
+            skip_unknown(ln, i); /* a misspelt distribution: its values are not actions */
         }
         int repeats = a == RA_SET_HEADER || a == RA_DEL_HEADER;
         if (!repeats && dr->action_at[a].line) {
@@ -1140,7 +1452,7 @@ static void parse_actions(struct parser *ps, struct draft *dr, const struct rule
         }
         if (!dr->action_at[a].line)
             dr->action_at[a] = pos_of(t);
-        if (v || a == RA_RESET)
+        if (v || bare || optional)
             parse_action(ps, dr, (enum rule_action)a, t, v, v2);
     }
 }

@@ -94,8 +94,11 @@ def test_metrics_match_traffic(rp, refused_port):
         "statusproxy_active_connections": "gauge",
         "statusproxy_rule_hits_total": "counter",
         "statusproxy_records_dropped_total": "counter",
+        "statusproxy_faults_active": "gauge",
+        "statusproxy_faults_overflow_total": "counter",
         "statusproxy_audit_errors_total": "counter",
     }
+    assert metric(m, "statusproxy_faults_overflow_total") == 0
     n = traffic(rp, refused_port)
     m = wait_metrics(adm, lambda m: metric(m, "statusproxy_request_duration_seconds_count") == n)
     got = {(l["code"], l["class"], l["upstream_code"], l["rule"]): v

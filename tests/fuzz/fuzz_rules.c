@@ -6,7 +6,8 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Iproxy \
  *     tests/fuzz/fuzz_rules.c proxy/rules*.c proxy/glob.c proxy/cidr.c \
- *     proxy/catalog.c proxy/units.c proxy/util.c proxy/http.c -o build/fuzz_rules
+ *     proxy/catalog.c proxy/units.c proxy/util.c proxy/http.c proxy/dist.c \
+ *     proxy/ratelimit.c -lm -o build/fuzz_rules
  *   build/fuzz_rules -max_len=512 tests/unit/rules_golden
  */
 #include <netinet/in.h>
