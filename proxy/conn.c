@@ -64,9 +64,17 @@ static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(ch->data, CHUNK_SIZE);
 }
 
+/* A `hang` ends the connection without an answer, so requests pipelined
+ * behind it are never served: keep reading anyway, to see the client leave
+ * (which ends a hang without a duration), and drop what it sends. */
+static int hang_drops_input(const struct conn *c)
+{
+    return c->phase == PH_EXCHANGE && c->x.brk == RULES_BREAK_HANG && c->x.req == REQ_DONE;
+}
+
 void conn_update_reading(struct conn *c)
 {
-    int want = c->phase != PH_CLOSED && !c->in &&
+    int want = c->phase != PH_CLOSED && (!c->in || hang_drops_input(c)) &&
                (c->phase != PH_TUNNEL || tunnel_wants_client(c->tunnel));
     if (want && !c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_client_alloc, on_client_read) == 0)
@@ -137,7 +145,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     ch->len = (uint32_t)nread;
-    if (c->phase == PH_LINGER) {
+    if (c->phase == PH_LINGER || hang_drops_input(c)) {
         chunk_unref(ch);
         return;
     }
@@ -1056,6 +1064,7 @@ static void break_answer(struct conn *c)
         /* Without a duration, until the client leaves (client_gone records it). */
         if (x->brk_arg)
             uv_timer_start(&c->ptimer, on_hang_end, x->brk_arg, 0);
+        conn_update_reading(c);
         return;
     }
     if (x->brk == RULES_BREAK_GARBAGE) {

@@ -7,6 +7,7 @@ Python's http.client / urllib see them, the new fault headers,
 
 import http.client
 import json
+import os
 import re
 import shutil
 import socket
@@ -538,3 +539,25 @@ def test_report_by_rule_shows_injected_faults(proxy_factory, backend, tmp_path, 
                           "--format", "json"], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
     assert [(r["rule"], r["count"]) for r in json.loads(out.stdout)] == [("e", 2), ("g", 1)]
+
+
+def test_hang_notices_a_client_that_pipelined_and_left(proxy_factory, backend, tmp_path):
+    """A client pipelines a request behind a `hang` (no duration), then
+    closes: the hang ends there (recorded fault_hang) and the proxy lets go of
+    the connection, instead of waiting for input it will never parse."""
+    p = start(proxy_factory, backend, tmp_path,
+              "rule forever path /f => hang\n"
+              "rule forever-r status 200 path /status/* => hang\n")
+    fds = len(os.listdir("/proc/%d/fd" % p.pid))
+    for first in (b"/f", b"/status/200"):
+        s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n"
+                  b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n" % first)
+        time.sleep(0.3)
+        s.sendall(b"GET /more HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)
+        s.close()
+        [r] = rows_for(p, first.decode())
+        assert (r["error"], r["final_code"]) == ("fault_hang", None), r
+    assert wait_until(lambda: len(os.listdir("/proc/%d/fd" % p.pid)) <= fds, 5.0)
+    assert not [r for r in db_exchanges(p.db) if r["path"] in ("/next", "/more")]
