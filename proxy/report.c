@@ -364,6 +364,100 @@ static int check_combination(struct report_options *o, int range, int base_set, 
     return 0;
 }
 
+/* The flags of DESIGN §11 that come first in report_parse_args' list
+ * (index F). *RANGE_SET collects 1 for --since, 2 for --until. */
+static int parse_flag(int f, const char *name, const char *val, int64_t now_ms,
+                      struct report_options *o, int *range_set, int *base_set, char *err,
+                      size_t errlen)
+{
+    char names[96];
+    int k;
+    switch (f) {
+    case 0: /* --db */
+        if (!val[0]) {
+            snprintf(err, errlen, "--db: empty path");
+            return -1;
+        }
+        o->dbs[o->ndbs++] = val;
+        return 0;
+    case 1: /* --by */
+        if ((k = pick(val, view_names, ARRAY_LEN(view_names))) < 0) {
+            list_names(names, sizeof names, view_names, ARRAY_LEN(view_names));
+            snprintf(err, errlen, "--by: expected %s, got '%s'", names, val);
+            return -1;
+        }
+        o->view = (enum report_view)k;
+        return 0;
+    case 2: /* --since */
+    case 3: /* --until */
+        if (report_parse_time(val, now_ms, f == 2 ? &o->since_ms : &o->until_ms) != 0) {
+            snprintf(err, errlen,
+                     "%s: expected a duration back from now (1h) or an ISO 8601 UTC time "
+                     "(2026-11-24T10:00:00Z), got '%s'",
+                     name, val);
+            return -1;
+        }
+        *range_set |= f == 2 ? 1 : 2;
+        return 0;
+    case 4: /* --host */
+        if (!val[0]) {
+            snprintf(err, errlen, "--host: empty pattern");
+            return -1;
+        }
+        o->host_glob = val;
+        return 0;
+    case 5: { /* --top */
+        char *end;
+        unsigned long long n = strtoull(val, &end, 10);
+        if (!isdigit((unsigned char)val[0]) || *end || n == 0 || n > 1000000000ULL) {
+            snprintf(err, errlen, "--top: expected a positive number, got '%s'", val);
+            return -1;
+        }
+        o->top = (size_t)n;
+        return 0;
+    }
+    case 6: /* --format */
+        if ((k = pick(val, format_names, ARRAY_LEN(format_names))) < 0) {
+            list_names(names, sizeof names, format_names, ARRAY_LEN(format_names));
+            snprintf(err, errlen, "--format: expected %s, got '%s'", names, val);
+            return -1;
+        }
+        o->format = (enum report_format)k;
+        return 0;
+    }
+    return parse_more(f, name, val, now_ms, o, base_set, err, errlen);
+}
+
+/* Splits argv[*I] ("--flag value" or "--flag=value") into NAME (NAMESZ bytes)
+ * and *VAL, stepping *I past a separate value. Returns the flag's index in
+ * FLAGS, or -1 with ERR set. */
+static int split_flag(int argc, char **argv, int *i, const char *const *flags, size_t nflags,
+                      char *name, size_t namesz, const char **val, char *err, size_t errlen)
+{
+    const char *arg = argv[*i], *eq = strchr(arg, '=');
+    size_t nlen = strlen(arg);
+    if (eq && strncmp(arg, "--", 2) == 0)
+        nlen = (size_t)(eq - arg);
+    snprintf(name, namesz, "%.*s", (int)(nlen < namesz ? nlen : namesz - 1), arg);
+    int f = nlen < namesz ? pick(name, flags, nflags) : -1;
+    if (f < 0) {
+        if (arg[0] == '-')
+            snprintf(err, errlen, "%.*s: unknown option", (int)nlen, arg);
+        else
+            snprintf(err, errlen, "unexpected argument '%s'", arg);
+        return -1;
+    }
+    if (nlen < strlen(arg)) {
+        *val = arg + nlen + 1;
+    } else if (*i + 1 < argc) {
+        *val = argv[++*i];
+    } else {
+        snprintf(err, errlen, "%s: missing value", name);
+        return -1;
+    }
+    return f;
+}
+
 int report_parse_args(int argc, char **argv, int64_t now_ms, struct report_options *o, char *err,
                       size_t errlen)
 {
@@ -372,92 +466,16 @@ int report_parse_args(int argc, char **argv, int64_t now_ms, struct report_optio
                                         "--baseline", "--baseline-since", "--baseline-until",
                                         "--assert"};
     options_init(o, argc);
-    int since_set = 0, until_set = 0, base_set = 0;
+    int range_set = 0, base_set = 0;
     for (int i = 0; i < argc; i++) {
-        /* "--flag value" or "--flag=value". */
         char name[24];
-        const char *val = NULL, *eq = strchr(argv[i], '=');
-        size_t nlen = strlen(argv[i]);
-        if (eq && strncmp(argv[i], "--", 2) == 0)
-            nlen = (size_t)(eq - argv[i]);
-        snprintf(name, sizeof name, "%.*s", (int)(nlen < sizeof name ? nlen : sizeof name - 1),
-                 argv[i]);
-        int f = nlen < sizeof name ? pick(name, flags, ARRAY_LEN(flags)) : -1;
-        if (f < 0) {
-            if (argv[i][0] == '-')
-                snprintf(err, errlen, "%.*s: unknown option", (int)nlen, argv[i]);
-            else
-                snprintf(err, errlen, "unexpected argument '%s'", argv[i]);
+        const char *val = NULL;
+        int f = split_flag(argc, argv, &i, flags, ARRAY_LEN(flags), name, sizeof name, &val, err,
+                           errlen);
+        if (f < 0 || parse_flag(f, name, val, now_ms, o, &range_set, &base_set, err, errlen) != 0)
             goto fail;
-        }
-        if (nlen < strlen(argv[i])) {
-            val = argv[i] + nlen + 1;
-        } else if (i + 1 < argc) {
-            val = argv[++i];
-        } else {
-            snprintf(err, errlen, "%s: missing value", name);
-            goto fail;
-        }
-        char names[96];
-        int k;
-        switch (f) {
-        case 0: /* --db */
-            if (!val[0]) {
-                snprintf(err, errlen, "--db: empty path");
-                goto fail;
-            }
-            o->dbs[o->ndbs++] = val;
-            break;
-        case 1: /* --by */
-            if ((k = pick(val, view_names, ARRAY_LEN(view_names))) < 0) {
-                list_names(names, sizeof names, view_names, ARRAY_LEN(view_names));
-                snprintf(err, errlen, "--by: expected %s, got '%s'", names, val);
-                goto fail;
-            }
-            o->view = (enum report_view)k;
-            break;
-        case 2: /* --since */
-        case 3: /* --until */
-            if (report_parse_time(val, now_ms, f == 2 ? &o->since_ms : &o->until_ms) != 0) {
-                snprintf(err, errlen,
-                         "%s: expected a duration back from now (1h) or an ISO 8601 UTC time "
-                         "(2026-11-24T10:00:00Z), got '%s'",
-                         name, val);
-                goto fail;
-            }
-            *(f == 2 ? &since_set : &until_set) = 1;
-            break;
-        case 4: /* --host */
-            if (!val[0]) {
-                snprintf(err, errlen, "--host: empty pattern");
-                goto fail;
-            }
-            o->host_glob = val;
-            break;
-        case 5: { /* --top */
-            char *end;
-            unsigned long long n = strtoull(val, &end, 10);
-            if (!isdigit((unsigned char)val[0]) || *end || n == 0 || n > 1000000000ULL) {
-                snprintf(err, errlen, "--top: expected a positive number, got '%s'", val);
-                goto fail;
-            }
-            o->top = (size_t)n;
-            break;
-        }
-        case 6: /* --format */
-            if ((k = pick(val, format_names, ARRAY_LEN(format_names))) < 0) {
-                list_names(names, sizeof names, format_names, ARRAY_LEN(format_names));
-                snprintf(err, errlen, "--format: expected %s, got '%s'", names, val);
-                goto fail;
-            }
-            o->format = (enum report_format)k;
-            break;
-        default:
-            if (parse_more(f, name, val, now_ms, o, &base_set, err, errlen) != 0)
-                goto fail;
-        }
     }
-    if (check_combination(o, since_set && until_set, base_set, err, errlen) != 0)
+    if (check_combination(o, range_set == 3, base_set, err, errlen) != 0)
         goto fail;
     return 0;
 fail:
