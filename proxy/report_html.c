@@ -123,6 +123,82 @@ static double bucket_x(size_t k, size_t nb, int plot_w)
     return nb == 1 ? PAD_L + plot_w / 2.0 : PAD_L + (double)k * plot_w / (double)(nb - 1);
 }
 
+/* The grid, y labels, x axis, x labels and the bucket caption of a chart of
+ * NB buckets of STEP seconds from BASE, with y from 0 to YMAX by YSTEP. */
+static void write_axes(struct sbuf *out, size_t nb, int64_t base, int64_t step, uint64_t ymax,
+                       uint64_t ystep, int plot_w, int plot_h)
+{
+    /* Grid and y labels. */
+    for (uint64_t v = 0; v <= ymax; v += ystep) {
+        double y = PAD_T + plot_h - (double)v / (double)ymax * plot_h;
+        sbuf_printf(out,
+                    "<line class=\"grid\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\"/>"
+                    "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%llu</text>\n",
+                    PAD_L, y, PAD_L + plot_w, y, PAD_L - 6, y + 4, (unsigned long long)v);
+    }
+    sbuf_printf(out, "<line class=\"axis\" x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\"/>\n", PAD_L,
+                PAD_T + plot_h, PAD_L + plot_w, PAD_T + plot_h);
+    /* X labels: the first and last bucket, and the middle one when there is room. */
+    size_t marks[3] = {0, nb / 2, nb - 1};
+    for (int m = 0; m < 3; m++) {
+        if ((m == 1 && nb < 5) || (m == 2 && nb == 1))
+            continue;
+        size_t k = marks[m];
+        double x = bucket_x(k, nb, plot_w);
+        char when[32];
+        iso_minute(base + (int64_t)k * step, when, sizeof when);
+        sbuf_printf(out, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"%s\">%s UTC</text>\n", x,
+                    CHART_H - 22, m == 0 && nb > 1 ? "start" : m == 2 ? "end" : "middle", when);
+    }
+    sbuf_printf(out, "<text x=\"%d\" y=\"%d\">exchanges per %lld min</text>\n", PAD_L,
+                CHART_H - 6, (long long)(step / 60));
+}
+
+/* Series S's line across the NB buckets B, titled with its TOTAL, and a
+ * marker per bucket when there are few enough to tell apart. */
+static void write_series(struct sbuf *out, const uint64_t (*b)[REPORT_SERIES_COUNT], size_t nb,
+                         int s, uint64_t total, uint64_t ymax, int plot_w, int plot_h)
+{
+    int none = s == REPORT_SERIES_NONE;
+    sbuf_printf(out, "<path class=\"%s%s\" data-class=\"%s\" stroke=\"%s\" d=\"",
+                none ? "no-status" : "series series-", none ? "" : series_info[s].name,
+                series_info[s].name, series_info[s].color);
+    for (size_t k = 0; k < nb; k++) {
+        double x = bucket_x(k, nb, plot_w);
+        double y = PAD_T + plot_h - (double)b[k][s] / (double)ymax * plot_h;
+        sbuf_printf(out, "%s%.1f %.1f", k ? " L" : "M", x, y);
+    }
+    sbuf_printf(out, "\"><title>%s: %llu</title></path>\n", series_info[s].label,
+                (unsigned long long)total);
+    if (nb > MAX_POINT_MARKS)
+        return;
+    for (size_t k = 0; k < nb; k++) {
+        double x = bucket_x(k, nb, plot_w);
+        double y = PAD_T + plot_h - (double)b[k][s] / (double)ymax * plot_h;
+        sbuf_printf(out,
+                    "<circle class=\"point\" cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\""
+                    " fill=\"%s\"/>",
+                    x, y, series_info[s].color);
+    }
+    sbuf_putc(out, '\n');
+}
+
+/* The legend: one swatch and total per series that has any exchanges. */
+static void write_legend(struct sbuf *out, const uint64_t *totals)
+{
+    sbuf_puts(out, "<div class=\"legend\">\n");
+    for (int s = 0; s < REPORT_SERIES_COUNT; s++) {
+        if (totals[s] == 0)
+            continue;
+        sbuf_printf(out,
+                    "<span data-class=\"%s\"><span class=\"swatch\" style=\"background:%s\"></span>"
+                    "%s: %llu</span>\n",
+                    series_info[s].name, series_info[s].color, series_info[s].label,
+                    (unsigned long long)totals[s]);
+    }
+    sbuf_puts(out, "</div>\n");
+}
+
 static void write_chart(const struct report_chart_point *points, size_t npoints, const char *id,
                         struct sbuf *out)
 {
@@ -159,68 +235,13 @@ static void write_chart(const struct report_chart_point *points, size_t npoints,
     if (ymax == 0)
         ymax = ystep;
 
-    /* Grid and y labels. */
-    for (uint64_t v = 0; v <= ymax; v += ystep) {
-        double y = PAD_T + plot_h - (double)v / (double)ymax * plot_h;
-        sbuf_printf(out,
-                    "<line class=\"grid\" x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\"/>"
-                    "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%llu</text>\n",
-                    PAD_L, y, PAD_L + plot_w, y, PAD_L - 6, y + 4, (unsigned long long)v);
-    }
-    sbuf_printf(out, "<line class=\"axis\" x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\"/>\n", PAD_L,
-                PAD_T + plot_h, PAD_L + plot_w, PAD_T + plot_h);
-    /* X labels: the first and last bucket, and the middle one when there is room. */
-    size_t marks[3] = {0, nb / 2, nb - 1};
-    for (int m = 0; m < 3; m++) {
-        if ((m == 1 && nb < 5) || (m == 2 && nb == 1))
-            continue;
-        size_t k = marks[m];
-        double x = bucket_x(k, nb, plot_w);
-        char when[32];
-        iso_minute(base + (int64_t)k * step, when, sizeof when);
-        sbuf_printf(out, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"%s\">%s UTC</text>\n", x,
-                    CHART_H - 22, m == 0 && nb > 1 ? "start" : m == 2 ? "end" : "middle", when);
-    }
-    sbuf_printf(out, "<text x=\"%d\" y=\"%d\">exchanges per %lld min</text>\n", PAD_L,
-                CHART_H - 6, (long long)(step / 60));
-
-    for (int s = 0; s < REPORT_SERIES_COUNT; s++) {
-        if (totals[s] == 0)
-            continue;
-        int none = s == REPORT_SERIES_NONE;
-        sbuf_printf(out, "<path class=\"%s%s\" data-class=\"%s\" stroke=\"%s\" d=\"",
-                    none ? "no-status" : "series series-", none ? "" : series_info[s].name,
-                    series_info[s].name, series_info[s].color);
-        for (size_t k = 0; k < nb; k++) {
-            double x = bucket_x(k, nb, plot_w);
-            double y = PAD_T + plot_h - (double)b[k][s] / (double)ymax * plot_h;
-            sbuf_printf(out, "%s%.1f %.1f", k ? " L" : "M", x, y);
-        }
-        sbuf_printf(out, "\"><title>%s: %llu</title></path>\n", series_info[s].label,
-                    (unsigned long long)totals[s]);
-        if (nb > MAX_POINT_MARKS)
-            continue;
-        for (size_t k = 0; k < nb; k++) {
-            double x = bucket_x(k, nb, plot_w);
-            double y = PAD_T + plot_h - (double)b[k][s] / (double)ymax * plot_h;
-            sbuf_printf(out,
-                        "<circle class=\"point\" cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\""
-                        " fill=\"%s\"/>",
-                        x, y, series_info[s].color);
-        }
-        sbuf_putc(out, '\n');
-    }
-    sbuf_puts(out, "</svg>\n<div class=\"legend\">\n");
-    for (int s = 0; s < REPORT_SERIES_COUNT; s++) {
-        if (totals[s] == 0)
-            continue;
-        sbuf_printf(out,
-                    "<span data-class=\"%s\"><span class=\"swatch\" style=\"background:%s\"></span>"
-                    "%s: %llu</span>\n",
-                    series_info[s].name, series_info[s].color, series_info[s].label,
-                    (unsigned long long)totals[s]);
-    }
-    sbuf_puts(out, "</div>\n");
+    write_axes(out, nb, base, step, ymax, ystep, plot_w, plot_h);
+    for (int s = 0; s < REPORT_SERIES_COUNT; s++)
+        if (totals[s] != 0)
+            write_series(out, (const uint64_t(*)[REPORT_SERIES_COUNT])b, nb, s, totals[s], ymax,
+                         plot_w, plot_h);
+    sbuf_puts(out, "</svg>\n");
+    write_legend(out, totals);
     free(b);
 }
 
