@@ -336,13 +336,27 @@ static int apply_deny_dest(struct run_options *o, const char *name, const char *
     return 0;
 }
 
-static int apply_core(struct run_options *o, const char *name, const char *v, char *err,
-                      size_t errlen)
+/* apply_core's groups return this for a flag that is not theirs. */
+#define NOT_MINE 1
+
+static int bad_empty(const char *name, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "%s: expected a non-empty value", name);
+    return -1;
+}
+
+/* Where the proxy listens and what it talks to: --listen, --admin,
+ * --upstream, --rules, --db, --admin-token. */
+static int apply_endpoints(struct run_options *o, const char *name, const char *v, char *err,
+                           size_t errlen)
 {
     const char *why;
     if (strcmp(name, "--listen") == 0) {
-        if (options_parse_listen(v, &o->listen) != 0)
-            goto bad_addr;
+        if (options_parse_listen(v, &o->listen) != 0) {
+            snprintf(err, errlen, "%s: expected ADDR:PORT (e.g. 127.0.0.1:8080), got '%s'", name,
+                     v);
+            return -1;
+        }
     } else if (strcmp(name, "--admin") == 0) {
         if (strcmp(v, "off") == 0) {
             o->admin_enabled = 0;
@@ -364,14 +378,24 @@ static int apply_core(struct run_options *o, const char *name, const char *v, ch
         o->rules_path = v;
     } else if (strcmp(name, "--db") == 0) {
         if (!*v)
-            goto bad_empty;
+            return bad_empty(name, err, errlen);
         o->db_path = v;
     } else if (strcmp(name, "--admin-token") == 0) {
         if (!*v)
-            goto bad_empty;
+            return bad_empty(name, err, errlen);
         free(o->admin_token);
         o->admin_token = xstrdup(v);
-    } else if (strcmp(name, "--seed") == 0) {
+    } else {
+        return NOT_MINE;
+    }
+    return 0;
+}
+
+/* What is recorded and logged: --seed, --log-exchanges, --retain, --log-level. */
+static int apply_recording(struct run_options *o, const char *name, const char *v, char *err,
+                           size_t errlen)
+{
+    if (strcmp(name, "--seed") == 0) {
         if (parse_u64(v, &o->seed) != 0) {
             snprintf(err, errlen, "%s: expected a non-negative integer, got '%s'", name, v);
             return -1;
@@ -390,7 +414,25 @@ static int apply_core(struct run_options *o, const char *name, const char *v, ch
         }
     } else if (strcmp(name, "--retain") == 0) {
         return duration_flag(name, v, &o->retain_ms, 0, err, errlen);
-    } else if (strcmp(name, "--workers") == 0) {
+    } else if (strcmp(name, "--log-level") == 0) {
+        enum log_level lv;
+        if (log_parse_level(v, &lv) != 0) {
+            snprintf(err, errlen, "%s: expected error, warn, info or debug, got '%s'", name, v);
+            return -1;
+        }
+        o->log_level = (int)lv;
+    } else {
+        return NOT_MINE;
+    }
+    return 0;
+}
+
+/* Capacity and who may use the proxy: --workers, --max-connections, --allow,
+ * --proxy-auth, --connect-ports and the timeouts. */
+static int apply_limits(struct run_options *o, const char *name, const char *v, char *err,
+                        size_t errlen)
+{
+    if (strcmp(name, "--workers") == 0) {
         if (parse_count(v, 1, 64, &o->workers) != 0) {
             snprintf(err, errlen, "%s: expected a number from 1 to 64, got '%s'", name, v);
             return -1;
@@ -402,7 +444,7 @@ static int apply_core(struct run_options *o, const char *name, const char *v, ch
         }
     } else if (strcmp(name, "--allow") == 0) {
         if (!*v)
-            goto bad_empty;
+            return bad_empty(name, err, errlen);
         o->allow = xrealloc(o->allow, (o->n_allow + 1) * sizeof *o->allow);
         o->allow[o->n_allow++] = xstrdup(v);
     } else if (strcmp(name, "--proxy-auth") == 0) {
@@ -421,21 +463,22 @@ static int apply_core(struct run_options *o, const char *name, const char *v, ch
         }
     } else if (timeout_field(o, name)) {
         return duration_flag(name, v, timeout_field(o, name), 0, err, errlen);
-    } else if (strcmp(name, "--log-level") == 0) {
-        enum log_level lv;
-        if (log_parse_level(v, &lv) != 0) {
-            snprintf(err, errlen, "%s: expected error, warn, info or debug, got '%s'", name, v);
-            return -1;
-        }
-        o->log_level = (int)lv;
+    } else {
+        return NOT_MINE;
     }
     return 0;
-bad_addr:
-    snprintf(err, errlen, "%s: expected ADDR:PORT (e.g. 127.0.0.1:8080), got '%s'", name, v);
-    return -1;
-bad_empty:
-    snprintf(err, errlen, "%s: expected a non-empty value", name);
-    return -1;
+}
+
+/* The flags not handled in apply; an unknown NAME is left alone. */
+static int apply_core(struct run_options *o, const char *name, const char *v, char *err,
+                      size_t errlen)
+{
+    int r = apply_endpoints(o, name, v, err, errlen);
+    if (r == NOT_MINE)
+        r = apply_recording(o, name, v, err, errlen);
+    if (r == NOT_MINE)
+        r = apply_limits(o, name, v, err, errlen);
+    return r == NOT_MINE ? 0 : r;
 }
 
 /* Set flag NAME to V. */
