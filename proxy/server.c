@@ -715,6 +715,112 @@ static int start_workers(struct server *srv)
     return i;
 }
 
+/* Load --rules, printing its diagnostics. Returns -1 when it has errors. */
+static int load_rules(struct server *srv)
+{
+    struct run_options *opts = srv->opts;
+    struct rules_diags diags = {0};
+    srv->current = rules_load_file(opts->rules_path, opts->seed, &diags);
+    for (size_t i = 0; i < diags.n; i++) {
+        char *line = rules_diag_format(opts->rules_path, &diags.items[i]);
+        fprintf(stderr, "%s\n", line);
+        free(line);
+    }
+    rules_diags_free(&diags);
+    return srv->current ? 0 : -1;
+}
+
+/* Check that --listen (and --admin) can be bound, and open the audit
+ * database, before any worker exists. Returns -1 with a message printed. */
+static int open_stores(struct server *srv)
+{
+    struct run_options *opts = srv->opts;
+    int rc = probe_bind(&opts->listen);
+    if (rc == 0 && opts->admin_enabled)
+        rc = probe_bind(&opts->admin);
+    if (rc != 0) {
+        const struct listen_addr *a = probe_bind(&opts->listen) ? &opts->listen : &opts->admin;
+        fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", a->text, uv_strerror(rc));
+        return -1;
+    }
+
+    char err[512];
+    struct audit_config acfg = {opts->db_path, opts->log_exchanges, opts->retain_ms, 0,
+                                opts->routes, (size_t)opts->max_routes};
+    srv->audit = audit_open(&acfg, err, sizeof err);
+    if (!srv->audit) {
+        fprintf(stderr, "statusproxy: --db %s: %s\n", opts->db_path, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* The main loop's handles: signals, the reload and audit timers, the
+ * workers' finished wake-up and the rules file watch. */
+static void init_main_handles(struct server *srv)
+{
+    uv_signal_init(srv->loop, &srv->sigterm);
+    uv_signal_init(srv->loop, &srv->sigint);
+    uv_signal_init(srv->loop, &srv->sighup);
+    srv->sigterm.data = srv->sigint.data = srv->sighup.data = srv;
+    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&srv->sigint, on_signal, SIGINT);
+    uv_signal_start(&srv->sighup, on_signal, SIGHUP);
+    uv_timer_init(srv->loop, &srv->reload_timer);
+    srv->reload_timer.data = srv;
+    uv_timer_init(srv->loop, &srv->audit_watch);
+    srv->audit_watch.data = srv;
+    uv_timer_start(&srv->audit_watch, on_audit_watch, AUDIT_WATCH_MS, AUDIT_WATCH_MS);
+    uv_async_init(srv->loop, &srv->finished, on_worker_finished);
+    srv->finished.data = srv;
+    uv_unref((uv_handle_t *)&srv->finished); /* the loop ends without waiting for it */
+    if (srv->opts->rules_path) {
+        uv_fs_event_init(srv->loop, &srv->watch);
+        srv->watch.data = srv;
+        srv->watching = 1;
+        watch_rules_file(srv);
+    }
+}
+
+/* Workers never started: close what was opened on their loops and the
+ * admin listener. */
+static void unwind_unstarted(struct server *srv)
+{
+    for (int i = 0; i < srv->nworkers; i++) {
+        struct worker *w = &srv->workers[i];
+        if (w->listener.loop)
+            uv_close((uv_handle_t *)&w->listener, NULL);
+        if (w->srv)
+            uv_run(&w->loop, UV_RUN_DEFAULT);
+    }
+    admin_stop(srv->admin);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+}
+
+/* Start the workers, serve until stopped, then join them. Returns the exit
+ * status: 1 when a worker thread could not start. */
+static int serve(struct server *srv)
+{
+    struct run_options *opts = srv->opts;
+    int started = start_workers(srv);
+    if (started < srv->nworkers)
+        begin_stop(srv, "a worker thread could not start");
+    else
+        LOG(LOG_INFO, "listening on %s (%s), %d worker%s%s%s", opts->listen.text,
+        opts->has_upstream ? opts->upstream_authority : "forward proxy", srv->nworkers,
+        srv->nworkers == 1 ? "" : "s", opts->admin_enabled ? ", admin on " : "",
+        opts->admin_enabled ? opts->admin.text : "");
+
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < started; i++)
+        uv_thread_join(&srv->workers[i].thread);
+    /* Every worker has sent its last wake-up: now `finished` may go. */
+    uv_close((uv_handle_t *)&srv->finished, on_main_closed);
+    uv_run(srv->loop, UV_RUN_DEFAULT);
+    LOG(LOG_INFO, "stopped; %llu records lost", (unsigned long long)server_dropped(srv));
+    return started == srv->nworkers ? 0 : 1;
+}
+
 int server_run(struct run_options *opts)
 {
     struct server srv_storage, *srv = &srv_storage;
@@ -739,44 +845,19 @@ int server_run(struct run_options *opts)
         opts->seed = (uint64_t)time_now_ms() ^ ((uint64_t)getpid() << 32);
         opts->has_seed = 1;
     }
-    if (opts->rules_path) {
-        struct rules_diags diags = {0};
-        srv->current = rules_load_file(opts->rules_path, opts->seed, &diags);
-        for (size_t i = 0; i < diags.n; i++) {
-            char *line = rules_diag_format(opts->rules_path, &diags.items[i]);
-            fprintf(stderr, "%s\n", line);
-            free(line);
-        }
-        rules_diags_free(&diags);
-        if (!srv->current) {
-            status = 2;
-            goto out;
-        }
-    }
-
-    int rc = probe_bind(&opts->listen);
-    if (rc == 0 && opts->admin_enabled)
-        rc = probe_bind(&opts->admin);
-    if (rc != 0) {
-        const struct listen_addr *a = probe_bind(&opts->listen) ? &opts->listen : &opts->admin;
-        fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", a->text, uv_strerror(rc));
+    if (opts->rules_path && load_rules(srv) != 0) {
+        status = 2;
         goto out;
     }
-
-    char err[512];
-    struct audit_config acfg = {opts->db_path, opts->log_exchanges, opts->retain_ms, 0,
-                                opts->routes, (size_t)opts->max_routes};
-    srv->audit = audit_open(&acfg, err, sizeof err);
-    if (!srv->audit) {
-        fprintf(stderr, "statusproxy: --db %s: %s\n", opts->db_path, err);
+    if (open_stores(srv) != 0)
         goto out;
-    }
 
     if (open_workers(srv) != 0)
         goto out;
     via_identity(srv);
     build_dest_policy(srv);
     if (opts->admin_enabled) {
+        char err[512];
         srv->admin = admin_start(srv, srv->loop, &opts->admin, err, sizeof err);
         if (!srv->admin) {
             fprintf(stderr, "statusproxy: cannot listen on %s (admin): %s\n", opts->admin.text,
@@ -785,60 +866,12 @@ int server_run(struct run_options *opts)
         }
     }
     init_workers(srv);
-
-    uv_signal_init(srv->loop, &srv->sigterm);
-    uv_signal_init(srv->loop, &srv->sigint);
-    uv_signal_init(srv->loop, &srv->sighup);
-    srv->sigterm.data = srv->sigint.data = srv->sighup.data = srv;
-    uv_signal_start(&srv->sigterm, on_signal, SIGTERM);
-    uv_signal_start(&srv->sigint, on_signal, SIGINT);
-    uv_signal_start(&srv->sighup, on_signal, SIGHUP);
-    uv_timer_init(srv->loop, &srv->reload_timer);
-    srv->reload_timer.data = srv;
-    uv_timer_init(srv->loop, &srv->audit_watch);
-    srv->audit_watch.data = srv;
-    uv_timer_start(&srv->audit_watch, on_audit_watch, AUDIT_WATCH_MS, AUDIT_WATCH_MS);
-    uv_async_init(srv->loop, &srv->finished, on_worker_finished);
-    srv->finished.data = srv;
-    uv_unref((uv_handle_t *)&srv->finished); /* the loop ends without waiting for it */
-    if (opts->rules_path) {
-        uv_fs_event_init(srv->loop, &srv->watch);
-        srv->watch.data = srv;
-        srv->watching = 1;
-        watch_rules_file(srv);
-    }
-
-    int started = start_workers(srv);
-    if (started < srv->nworkers)
-        begin_stop(srv, "a worker thread could not start");
-    else
-        LOG(LOG_INFO, "listening on %s (%s), %d worker%s%s%s", opts->listen.text,
-        opts->has_upstream ? opts->upstream_authority : "forward proxy", srv->nworkers,
-        srv->nworkers == 1 ? "" : "s", opts->admin_enabled ? ", admin on " : "",
-        opts->admin_enabled ? opts->admin.text : "");
-
-    uv_run(srv->loop, UV_RUN_DEFAULT);
-    for (int i = 0; i < started; i++)
-        uv_thread_join(&srv->workers[i].thread);
-    /* Every worker has sent its last wake-up: now `finished` may go. */
-    uv_close((uv_handle_t *)&srv->finished, on_main_closed);
-    uv_run(srv->loop, UV_RUN_DEFAULT);
-    status = started == srv->nworkers ? 0 : 1;
+    init_main_handles(srv);
+    status = serve(srv);
     ran = 1;
-    LOG(LOG_INFO, "stopped; %llu records lost", (unsigned long long)server_dropped(srv));
 out:
-    if (!ran) {
-        /* Workers never started: close what was opened on their loops. */
-        for (int i = 0; i < srv->nworkers; i++) {
-            struct worker *w = &srv->workers[i];
-            if (w->listener.loop)
-                uv_close((uv_handle_t *)&w->listener, NULL);
-            if (w->srv)
-                uv_run(&w->loop, UV_RUN_DEFAULT);
-        }
-        admin_stop(srv->admin);
-        uv_run(srv->loop, UV_RUN_DEFAULT);
-    }
+    if (!ran)
+        unwind_unstarted(srv);
     cleanup(srv);
     uv_loop_close(srv->loop);
     return status;
