@@ -19,6 +19,7 @@
 
 #include "catalog.h"
 #include "db.h"
+#include "glob.h"
 #include "report_group.h"
 #include "report_html.h"
 #include "report_retry.h"
@@ -127,27 +128,14 @@ int report_parse_time(const char *t, int64_t now_ms, int64_t *out_ms)
     return parse_iso(t, out_ms);
 }
 
+/* The proxy's own matcher (glob.h), so that --host and --route patterns mean
+ * in a report what they mean in a rule file. */
 int report_glob_match(const char *glob, const char *host)
 {
-    const char *star = NULL, *resume = NULL;
-    while (*host) {
-        if (*glob == '*') {
-            star = glob++;
-            resume = host;
-        } else if (*glob && (*glob == '?' || tolower((unsigned char)*glob) ==
-                                                 tolower((unsigned char)*host))) {
-            glob++;
-            host++;
-        } else if (star) {
-            glob = star + 1;
-            host = ++resume;
-        } else {
-            return 0;
-        }
-    }
-    while (*glob == '*')
-        glob++;
-    return *glob == '\0';
+    struct glob *g = glob_compile(glob, strlen(glob), GLOB_ICASE);
+    int hit = glob_match(g, host, strlen(host));
+    glob_free(g);
+    return hit;
 }
 
 /* ---- flags ------------------------------------------------------------- */
@@ -549,15 +537,30 @@ static int html_part(enum report_view v)
     }
 }
 
+static void sqlite_glob_free(void *g)
+{
+    glob_free(g);
+}
+
 static void sql_glob(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
     UNUSED(argc);
     const unsigned char *glob = sqlite3_value_text(argv[0]);
     const unsigned char *host = sqlite3_value_text(argv[1]);
-    if (!glob || !host)
+    if (!glob || !host) {
         sqlite3_result_int(ctx, 0);
-    else
-        sqlite3_result_int(ctx, report_glob_match((const char *)glob, (const char *)host));
+        return;
+    }
+    /* The pattern is a bound parameter, the same on every row: compile it
+     * once per statement and keep it as SQLite auxiliary data. */
+    struct glob *g = sqlite3_get_auxdata(ctx, 0);
+    int fresh = g == NULL;
+    if (fresh)
+        g = glob_compile((const char *)glob, strlen((const char *)glob), GLOB_ICASE);
+    sqlite3_result_int(ctx, glob_match(g, (const char *)host, strlen((const char *)host)));
+    /* Last: SQLite may free G at once (it then runs the destructor). */
+    if (fresh)
+        sqlite3_set_auxdata(ctx, 0, g, sqlite_glob_free);
 }
 
 static void sql_status_name(sqlite3_context *ctx, int argc, sqlite3_value **argv)
