@@ -938,15 +938,63 @@ static void parse_header_action(struct parser *ps, struct draft *dr, enum rule_a
     }
 }
 
-/* Parse one action whose keyword is KW; its values come from LN at *I. */
+/* `body "TEXT"`: kept as written; a body whose first non-space character
+ * opens an object or array is sent as JSON. */
+static void parse_body(struct parser *ps, struct draft *dr, const struct rules_token *kw,
+                       const struct rules_token *v)
+{
+    struct rule_actions *ac = &dr->r->actions;
+    if (!need_quoted(ps, kw, v) || v->bad)
+        return;
+    ac->body = xstrndup(v->text, v->len);
+    ac->body_len = v->len;
+    for (size_t i = 0; i < v->len; i++) {
+        char c = v->text[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
+            continue;
+        ac->body_is_json = c == '{' || c == '[';
+        break;
+    }
+    sbuf_puts(&dr->actions, " body ");
+    put_quoted(&dr->actions, v->text, v->len);
+}
+
+/* `throttle RATE`, e.g. 64KB/s; normalized as the shortest exact byte text. */
+static void parse_throttle(struct parser *ps, struct draft *dr, const struct rules_token *v)
+{
+    uint64_t n;
+    char buf[32];
+    if (units_parse_rate(v->text, v->len, &n) != 0) {
+        ERR(ps, v, "invalid rate '%s' (expected bytes per second, e.g. 64KB/s)", v->text);
+        return;
+    }
+    dr->r->actions.throttle_bps = n;
+    units_format_bytes(n, buf, sizeof buf);
+    sbuf_printf(&dr->actions, " throttle %s/s", buf);
+}
+
+/* `truncate BYTES`: the count must fit the signed field it is stored in. */
+static void parse_truncate(struct parser *ps, struct draft *dr, const struct rules_token *v)
+{
+    uint64_t n;
+    char buf[32];
+    if (units_parse_bytes(v->text, v->len, &n) != 0 || n > (uint64_t)INT64_MAX) {
+        ERR(ps, v, "invalid byte count '%s' (expected e.g. 1024, 4KB or 1MB)", v->text);
+        return;
+    }
+    dr->r->actions.truncate = (int64_t)n;
+    units_format_bytes(n, buf, sizeof buf);
+    sbuf_printf(&dr->actions, " truncate %s", buf);
+}
+
+/* Parse one action whose keyword is KW and whose values are V and V2 (a
+ * second value only some actions take); the matching helper checks them and
+ * appends the action's normalized text. */
 static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a,
                          const struct rules_token *kw, const struct rules_token *v,
                          const struct rules_token *v2)
 {
-    struct rule *r = dr->r;
-    struct rule_actions *ac = &r->actions;
-    uint64_t n;
-    char buf[32];
+    struct rule_actions *ac = &dr->r->actions;
     switch (a) {
     case RA_ABORT:
     case RA_SET_STATUS:
@@ -960,19 +1008,7 @@ static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a
         put_quoted(&dr->actions, v->text, v->len);
         break;
     case RA_BODY:
-        if (!need_quoted(ps, kw, v) || v->bad)
-            break;
-        ac->body = xstrndup(v->text, v->len);
-        ac->body_len = v->len;
-        for (size_t i = 0; i < v->len; i++) {
-            char c = v->text[i];
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
-                continue;
-            ac->body_is_json = c == '{' || c == '[';
-            break;
-        }
-        sbuf_puts(&dr->actions, " body ");
-        put_quoted(&dr->actions, v->text, v->len);
+        parse_body(ps, dr, kw, v);
         break;
     case RA_SET_HEADER:
     case RA_DEL_HEADER:
@@ -998,26 +1034,14 @@ static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a
         sbuf_puts(&dr->actions, " bad-chunk");
         break;
     case RA_THROTTLE:
-        if (units_parse_rate(v->text, v->len, &n) != 0) {
-            ERR(ps, v, "invalid rate '%s' (expected bytes per second, e.g. 64KB/s)", v->text);
-            break;
-        }
-        ac->throttle_bps = n;
-        units_format_bytes(n, buf, sizeof buf);
-        sbuf_printf(&dr->actions, " throttle %s/s", buf);
+        parse_throttle(ps, dr, v);
         break;
     case RA_RESET:
         ac->reset = 1;
         sbuf_puts(&dr->actions, " reset");
         break;
     case RA_TRUNCATE:
-        if (units_parse_bytes(v->text, v->len, &n) != 0 || n > (uint64_t)INT64_MAX) {
-            ERR(ps, v, "invalid byte count '%s' (expected e.g. 1024, 4KB or 1MB)", v->text);
-            break;
-        }
-        ac->truncate = (int64_t)n;
-        units_format_bytes(n, buf, sizeof buf);
-        sbuf_printf(&dr->actions, " truncate %s", buf);
+        parse_truncate(ps, dr, v);
         break;
     case RA_COUNT:
         break;
