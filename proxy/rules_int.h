@@ -1,8 +1,10 @@
 /*
  * rules_int — what the rule modules share and nobody else sees: the rule
  * and rule-set structures, the tokenizer that the parser reads from, and the
- * diagnostics helper. rules_lex.c cuts text into logical lines of tokens,
- * rules_parse.c turns lines into rules, rules.c owns sets and matching.
+ * diagnostics helper. rules_diag.c collects errors and warnings, rules_lex.c
+ * cuts text into logical lines of tokens, rules_parse.c turns lines into
+ * rules, rules.c owns sets and matching. Calls go one way: parse uses lex,
+ * and both add to the diagnostics.
  */
 #ifndef STATUSPROXY_RULES_INT_H
 #define STATUSPROXY_RULES_INT_H
@@ -16,8 +18,9 @@
 #include "rules.h"
 #include "util.h"
 
-/* ---- diagnostics ---- */
+/* ---- diagnostics (rules_diag.c) ---- */
 
+/* Append one error (IS_ERROR 1) or warning at LINE:COL to D. */
 void rules_diag_add(struct rules_diags *d, int is_error, int line, int col, const char *fmt, ...)
     PRINTF_LIKE(5, 6);
 

@@ -6,7 +6,6 @@
  * first. Matching and the set's lifetime live in rules.c.
  */
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,43 +17,6 @@
 #include "units.h"
 
 /* ---- diagnostics ---- */
-
-void rules_diag_add(struct rules_diags *d, int is_error, int line, int col, const char *fmt, ...)
-{
-    d->items = xrealloc(d->items, (d->n + 1) * sizeof *d->items);
-    struct rules_diag *g = &d->items[d->n++];
-    struct sbuf b = {0};
-    va_list ap;
-    va_start(ap, fmt);
-    sbuf_vprintf(&b, fmt, ap);
-    va_end(ap);
-    g->line = line;
-    g->col = col;
-    g->is_error = is_error;
-    g->message = sbuf_steal(&b);
-    if (is_error)
-        d->errors++;
-}
-
-void rules_diags_free(struct rules_diags *d)
-{
-    if (!d)
-        return;
-    for (size_t i = 0; i < d->n; i++)
-        free(d->items[i].message);
-    free(d->items);
-    memset(d, 0, sizeof *d);
-}
-
-char *rules_diag_format(const char *file, const struct rules_diag *d)
-{
-    const char *kind = d->is_error ? "error" : "warning";
-    if (!file)
-        file = "rules";
-    if (d->line <= 0)
-        return xasprintf("%s: %s: %s", file, kind, d->message);
-    return xasprintf("%s:%d:%d: %s: %s", file, d->line, d->col, kind, d->message);
-}
 
 /* Order diagnostics by position, keeping the order of those at one place.
  * Checks that look at a whole rule find problems after the per-token ones,
@@ -976,15 +938,63 @@ static void parse_header_action(struct parser *ps, struct draft *dr, enum rule_a
     }
 }
 
-/* Parse one action whose keyword is KW; its values come from LN at *I. */
+/* `body "TEXT"`: kept as written; a body whose first non-space character
+ * opens an object or array is sent as JSON. */
+static void parse_body(struct parser *ps, struct draft *dr, const struct rules_token *kw,
+                       const struct rules_token *v)
+{
+    struct rule_actions *ac = &dr->r->actions;
+    if (!need_quoted(ps, kw, v) || v->bad)
+        return;
+    ac->body = xstrndup(v->text, v->len);
+    ac->body_len = v->len;
+    for (size_t i = 0; i < v->len; i++) {
+        char c = v->text[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
+            continue;
+        ac->body_is_json = c == '{' || c == '[';
+        break;
+    }
+    sbuf_puts(&dr->actions, " body ");
+    put_quoted(&dr->actions, v->text, v->len);
+}
+
+/* `throttle RATE`, e.g. 64KB/s; normalized as the shortest exact byte text. */
+static void parse_throttle(struct parser *ps, struct draft *dr, const struct rules_token *v)
+{
+    uint64_t n;
+    char buf[32];
+    if (units_parse_rate(v->text, v->len, &n) != 0) {
+        ERR(ps, v, "invalid rate '%s' (expected bytes per second, e.g. 64KB/s)", v->text);
+        return;
+    }
+    dr->r->actions.throttle_bps = n;
+    units_format_bytes(n, buf, sizeof buf);
+    sbuf_printf(&dr->actions, " throttle %s/s", buf);
+}
+
+/* `truncate BYTES`: the count must fit the signed field it is stored in. */
+static void parse_truncate(struct parser *ps, struct draft *dr, const struct rules_token *v)
+{
+    uint64_t n;
+    char buf[32];
+    if (units_parse_bytes(v->text, v->len, &n) != 0 || n > (uint64_t)INT64_MAX) {
+        ERR(ps, v, "invalid byte count '%s' (expected e.g. 1024, 4KB or 1MB)", v->text);
+        return;
+    }
+    dr->r->actions.truncate = (int64_t)n;
+    units_format_bytes(n, buf, sizeof buf);
+    sbuf_printf(&dr->actions, " truncate %s", buf);
+}
+
+/* Parse one action whose keyword is KW and whose values are V and V2 (a
+ * second value only some actions take); the matching helper checks them and
+ * appends the action's normalized text. */
 static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a,
                          const struct rules_token *kw, const struct rules_token *v,
                          const struct rules_token *v2)
 {
-    struct rule *r = dr->r;
-    struct rule_actions *ac = &r->actions;
-    uint64_t n;
-    char buf[32];
+    struct rule_actions *ac = &dr->r->actions;
     switch (a) {
     case RA_ABORT:
     case RA_SET_STATUS:
@@ -998,19 +1008,7 @@ static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a
         put_quoted(&dr->actions, v->text, v->len);
         break;
     case RA_BODY:
-        if (!need_quoted(ps, kw, v) || v->bad)
-            break;
-        ac->body = xstrndup(v->text, v->len);
-        ac->body_len = v->len;
-        for (size_t i = 0; i < v->len; i++) {
-            char c = v->text[i];
-            if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
-                continue;
-            ac->body_is_json = c == '{' || c == '[';
-            break;
-        }
-        sbuf_puts(&dr->actions, " body ");
-        put_quoted(&dr->actions, v->text, v->len);
+        parse_body(ps, dr, kw, v);
         break;
     case RA_SET_HEADER:
     case RA_DEL_HEADER:
@@ -1036,26 +1034,14 @@ static void parse_action(struct parser *ps, struct draft *dr, enum rule_action a
         sbuf_puts(&dr->actions, " bad-chunk");
         break;
     case RA_THROTTLE:
-        if (units_parse_rate(v->text, v->len, &n) != 0) {
-            ERR(ps, v, "invalid rate '%s' (expected bytes per second, e.g. 64KB/s)", v->text);
-            break;
-        }
-        ac->throttle_bps = n;
-        units_format_bytes(n, buf, sizeof buf);
-        sbuf_printf(&dr->actions, " throttle %s/s", buf);
+        parse_throttle(ps, dr, v);
         break;
     case RA_RESET:
         ac->reset = 1;
         sbuf_puts(&dr->actions, " reset");
         break;
     case RA_TRUNCATE:
-        if (units_parse_bytes(v->text, v->len, &n) != 0 || n > (uint64_t)INT64_MAX) {
-            ERR(ps, v, "invalid byte count '%s' (expected e.g. 1024, 4KB or 1MB)", v->text);
-            break;
-        }
-        ac->truncate = (int64_t)n;
-        units_format_bytes(n, buf, sizeof buf);
-        sbuf_printf(&dr->actions, " truncate %s", buf);
+        parse_truncate(ps, dr, v);
         break;
     case RA_COUNT:
         break;
