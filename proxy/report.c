@@ -349,6 +349,11 @@ static int check_combination(struct report_options *o, int range, int base_set, 
         snprintf(err, errlen, "--baseline: not available with --by retry");
         return -1;
     }
+    if (o->view == REPORT_BY_RETRY && o->format == REPORT_HTML && !o->nasserts) {
+        /* The HTML page shows the aggregate views; retries come from raw rows. */
+        snprintf(err, errlen, "--format: html is not available with --by retry (table, json, csv)");
+        return -1;
+    }
     return 0;
 }
 

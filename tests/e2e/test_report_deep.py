@@ -226,6 +226,16 @@ def test_retry_view_without_raw_rows_says_so(proxy_factory, sleepy):
     assert "no raw rows" in r.stderr and r.stdout == ""
 
 
+def test_retry_view_refuses_html(tmp_path):
+    """The HTML page holds the aggregate views only: asking it for --by retry
+    is refused naming the flag (it used to print the ordinary page)."""
+    db = tmp_path / "r.db"
+    feed_lines(db, [rec(T, 503), rec(T + 1000, 200)])
+    r = run("report", "--db", str(db), "--by", "retry", "--format", "html")
+    assert r.returncode == 2 and r.stdout == "", r
+    assert "--format" in r.stderr and "retry" in r.stderr
+
+
 # ------------------------------------------------ feeding known records
 
 
