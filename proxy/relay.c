@@ -796,41 +796,27 @@ static void on_response_head(struct conn *c)
     send_response_head(c);
 }
 
-/* Build and send the answer's head: the upstream's status and fields with
- * hop-by-hop fields dropped, rule actions applied, framing for this client. */
-static void send_response_head(struct conn *c)
+/* The upstream's Content-Length as it wrote it (llhttp checked it is a
+ * number), copied into buf before the fields are dropped or rewritten;
+ * NULL when there is none. */
+static const char *copy_content_length(const struct http_head *h, char *buf, size_t size)
+{
+    size_t cl_len = 0;
+    const char *cl = http_head_get(h, "Content-Length", &cl_len);
+    if (!cl)
+        return NULL;
+    size_t n = cl_len < size - 1 ? cl_len : size - 1;
+    memcpy(buf, cl, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* Status line, the kept fields, Via and the rule mark into out; the
+ * Retry-After of an error answer is noted for the report's retry view. */
+static void put_head_fields(struct conn *c, struct sbuf *out, int status, const char *reason)
 {
     struct exchange *x = &c->x;
     struct http_head *h = &c->resp;
-    int status = h->status;
-    const char *reason = NULL;
-    uint64_t delay = x->delay_ms;
-    int upgrade = status == 101;
-    size_t cl_len = 0;
-    const char *cl = http_head_get(h, "Content-Length", &cl_len);
-    char clbuf[24];
-    if (cl) {
-        /* Kept as the upstream wrote it (llhttp checked it is a number). */
-        size_t n = cl_len < sizeof clbuf - 1 ? cl_len : sizeof clbuf - 1;
-        memcpy(clbuf, cl, n);
-        clbuf[n] = '\0';
-        cl = clbuf;
-    }
-    int up_chunked = (c->rparser.flags & F_CHUNKED) != 0;
-    http_head_drop_hop_by_hop(h, upgrade);
-    if (apply_rules(c, &status, &reason, &delay) != 0) {
-        /* The answer the rule asks for cannot be built: say so, never drop
-         * the header silently. */
-        conn_fail(c, 502, "header_overflow");
-        return;
-    }
-    x->final_code = status;
-
-    /* Framing towards the client. */
-    int up_has_body = !x->is_head && catalog_body(h->status) == CATALOG_BODY_ALLOWED;
-    enum catalog_body kind = catalog_body(status);
-    struct sbuf *out = &x->held_head; /* kept by the connection: no malloc per answer */
-    sbuf_reset(out);
     if (status == h->status && !reason) {
         put_status_line(out, status, h->buf + h->reason, h->reason_len);
     } else {
@@ -844,37 +830,53 @@ static void send_response_head(struct conn *c)
     const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
     if (c->w->opts->mark_faults && (rule || x->fault_rule))
         put_field(out, "X-Statusproxy-Rule", rule ? rule_name(rule) : x->fault_rule);
+}
+
+/* Choose how the body goes to this client (none, empty, length, chunked,
+ * close-delimited), write its framing fields and end the head. */
+static void put_client_framing(struct conn *c, struct sbuf *out, int status, int upgrade,
+                               const char *cl, int up_chunked)
+{
+    struct exchange *x = &c->x;
     if (upgrade) {
         sbuf_puts(out, "Connection: Upgrade\r\n\r\n");
         x->out_mode = OUT_NONE;
-    } else {
-        if (x->is_head || kind == CATALOG_BODY_NONE) {
-            put_bodiless_framing(c, out, status, cl, up_chunked);
-        } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
-            /* 205, or a status that needs a body where the upstream sent
-             * none (set-status 200 on a 204): an empty one. */
-            x->out_mode = OUT_NONE;
-            x->resp_discard = 1;
-            sbuf_puts(out, "Content-Length: 0\r\n");
-        } else if (cl && !up_chunked) {
-            x->out_mode = OUT_LENGTH;
-            put_field(out, "Content-Length", cl);
-        } else if (c->req.minor == 1) {
-            x->out_mode = OUT_CHUNKED;
-            sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
-        } else {
-            x->out_mode = OUT_CLOSE;
-            c->close_after = 1;
-        }
-        if (x->req != REQ_DONE) {
-            /* The upstream answered before the request ended: what is left
-             * of the request body is dropped and the connection closed. */
-            c->close_after = 1;
-            x->sink = SINK_DISCARD;
-        }
-        conn_put_connection_header(c, out);
-        sbuf_puts(out, "\r\n");
+        return;
     }
+    int up_has_body = !x->is_head && catalog_body(c->resp.status) == CATALOG_BODY_ALLOWED;
+    enum catalog_body kind = catalog_body(status);
+    if (x->is_head || kind == CATALOG_BODY_NONE) {
+        put_bodiless_framing(c, out, status, cl, up_chunked);
+    } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
+        /* 205, or a status that needs a body where the upstream sent
+         * none (set-status 200 on a 204): an empty one. */
+        x->out_mode = OUT_NONE;
+        x->resp_discard = 1;
+        sbuf_puts(out, "Content-Length: 0\r\n");
+    } else if (cl && !up_chunked) {
+        x->out_mode = OUT_LENGTH;
+        put_field(out, "Content-Length", cl);
+    } else if (c->req.minor == 1) {
+        x->out_mode = OUT_CHUNKED;
+        sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
+    } else {
+        x->out_mode = OUT_CLOSE;
+        c->close_after = 1;
+    }
+    if (x->req != REQ_DONE) {
+        /* The upstream answered before the request ended: what is left
+         * of the request body is dropped and the connection closed. */
+        c->close_after = 1;
+        x->sink = SINK_DISCARD;
+    }
+    conn_put_connection_header(c, out);
+    sbuf_puts(out, "\r\n");
+}
+
+/* Send the prepared head now, or hold it for a delay or until the reset. */
+static void release_or_hold_head(struct conn *c, uint64_t delay)
+{
+    struct exchange *x = &c->x;
     if (delay == 0 && !x->do_reset) {
         release_response_head(c);
         return;
@@ -884,6 +886,34 @@ static void send_response_head(struct conn *c)
     x->resp = RESP_HOLD;
     deadline_clear(&c->xtimer);
     uv_timer_start(&c->ptimer, on_ptimer_release, delay, 0);
+}
+
+/* Build and send the answer's head: the upstream's status and fields with
+ * hop-by-hop fields dropped, rule actions applied, framing for this client. */
+static void send_response_head(struct conn *c)
+{
+    struct exchange *x = &c->x;
+    struct http_head *h = &c->resp;
+    int status = h->status;
+    const char *reason = NULL;
+    uint64_t delay = x->delay_ms;
+    int upgrade = status == 101;
+    char clbuf[24];
+    const char *cl = copy_content_length(h, clbuf, sizeof clbuf);
+    int up_chunked = (c->rparser.flags & F_CHUNKED) != 0;
+    http_head_drop_hop_by_hop(h, upgrade);
+    if (apply_rules(c, &status, &reason, &delay) != 0) {
+        /* The answer the rule asks for cannot be built: say so, never drop
+         * the header silently. */
+        conn_fail(c, 502, "header_overflow");
+        return;
+    }
+    x->final_code = status;
+    struct sbuf *out = &x->held_head; /* kept by the connection: no malloc per answer */
+    sbuf_reset(out);
+    put_head_fields(c, out, status, reason);
+    put_client_framing(c, out, status, upgrade, cl, up_chunked);
+    release_or_hold_head(c, delay);
 }
 
 /* Send the prepared head; the body follows as it is parsed. */
