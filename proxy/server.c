@@ -836,6 +836,16 @@ int server_run(struct run_options *opts)
     /* A client that closes while we write must be an EPIPE for libuv, not
      * a signal that kills the process. */
     signal(SIGPIPE, SIG_IGN);
+    /* SIGTERM, SIGINT and SIGHUP wait (blocked) until their handlers are in
+     * place: once the port accepts, a supervisor may stop us at once, and
+     * that must be the graceful stop, not the default action. Threads
+     * started meanwhile (the audit writer) keep them blocked. */
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
     if (parse_allow(srv) != 0) {
         status = 2;
         goto out;
@@ -852,10 +862,8 @@ int server_run(struct run_options *opts)
     if (open_stores(srv) != 0)
         goto out;
 
-    if (open_workers(srv) != 0)
-        goto out;
-    via_identity(srv);
-    build_dest_policy(srv);
+    /* The admin API listens first: once the proxy's port accepts, clients
+     * (and scripts that wait for it) may use the admin API at once. */
     if (opts->admin_enabled) {
         char err[512];
         srv->admin = admin_start(srv, srv->loop, &opts->admin, err, sizeof err);
@@ -865,11 +873,17 @@ int server_run(struct run_options *opts)
             goto out;
         }
     }
+    if (open_workers(srv) != 0)
+        goto out;
+    via_identity(srv);
+    build_dest_policy(srv);
     init_workers(srv);
     init_main_handles(srv);
+    pthread_sigmask(SIG_UNBLOCK, &stop_signals, NULL);
     status = serve(srv);
     ran = 1;
 out:
+    pthread_sigmask(SIG_UNBLOCK, &stop_signals, NULL);
     if (!ran)
         unwind_unstarted(srv);
     cleanup(srv);

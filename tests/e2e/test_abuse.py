@@ -197,6 +197,18 @@ def test_max_connections_is_global_across_workers(proxy_factory, backend, worker
 
 # ---------- 6. clear start-up failures ----------
 
+def test_admin_accepts_as_soon_as_the_proxy_does(proxy_factory, backend):
+    """Scripts wait for the proxy's port, then use the admin API or stop the
+    proxy: by the time the proxy's port accepts, the admin port must accept
+    too (it listened after the workers: connection refused), and SIGTERM must
+    be the graceful stop (it killed the process before the handler was in
+    place: exit -15)."""
+    for _ in range(30):
+        p = proxy_factory(upstream=backend.url, args=["--workers", "2"])
+        socket.create_connection(("127.0.0.1", p.admin_port), timeout=5).close()
+        assert p.stop() == []
+
+
 @pytest.mark.parametrize("workers", ["1", "4"])
 @pytest.mark.parametrize("which", ["--listen", "--admin"])
 def test_port_in_use_stops_start_up_with_exit_1(statusproxy_bin, tmp_path, which, workers):
