@@ -158,6 +158,19 @@ static void list_names(char *buf, size_t len, const char *const *names, size_t n
     }
 }
 
+/* A time flag's value (--since, --until, --baseline-since/-until). */
+static int time_flag(const char *name, const char *val, int64_t now_ms, int64_t *out, char *err,
+                     size_t errlen)
+{
+    if (report_parse_time(val, now_ms, out) == 0)
+        return 0;
+    snprintf(err, errlen,
+             "%s: expected a duration back from now (1h) or an ISO 8601 UTC time "
+             "(2026-11-24T10:00:00Z), got '%s'",
+             name, val);
+    return -1;
+}
+
 /* The flags of DESIGN §11 (index F in report_parse_args' list). *BASE_SET
  * collects 1 for --baseline-since, 2 for --baseline-until. */
 static int parse_more(int f, const char *name, const char *val, int64_t now_ms,
@@ -180,13 +193,9 @@ static int parse_more(int f, const char *name, const char *val, int64_t now_ms,
         return 0;
     case 9:  /* --baseline-since */
     case 10: /* --baseline-until */
-        if (report_parse_time(val, now_ms, f == 9 ? &o->base_since_ms : &o->base_until_ms) != 0) {
-            snprintf(err, errlen,
-                     "%s: expected a duration back from now (1h) or an ISO 8601 UTC time "
-                     "(2026-11-24T10:00:00Z), got '%s'",
-                     name, val);
+        if (time_flag(name, val, now_ms, f == 9 ? &o->base_since_ms : &o->base_until_ms, err,
+                      errlen) != 0)
             return -1;
-        }
         *base_set |= f == 9 ? 1 : 2;
         return 0;
     case 11: /* --assert */
@@ -383,13 +392,8 @@ static int parse_flag(int f, const char *name, const char *val, int64_t now_ms,
         return 0;
     case 2: /* --since */
     case 3: /* --until */
-        if (report_parse_time(val, now_ms, f == 2 ? &o->since_ms : &o->until_ms) != 0) {
-            snprintf(err, errlen,
-                     "%s: expected a duration back from now (1h) or an ISO 8601 UTC time "
-                     "(2026-11-24T10:00:00Z), got '%s'",
-                     name, val);
+        if (time_flag(name, val, now_ms, f == 2 ? &o->since_ms : &o->until_ms, err, errlen) != 0)
             return -1;
-        }
         *range_set |= f == 2 ? 1 : 2;
         return 0;
     case 4: /* --host */
