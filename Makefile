@@ -59,7 +59,7 @@ BENCH_BACKEND := $(BUILD)/bench/backend
 # Debian packages: what building and running need, and what the tests add.
 DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev libssl-dev
 TEST_DEPS  := curl python3 python3-pytest sqlite3 openssl chromium
-BENCH_DEPS := wrk haproxy
+BENCH_DEPS := wrk haproxy valgrind
 FUZZ_DEPS  := clang libclang-rt-14-dev
 
 .PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz fuzz-deps soak
