@@ -56,6 +56,42 @@ def free_port(host="127.0.0.1"):
 _ports_given = collections.deque(maxlen=256)
 
 
+class SServer:
+    """`openssl s_server -www` serving CERT/KEY on a free port of HOST (for
+    an IPv6 HOST too: a port free on 127.0.0.1 is, in practice, free on ::1)."""
+
+    def __init__(self, cert, key, workdir, host="127.0.0.1"):
+        self.port = free_port()
+        accept = "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
+        self.log = open(os.path.join(workdir, "s_server.%d.log" % self.port), "wb")
+        self.proc = subprocess.Popen(
+            ["openssl", "s_server", "-accept", accept, "-cert", str(cert), "-key", str(key),
+             "-www", "-naccept", "1000"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("openssl s_server exited with %s" % self.proc.returncode)
+            try:
+                socket.create_connection((host, self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("openssl s_server did not listen")
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
 class ProtocolError(Exception):
     """What the peer sent is not a well-formed HTTP/1.1 response."""
 

@@ -11,12 +11,11 @@ import socket
 import ssl
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import SANITIZER_MARKS, free_port
+from helpers import SANITIZER_MARKS, SServer
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("STATUSPROXY_BIN", REPO / "build" / "statusproxy")).resolve()
@@ -170,48 +169,12 @@ def mint(ca_dir, out_dir, *names):
     return r, cert, key
 
 
-class SServer:
-    """`openssl s_server -www` serving CERT/KEY on HOST."""
-
-    def __init__(self, cert, key, host, workdir):
-        # a port free on 127.0.0.1 is, in practice, free on ::1 as well
-        self.port = free_port()
-        accept = "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
-        self.log = open(os.path.join(workdir, "s_server.%d.log" % self.port), "wb")
-        self.proc = subprocess.Popen(
-            ["openssl", "s_server", "-accept", accept, "-cert", str(cert), "-key", str(key),
-             "-www", "-naccept", "100"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("openssl s_server exited with %s" % self.proc.returncode)
-            try:
-                socket.create_connection((host, self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("openssl s_server did not listen")
-                time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture
 def servers(tmp_path):
     started = []
 
     def start(cert, key, host="127.0.0.1"):
-        s = SServer(cert, key, host, str(tmp_path))
+        s = SServer(cert, key, str(tmp_path), host=host)
         started.append(s)
         return s
     yield start

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from backend import Backend, det_bytes, ws_frame
-from helpers import Proxy, check_synthesized, free_port, wait_exchanges
+from helpers import Proxy, SServer, check_synthesized, wait_exchanges
 
 HOSTNAME = socket.gethostname()
 
@@ -62,40 +62,6 @@ def tls_cert(tmp_path_factory):
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True, timeout=60)
     return cert, key
-
-
-class SServer:
-    """`openssl s_server -www` on a free 127.0.0.1 port."""
-
-    def __init__(self, cert, key, workdir):
-        self.port = free_port()
-        self.log = open(os.path.join(workdir, "s_server.%d.log" % self.port), "wb")
-        self.proc = subprocess.Popen(
-            ["openssl", "s_server", "-accept", "127.0.0.1:%d" % self.port, "-cert", cert,
-             "-key", key, "-www", "-naccept", "1000"],
-            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 15
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("openssl s_server exited with %s" % self.proc.returncode)
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("openssl s_server did not listen")
-                time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture
