@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "util.h"
 
 struct key {
@@ -42,9 +43,7 @@ void report_keys_free(struct report_keys *k)
 /* FNV-1a, its high bits folded in: the index masks the low ones. */
 static uint64_t hash_bytes(const char *s, size_t n)
 {
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    uint64_t h = hash_fnv64(HASH_FNV64_BASIS, s, n);
     return h ^ (h >> 31);
 }
 
