@@ -5,6 +5,7 @@
  */
 #include "http.h"
 #include "hash.h"
+#include "units.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -596,11 +597,8 @@ int64_t http_retry_after_ms(const char *head, size_t len)
         size_t j = i + nlen;
         while (j < len && (head[j] == ' ' || head[j] == '\t'))
             j++;
-        int64_t secs = 0;
-        size_t digits = 0;
-        for (; j < len && head[j] >= '0' && head[j] <= '9' && digits < 9; j++, digits++)
-            secs = secs * 10 + (head[j] - '0');
-        return digits ? secs * 1000 : 0;
+        uint64_t secs;
+        return units_scan_u64(head + j, len - j, 9, UINT64_MAX, &secs) ? (int64_t)secs * 1000 : 0;
     }
     return 0;
 }

@@ -59,14 +59,11 @@ static unsigned days_in_month(int64_t y, unsigned m)
 /* Read exactly N digits at *P into *OUT; advance P. */
 static int digits(const char **p, int n, unsigned *out)
 {
-    unsigned v = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isdigit((unsigned char)(*p)[i]))
-            return -1;
-        v = v * 10 + (unsigned)((*p)[i] - '0');
-    }
+    uint64_t v;
+    if (units_scan_u64(*p, (size_t)n, 0, UINT64_MAX, &v) != (size_t)n)
+        return -1;
     *p += n;
-    *out = v;
+    *out = (unsigned)v;
     return 0;
 }
 

@@ -251,19 +251,7 @@ static void put_value(struct sbuf *b, const char *s, size_t len)
 /* Parse all of T as a decimal count; 0, or -1 if it is not one. */
 static int parse_count(const struct rules_token *t, uint64_t *out)
 {
-    uint64_t v = 0;
-    if (t->len == 0)
-        return -1;
-    for (size_t i = 0; i < t->len; i++) {
-        unsigned char c = (unsigned char)t->text[i];
-        if (c < '0' || c > '9')
-            return -1;
-        if (v > (UINT64_MAX - (c - '0')) / 10)
-            return -1;
-        v = v * 10 + (c - '0');
-    }
-    *out = v;
-    return 0;
+    return units_parse_u64(t->text, t->len, UINT64_MAX, out);
 }
 
 /* The status code written in S[0..len), or -1 if it is not all digits.
