@@ -90,13 +90,9 @@ void options_free(struct run_options *o)
 
 static int parse_port(const char *s, int *port)
 {
-    if (!*s || strlen(s) > 5)
-        return -1;
-    for (const char *p = s; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return -1;
-    long v = strtol(s, NULL, 10);
-    if (v > 65535)
+    size_t len = strlen(s);
+    uint64_t v;
+    if (len > 5 || units_parse_u64(s, len, 65535, &v) != 0)
         return -1;
     *port = (int)v;
     return 0;
