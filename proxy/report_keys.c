@@ -86,6 +86,17 @@ long report_keys_find(struct report_keys *k, const char *key, size_t n, int add)
     return (long)(k->n - 1);
 }
 
+void *report_keys_grow_values(void *values, size_t *cap, size_t i, size_t size)
+{
+    if (i < *cap)
+        return values;
+    size_t n = *cap ? *cap : 256;
+    while (n <= i)
+        n *= 2;
+    *cap = n;
+    return xrealloc(values, n * size);
+}
+
 size_t report_keys_count(const struct report_keys *k)
 {
     return k->n;
