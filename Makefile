@@ -55,11 +55,13 @@ UNIT_BINS  := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 TEST_TOOLS := $(BUILD)/tests/audit_feed $(BUILD)/tests/mint_leaf
 # The benchmark's own origin server (tests/bench/backend.c).
 BENCH_BACKEND := $(BUILD)/bench/backend
+# The benchmark's HTTPS load generator, CONNECT included (tests/bench/tlsload.c).
+BENCH_TLSLOAD := $(BUILD)/bench/tlsload
 
 # Debian packages: what building and running need, and what the tests add.
 DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev libssl-dev
 TEST_DEPS  := curl python3 python3-pytest sqlite3 openssl chromium
-BENCH_DEPS := wrk haproxy valgrind
+BENCH_DEPS := wrk haproxy valgrind mitmproxy squid-openssl
 FUZZ_DEPS  := clang libclang-rt-14-dev
 
 .PHONY: all run test unit e2e bench clean deps test-deps bench-deps fuzz fuzz-deps soak
@@ -102,6 +104,10 @@ $(BENCH_BACKEND): tests/bench/backend.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LDLIBS_ALL)
 
+$(BENCH_TLSLOAD): tests/bench/tlsload.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(LDFLAGS_ALL) -o $@ $< $(LDLIBS_ALL)
+
 deps:
 	@sh tools/deps.sh $(DEPS)
 
@@ -127,8 +133,9 @@ test: test-deps
 	$(MAKE) e2e
 
 bench: bench-deps
-	$(MAKE) $(BIN) $(BENCH_BACKEND)
+	$(MAKE) $(BIN) $(BENCH_BACKEND) $(BENCH_TLSLOAD)
 	STATUSPROXY_BIN=$(abspath $(BIN)) BENCH_BACKEND=$(abspath $(BENCH_BACKEND)) \
+	  BENCH_TLSLOAD=$(abspath $(BENCH_TLSLOAD)) \
 	  $(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 
 # libFuzzer targets for the parsers of outside input and the wire path
@@ -172,4 +179,4 @@ fuzz: fuzz-deps
 clean:
 	rm -rf build
 
--include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(TEST_TOOLS:=.d) $(BENCH_BACKEND:=.d)
+-include $(OBJS:.o=.d) $(UNIT_BINS:=.d) $(TEST_TOOLS:=.d) $(BENCH_BACKEND:=.d) $(BENCH_TLSLOAD:=.d)
