@@ -14,9 +14,15 @@ For every run it also reads the CPU time each server process used
 (/proc/PID/stat), so requests per CPU-second shows efficiency even when the
 cores are shared with wrk, the backend and other people's tests.
 
+With --intercept it measures HTTPS interception instead: tests/bench/tlsload
+(an HTTPS load generator that sends CONNECT, which wrk cannot) goes through
+statusproxy --intercept, mitmdump and Squid's ssl-bump to a TLS origin, and
+straight to that origin.
+
 Environment: STATUSPROXY_BIN (default build/statusproxy), BENCH_BACKEND
-(default build/bench/backend); wrk and haproxy are looked up on PATH (and
-/usr/sbin). See tests/bench/README.md. Standard library only.
+(default build/bench/backend), BENCH_TLSLOAD (default build/bench/tlsload);
+wrk, haproxy, mitmdump and squid are looked up on PATH (and /usr/sbin). See
+tests/bench/README.md. Standard library only.
 """
 
 import argparse
@@ -92,6 +98,24 @@ RATIOS = [
 ]
 
 
+# --intercept: HTTPS through a proxy that terminates the client's TLS with a
+# certificate it minted (CONNECT, then TLS inside the tunnel), measured with
+# tlsload because wrk cannot send CONNECT.
+INTERCEPT_CONFIGS = [
+    ("direct", "origin, direct"),
+    ("statusproxy", "statusproxy"),
+    ("mitmdump", "mitmdump"),
+    ("squid", "squid ssl-bump"),
+]
+INTERCEPT_RATIOS = [
+    ("statusproxy", "mitmdump", "   (target >= 10)"),
+    ("statusproxy", "squid", ""),
+    ("statusproxy", "direct", ""),
+    ("mitmdump", "direct", ""),
+    ("squid", "direct", ""),
+]
+
+
 def parse_size(text):
     m = re.fullmatch(r"(\d+)([kKmM]?)", text.strip())
     if not m:
@@ -154,8 +178,9 @@ def find_tool(name):
 class Server:
     """One long-lived server process with its log files in the run's tmp dir."""
 
-    def __init__(self, name, argv, tmp, port=None, cpu=None, ignore_sigpipe=False):
+    def __init__(self, name, argv, tmp, port=None, cpu=None, ignore_sigpipe=False, wait=10.0):
         self.name = name
+        self.wait = wait  # seconds it may take to accept (mitmdump starts slowly)
         self.argv = argv
         self.port = port
         self.err_path = os.path.join(tmp, name + ".stderr")
@@ -190,7 +215,7 @@ class Server:
                     raise RuntimeError("%s did not start: %s" % (self.name, self.stderr()))
                 else:
                     time.sleep(0.02)
-        wait_accepting(self.port, self.proc, self.name)
+        wait_accepting(self.port, self.proc, self.name, self.wait)
         return self
 
     def cpu_seconds(self):
@@ -414,13 +439,16 @@ def summarize(samples):
     }
 
 
-def print_table(size, summary, configs, args):
+def print_table(size, summary, configs, args, ratios=RATIOS, title=None):
     print()
-    print("body %s: %d connections, wrk -t%d, %gs x %d rounds (medians)%s"
-          % (size_name(size), args.connections, args.threads, args.duration, args.rounds,
-             "" if not args.tls else "; TLS to the upstream" + (
-                 ", a new upstream connection and handshake per request (req/s = handshakes/s)"
-                 if args.handshakes else ", keep-alive")))
+    if title:
+        print(title)
+    else:
+        print("body %s: %d connections, wrk -t%d, %gs x %d rounds (medians)%s"
+              % (size_name(size), args.connections, args.threads, args.duration, args.rounds,
+                 "" if not args.tls else "; TLS to the upstream" + (
+                     ", a new upstream connection and handshake per request (req/s = handshakes/s)"
+                     if args.handshakes else ", keep-alive")))
     print("  %-17s %10s %9s %9s %10s %12s %11s %s"
           % ("", "req/s", "p50", "p99", "proxy CPU", "req/CPU-s", "backend CPU", "errors"))
     for key, label in configs:
@@ -437,7 +465,7 @@ def print_table(size, summary, configs, args):
               % (label, s["rps"], fmt_ms(s["p50"]), fmt_ms(s["p99"]), cpu, s["eff"],
                  100 * s["backend_cpu"], ", ".join(problems) or "0"))
     print("  ratios (throughput; efficiency = req/CPU-s of the proxy process):")
-    for a, b, note in RATIOS:
+    for a, b, note in ratios:
         sa, sb = summary.get(a), summary.get(b)
         if not sa or not sb:
             continue
@@ -460,6 +488,302 @@ def db_counts(path):
         return "error: %s" % e
 
 
+def run_tlsload(tlsload, url, args, proxy, cafile, cpu=None, duration=None):
+    """One tlsload run; returns the same fields as parse_wrk."""
+    duration = args.duration if duration is None else duration
+    argv = [tlsload, "--connections", str(args.connections), "--duration", "%g" % duration,
+            "--cafile", cafile]
+    if proxy:
+        argv += ["--proxy", proxy]
+    if args.handshakes:
+        argv.append("--new-connection")
+    argv.append(url)
+    pin = None
+    if cpu is not None:
+        def pin():
+            os.sched_setaffinity(0, {cpu})
+    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         timeout=duration + 60, preexec_fn=pin)
+    r = {"rps": 0.0, "requests": 0, "p50": None, "p99": None, "socket_errors": 0,
+         "non2xx": 0, "wrk_exit": out.returncode}
+    try:
+        j = json.loads(out.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        r["socket_errors"] = 1
+        r["socket_detail"] = "tlsload: " + out.stderr.decode("utf-8", "replace").strip()[-300:]
+        return r
+    r.update(rps=j["rps"], requests=j["requests"], p50=j["p50_ms"], p99=j["p99_ms"],
+             socket_errors=j["errors"], non2xx=j["non2xx"])
+    if j["error"]:
+        r["socket_detail"] = "first error: %s" % j["error"]
+    return r
+
+
+def squid_config(sdir, port, origin_ca):
+    """Squid 5 with ssl-bump: peek at the client's SNI, then bump (mint a
+    certificate with the squid CA made here, open a verified TLS connection
+    to the origin); no cache, no access log, like the other proxies."""
+    path = os.path.join(sdir, "squid.conf")
+    with open(path, "w") as f:
+        f.write("""http_port 127.0.0.1:%(port)d ssl-bump tls-cert=%(d)s/ca.pem tls-key=%(d)s/ca-key.pem generate-host-certificates=on dynamic_cert_mem_cache_size=16MB
+sslcrtd_program /usr/lib/squid/security_file_certgen -s %(d)s/ssl_db -M 16MB
+sslcrtd_children 4 startup=1 idle=1
+acl step1 at_step SslBump1
+ssl_bump peek step1
+ssl_bump bump all
+tls_outgoing_options cafile=%(ca)s
+acl bench src 127.0.0.1/32
+http_access allow bench
+http_access deny all
+cache deny all
+cache_mem 8 MB
+access_log none
+cache_store_log none
+cache_log %(d)s/cache.log
+pid_filename %(d)s/squid.pid
+coredump_dir %(d)s
+pinger_enable off
+shutdown_lifetime 1 seconds
+visible_hostname statusproxy-bench
+workers 1
+""" % {"port": port, "d": sdir, "ca": origin_ca})
+    return path
+
+
+def start_squid(squid, tmp, origin_ca, cpu):
+    """Squid ssl-bump, or (None, None, reason). Run as root, squid switches to
+    its 'proxy' user, so its directory is that user's."""
+    certgen = "/usr/lib/squid/security_file_certgen"
+    if not os.access(certgen, os.X_OK):
+        return None, None, "%s is missing (squid without OpenSSL? install squid-openssl)" % certgen
+    sdir = os.path.join(tmp, "squid")
+    os.mkdir(sdir)
+    ca = os.path.join(sdir, "ca.pem")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509"] + ec + ["-keyout", os.path.join(sdir, "ca-key.pem"),
+                    "-out", ca, "-days", "2", "-subj", "/CN=squid bench CA"],
+                   check=True, capture_output=True)
+    shutil.copy(origin_ca, os.path.join(sdir, "origin-ca.pem"))
+    port = free_port()
+    cfg = squid_config(sdir, port, os.path.join(sdir, "origin-ca.pem"))
+    init = subprocess.run([certgen, "-c", "-s", os.path.join(sdir, "ssl_db"), "-M", "16MB"],
+                          capture_output=True)
+    if init.returncode:
+        return None, None, "security_file_certgen -c failed: %s" % init.stderr.decode().strip()
+    if os.geteuid() == 0:
+        os.chmod(tmp, 0o711)
+        for root, dirs, files in os.walk(sdir):
+            for name in [root] + [os.path.join(root, x) for x in dirs + files]:
+                shutil.chown(name, "proxy", "proxy")
+    server = Server("squid", [squid, "-N", "-f", cfg], tmp, port=port, cpu=cpu, wait=30)
+    try:
+        server.start()
+    except RuntimeError as e:
+        server.stop()
+        log = os.path.join(sdir, "cache.log")
+        tail = open(log).read().strip().splitlines()[-3:] if os.path.exists(log) else []
+        return None, None, "%s; %s" % (e, " / ".join(tail) or server.stderr().strip()[-300:])
+    return server, ca, None
+
+
+def start_intercept(args, tmp, sp_bin, origin_ca, wanted, proxy_cpu):
+    """The intercepting proxies in `wanted` that start. Returns key ->
+    (Server, the CA file the client must trust); prints why others are skipped."""
+    out = {}
+    if "statusproxy" in wanted:
+        ca_dir = os.path.join(tmp, "statusproxy-ca")
+        init = subprocess.run([sp_bin, "ca", "init", "--dir", ca_dir], capture_output=True)
+        port = free_port()
+        s = Server("statusproxy", [sp_bin, "run", "--listen", "127.0.0.1:%d" % port,
+                                   "--admin", "off", "--intercept", "--ca-dir", ca_dir,
+                                   "--upstream-ca", origin_ca, "--log-exchanges", "none",
+                                   "--db", os.path.join(tmp, "bench-intercept.db"),
+                                   "--workers", "1"],
+                   tmp, port=port, cpu=proxy_cpu, ignore_sigpipe=args.ignore_sigpipe)
+        if init.returncode:
+            print("bench: skipping statusproxy: `statusproxy ca init` failed (exit %d): %s"
+                  % (init.returncode, init.stderr.decode().strip()[-300:]))
+        else:
+            try:
+                out["statusproxy"] = (s.start(), os.path.join(ca_dir, "ca.pem"))
+            except RuntimeError:
+                s.stop()
+                msg = (s.stderr().strip().splitlines() or ["(no message)"])[0]
+                if s.returncode == 2:
+                    print("bench: skipping statusproxy: this build refuses `run --intercept` "
+                          "(exit 2: %s); its column needs a build with interception" % msg)
+                else:
+                    print("bench: skipping statusproxy: it did not start (exit %s): %s"
+                          % (s.returncode, msg))
+    if "mitmdump" in wanted:
+        mitmdump = find_tool("mitmdump")
+        if not mitmdump:
+            print("bench: skipping mitmdump: not installed (make bench-deps: Debian's mitmproxy)")
+        else:
+            port, confdir = free_port(), os.path.join(tmp, "mitm")
+            # confdir: a CA of its own, created at start; -q: no flow log.
+            s = Server("mitmdump", [mitmdump, "--mode", "regular", "--listen-host", "127.0.0.1",
+                                    "--listen-port", str(port), "-q",
+                                    "--set", "confdir=" + confdir,
+                                    "--set", "ssl_verify_upstream_trusted_ca=" + origin_ca],
+                       tmp, port=port, cpu=proxy_cpu, wait=60)
+            try:
+                s.start()
+                out["mitmdump"] = (s, os.path.join(confdir, "mitmproxy-ca-cert.pem"))
+            except RuntimeError as e:
+                s.stop()
+                print("bench: skipping mitmdump: %s: %s" % (e, s.stderr().strip()[-300:]))
+    if "squid" in wanted:
+        squid = find_tool("squid")
+        if not squid:
+            print("bench: skipping squid: not installed (make bench-deps: squid-openssl)")
+        else:
+            s, ca, why = start_squid(squid, tmp, origin_ca, proxy_cpu)
+            if s:
+                out["squid"] = (s, ca)
+            else:
+                print("bench: skipping squid: %s" % why)
+    return out
+
+
+def intercept_rounds(args, configs, sizes, targets, one, backend, servers):
+    """Warm-up, then the interleaved rounds; returns (key, size) -> samples.
+    one(key, size, duration) runs tlsload against a configuration."""
+    if args.warmup > 0:
+        for key, _ in configs:
+            for size in sizes:
+                one(key, size, args.warmup)
+    samples = {(k, size): [] for k, _ in configs for size in sizes}
+    for rnd in range(args.rounds):
+        order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
+        for size in sizes:
+            for key, label in order:
+                proc = targets[key][0]
+                cpu0, bcpu0, t0 = proc.cpu_seconds(), backend.cpu_seconds(), time.monotonic()
+                r = one(key, size)
+                wall = time.monotonic() - t0
+                r["cpu"] = (proc.cpu_seconds() - cpu0) / wall
+                r["backend_cpu"] = (backend.cpu_seconds() - bcpu0) / wall
+                r["eff"] = r["requests"] / (r["cpu"] * wall) if r["cpu"] else 0.0
+                r["round"] = rnd
+                samples[(key, size)].append(r)
+                print("  round %d  %-7s %-17s %9.0f req/s  cpu %3.0f%%%s"
+                      % (rnd + 1, size_name(size), label, r["rps"], 100 * r["cpu"],
+                         "" if not (r["socket_errors"] or r["non2xx"] or r["wrk_exit"])
+                         else "  !! errors %d non-2xx %d exit %d %s" % (
+                             r["socket_errors"], r["non2xx"], r["wrk_exit"],
+                             r.get("socket_detail", ""))))
+                sys.stdout.flush()
+                for s in servers + [backend]:
+                    if not s.alive():
+                        raise RuntimeError(died(s))
+    return samples
+
+
+def main_intercept(args, sizes, sp_bin, backend_bin):
+    """--intercept: tlsload through CONNECT and TLS interception to a TLS
+    origin (HAProxy mode tcp in front of the backend), against tlsload
+    straight to that origin."""
+    tlsload = os.environ.get("BENCH_TLSLOAD") or os.path.join(REPO, "build", "bench", "tlsload")
+    haproxy = find_tool("haproxy")
+    if not os.access(tlsload, os.X_OK):
+        print("bench: tlsload not found at %s (make build/bench/tlsload)" % tlsload,
+              file=sys.stderr)
+        return 1
+    if not haproxy:
+        print("bench: --intercept needs haproxy as the TLS origin (make bench-deps)",
+              file=sys.stderr)
+        return 1
+    wanted = [k for k, _ in INTERCEPT_CONFIGS]
+    if args.only:
+        wanted = [k.strip() for k in args.only.split(",")]
+        unknown = set(wanted) - {k for k, _ in INTERCEPT_CONFIGS}
+        if unknown:
+            print("bench: --only with --intercept: unknown configuration(s) %s (choose among %s)"
+                  % (", ".join(sorted(unknown)), ",".join(k for k, _ in INTERCEPT_CONFIGS)),
+                  file=sys.stderr)
+            return 2
+    proxy_cpu = 0 if args.pin else None
+    load_cpu = 1 if args.pin and os.cpu_count() > 1 else None
+    tmp = tempfile.mkdtemp(prefix="statusproxy-bench-")
+    servers = {}
+    backend = Server("backend", [backend_bin, "--listen", "127.0.0.1:0"], tmp, cpu=load_cpu)
+    try:
+        backend.start()
+        origin_ca, bundle = make_tls_files(tmp)
+        port = free_port()
+        origin = Server("tls-origin", [haproxy, "-f", tls_origin_config(tmp, port, backend.port,
+                                                                        bundle), "-db"],
+                        tmp, port=port, cpu=load_cpu)
+        servers["tls-origin"] = origin.start()
+        proxies = start_intercept(args, tmp, sp_bin, origin_ca, wanted, proxy_cpu)
+        servers.update({k: v[0] for k, v in proxies.items()})
+        # key -> (process doing the work, --proxy, --cafile)
+        targets = {k: (s, "127.0.0.1:%d" % s.port, ca) for k, (s, ca) in proxies.items()}
+        if "direct" in wanted:
+            targets["direct"] = (origin, None, origin_ca)
+        configs = [(k, label) for k, label in INTERCEPT_CONFIGS if k in targets]
+        origin_url = "https://127.0.0.1:%d" % port
+        print("statusproxy bench --intercept: %s" % sp_bin)
+        print("  backend on :%d behind a TLS origin (haproxy mode tcp) on :%d; load: %s" % (
+            backend.port, port, tlsload))
+        print("  %d CPUs, load average %s at start%s" % (
+            os.cpu_count(), " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "; proxies pinned to CPU 0, tlsload and origin to CPU 1" if args.pin else ""))
+        sys.stdout.flush()
+        if not configs:
+            print("bench: nothing to measure", file=sys.stderr)
+            return 1
+
+        def one(key, size, duration=None):
+            proc, proxy, ca = targets[key]
+            return run_tlsload(tlsload, "%s/bytes/%d" % (origin_url, size), args, proxy, ca,
+                               load_cpu, duration)
+
+        samples = intercept_rounds(args, configs, sizes, targets, one, backend,
+                                   list(servers.values()))
+        summaries = {}
+        for size in sizes:
+            summary = {k: summarize(samples[(k, size)]) for k, _ in configs}
+            summaries[size] = summary
+            title = ("body %s: %d connections, tlsload, %gs x %d rounds (medians); CONNECT and "
+                     "TLS interception, %s" % (
+                         size_name(size), args.connections, args.duration, args.rounds,
+                         "a new connection, CONNECT and TLS handshake per request "
+                         "(req/s = handshakes/s)" if args.handshakes
+                         else "keep-alive inside the tunnel"))
+            print_table(size, summary, configs, args, INTERCEPT_RATIOS, title)
+        print()
+        for key in wanted:
+            if key not in targets:
+                print("  %s was not measured: see why above" % dict(INTERCEPT_CONFIGS)[key])
+        print("  load average %s at the end" % " ".join(f"{x:.2f}" for x in os.getloadavg()))
+        labels = dict(configs)
+        for key, s in servers.items():
+            if s.alive():
+                rss, hwm = memory_kib(s.proc.pid)
+                print("  %-17s memory after the runs: RSS %.1f MiB, peak %.1f MiB"
+                      % (labels.get(key, key), rss / 1024, hwm / 1024))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({
+                    "args": vars(args),
+                    "samples": [dict(config=k, size=size, **r)
+                                for (k, size), v in samples.items() for r in v],
+                    "medians": {str(size): s for size, s in summaries.items()},
+                }, f, indent=1)
+        return 0
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        print("bench: %s" % e, file=sys.stderr)
+        return 1
+    finally:
+        stop_all(list(servers.values()) + [backend])
+        if args.keep:
+            print("  kept %s" % tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run [5]")
@@ -470,7 +794,8 @@ def main():
                     help="response body sizes, comma-separated, e.g. 64,1k,64k,1m [64,64k]")
     ap.add_argument("--only", default="",
                     help="configurations to run, comma-separated among direct,none,all,haproxy,rules20"
-                         " (and cand-none,cand-all with --candidate)")
+                         " (and cand-none,cand-all with --candidate); with --intercept among "
+                         "direct,statusproxy,mitmdump,squid")
     ap.add_argument("--candidate", metavar="BIN",
                     help="a second statusproxy binary to compare with STATUSPROXY_BIN in the "
                          "same run (configurations cand-none and cand-all)")
@@ -491,13 +816,20 @@ def main():
                     help="with --tls: the backend closes after every answer, so each request "
                          "costs the proxy a new upstream connection and TLS handshake "
                          "(req/s = handshakes/s)")
+    ap.add_argument("--intercept", action="store_true",
+                    help="HTTPS interception: tlsload sends CONNECT and speaks TLS through "
+                         "statusproxy --intercept, mitmdump and squid ssl-bump to a TLS origin, "
+                         "and straight to that origin (direct); with --handshakes a new "
+                         "connection and handshake per request")
     ap.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the tmp dir (logs, databases)")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.rounds, args.warmup = 1.0, 1, 0.0
-    if args.handshakes and not args.tls:
-        ap.error("--handshakes needs --tls")
+    if args.handshakes and not (args.tls or args.intercept):
+        ap.error("--handshakes needs --tls or --intercept")
+    if args.intercept and (args.tls or args.candidate):
+        ap.error("--intercept goes without --tls and --candidate")
     try:
         sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     except argparse.ArgumentTypeError as e:
@@ -513,6 +845,8 @@ def main():
         if not os.access(path, os.X_OK):
             print("bench: %s not found at %s" % (what, path), file=sys.stderr)
             return 1
+    if args.intercept:
+        return main_intercept(args, sizes, sp_bin, backend_bin)
     wrk = find_tool("wrk")
     if not wrk:
         print("bench: wrk is not installed (make bench-deps)", file=sys.stderr)
