@@ -288,10 +288,6 @@ static int conn_fill(struct worker *w, struct conn *c) {
         c->closed = 1;
         return 0;
     }
-    if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0) {
-        c->closed = 1; /* EOF without close_notify: "read until close" bodies */
-        return 0;
-    }
     if (e == SSL_ERROR_SYSCALL && (errno == EAGAIN || errno == EWOULDBLOCK))
         fail(w, "read: no answer within %gs (--timeout)", opt.timeout);
     else
@@ -610,6 +606,10 @@ static int setup(void) {
     /* No client session cache: every new connection is a full handshake. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_mode(ctx, SSL_MODE_AUTO_RETRY);
+    /* Many servers close without close_notify; as HTTP clients do, read
+     * that as the end of the stream (a body cut short by it is still an
+     * error: its Content-Length or chunk is incomplete). */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
     static const unsigned char alpn[] = "\x08http/1.1";
     SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn - 1);
     if (opt.cafile) {
