@@ -29,6 +29,7 @@
 #include "fault.h"
 #include "log.h"
 #include "policy.h"
+#include "resp_head.h"
 #include "server.h"
 #include "tunnel.h"
 #include "units.h"
@@ -280,17 +281,14 @@ static const llhttp_settings_t request_settings = {
 /* ---------- synthesized answers ---------- */
 
 /* Does this answer end the connection? HTTP/1.0 clients keep it only when they asked. */
-static int must_close(struct conn *c)
+int conn_must_close(const struct conn *c)
 {
     return c->close_after || !c->x.client_keepalive || c->w->stopping || c->client_eof;
 }
 
 void conn_put_connection_header(struct conn *c, struct sbuf *h)
 {
-    if (must_close(c))
-        sbuf_puts(h, "Connection: close\r\n");
-    else if (c->x.client_keepalive && c->req.minor == 0)
-        sbuf_puts(h, "Connection: keep-alive\r\n");
+    resp_head_put_connection(h, conn_must_close(c), c->x.client_keepalive, c->req.minor);
 }
 
 /* bad-chunk on an answer of ours: B becomes one chunk followed by a broken
@@ -378,7 +376,7 @@ void conn_answer(struct conn *c, int code, const struct rule_actions *a, const c
         sbuf_append(&h, b.data, b.len);
     x->final_code = code;
     x->resp_head_sent = 1;
-    if (must_close(c))
+    if (conn_must_close(c))
         c->close_after = 1;
     if (x->slow_head_ms) {
         /* slow-head: the head goes out bit by bit, then the rest. */
