@@ -762,16 +762,15 @@ static int route_request(struct conn *c, const char **why)
     struct http_head *h = &c->req;
     size_t hlen = 0;
     const char *hv = http_head_get(h, "Host", &hlen);
-    struct policy_route r;
+    struct policy_route r = {.target = &x->target, .up_host = x->up_host, .rec_host = x->rec_host};
+    _Static_assert(sizeof x->up_host == POLICY_HOST_SIZE && sizeof x->rec_host == POLICY_HOST_SIZE,
+                   "policy_route writes POLICY_HOST_SIZE bytes");
     int status = policy_route(h->buf + h->target, h->target_len, x->is_connect, hv, hlen,
                               c->w->opts, &r, why);
     if (status)
         return status;
-    x->target = r.target;
     x->forward_mode = r.forward_mode;
-    memcpy(x->up_host, r.up_host, sizeof x->up_host);
     x->up_port = r.up_port;
-    memcpy(x->rec_host, r.rec_host, sizeof x->rec_host);
     x->path = r.path;
     x->path_len = r.path_len;
     return 0;

@@ -19,22 +19,23 @@ const char policy_no_upstream_help[] =
 int policy_route(const char *tgt, size_t tlen, int is_connect, const char *host, size_t hlen,
                  const struct run_options *o, struct policy_route *r, const char **why)
 {
-    if (target_parse(tgt, tlen, is_connect, &r->target, why) != 0)
+    if (target_parse(tgt, tlen, is_connect, r->target, why) != 0)
         return 400;
-    char host_hdr[256] = "";
+    char host_hdr[POLICY_HOST_SIZE];
+    host_hdr[0] = '\0';
     int host_port = 80;
     if (host && hlen &&
         target_parse_authority(host, hlen, host_hdr, sizeof host_hdr, &host_port, 80) != 0) {
         *why = "malformed Host header";
         return 400;
     }
-    const struct target *t = &r->target;
+    const struct target *t = r->target;
     if (t->form == TARGET_AUTHORITY || t->form == TARGET_ABSOLUTE) {
         /* Forward mode: the target names the host; Host is rewritten from it. */
         r->forward_mode = 1;
-        str_copy(r->up_host, sizeof r->up_host, t->host);
+        str_copy(r->up_host, POLICY_HOST_SIZE, t->host);
         r->up_port = t->port;
-        str_copy(r->rec_host, sizeof r->rec_host, t->host);
+        str_copy(r->rec_host, POLICY_HOST_SIZE, t->host);
         r->path = t->path ? t->path : "";
         r->path_len = t->path_only_len;
         if (t->form == TARGET_ABSOLUTE && r->path_len == 0) {
@@ -49,9 +50,9 @@ int policy_route(const char *tgt, size_t tlen, int is_connect, const char *host,
         return 400;
     }
     r->forward_mode = 0;
-    str_copy(r->up_host, sizeof r->up_host, o->upstream_host);
+    str_copy(r->up_host, POLICY_HOST_SIZE, o->upstream_host);
     r->up_port = o->upstream_port;
-    str_copy(r->rec_host, sizeof r->rec_host, host_hdr[0] ? host_hdr : o->upstream_host);
+    str_copy(r->rec_host, POLICY_HOST_SIZE, host_hdr[0] ? host_hdr : o->upstream_host);
     r->path = t->path;
     r->path_len = t->path_only_len;
     return 0;

@@ -19,13 +19,16 @@
  * whole 400 body after its status line, not an X-Statusproxy-Error). */
 extern const char policy_no_upstream_help[];
 
-/* Where a request goes. */
+/* Where a request goes. The caller points TARGET, UP_HOST and REC_HOST at
+ * its own storage (the exchange's), so that nothing is copied twice on the
+ * request path; policy_route fills them and the rest. */
+#define POLICY_HOST_SIZE 256
 struct policy_route {
-    struct target target;
+    struct target *target;  /* in: where the parsed request-target goes */
+    char *up_host;          /* in: POLICY_HOST_SIZE bytes; the host to connect to */
+    char *rec_host;         /* in: POLICY_HOST_SIZE bytes; as recorded and matched: no port */
     int forward_mode;       /* absolute-form or CONNECT: the target names the host */
-    char up_host[256];
     int up_port;
-    char rec_host[256];     /* host as recorded and matched: no port */
     const char *path;       /* without the query; into the target or a literal */
     size_t path_len;
 };

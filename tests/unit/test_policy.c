@@ -56,8 +56,9 @@ static void test_route_table(void)
             snprintf(o.upstream_host, sizeof o.upstream_host, "%s", w->upstream);
             o.upstream_port = 9000;
         }
-        struct policy_route r;
-        memset(&r, 0, sizeof r);
+        struct target t;
+        char up_host[POLICY_HOST_SIZE] = "?", rec_host[POLICY_HOST_SIZE] = "?";
+        struct policy_route r = {.target = &t, .up_host = up_host, .rec_host = rec_host};
         const char *why = NULL;
         int st = policy_route(w->target, strlen(w->target), w->is_connect, w->host,
                               w->host ? strlen(w->host) : 0, &o, &r, &why);
