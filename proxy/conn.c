@@ -20,7 +20,6 @@
  *   PH_LINGER   answer sent, write side shut; draining input before close
  *   PH_CLOSED   handles are closing; freed after the last close callback
  */
-#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
