@@ -64,6 +64,7 @@ static const struct framing_row framing_rows[] = {
     {"HEAD rewritten 503 keeps length", 503, 200, 1, 0, "42", 0, 1, 1, 0, 1, "Content-Length: 42\r\n\r\n", RESP_FRAMING_NONE, 1, 0, 0},
     {"HEAD rewritten 204", 204, 200, 1, 0, "42", 0, 1, 1, 0, 1, "\r\n", RESP_FRAMING_NONE, 1, 0, 0},
     {"HEAD request not done", 200, 200, 1, 0, "1", 0, 1, 1, 0, 0, "Content-Length: 1\r\n" CLOSE "\r\n", RESP_FRAMING_NONE, 1, 1, 1},
+    {"set-status 100 on 200", 100, 200, 0, 0, "5", 0, 1, 1, 0, 1, "\r\n", RESP_FRAMING_NONE, 1, 0, 0},
     /* Upgrade */
     {"101 upgrade", 101, 101, 0, 1, NULL, 0, 1, 1, 0, 0, "Connection: Upgrade\r\n\r\n", RESP_FRAMING_NONE, 0, 0, 0},
     {"101 upgrade, closing", 101, 101, 0, 1, NULL, 0, 1, 1, 1, 1, "Connection: Upgrade\r\n\r\n", RESP_FRAMING_NONE, 0, 0, 0},
