@@ -675,7 +675,8 @@ int main(int argc, char **argv) {
         abort();
     size_t k = 0;
     for (int i = 0; i < started; i++) {
-        memcpy(all + k, ws[i].lat_us, ws[i].nlat * sizeof *all);
+        if (ws[i].nlat) /* lat_us is NULL when nothing completed */
+            memcpy(all + k, ws[i].lat_us, ws[i].nlat * sizeof *all);
         k += ws[i].nlat;
         free(ws[i].lat_us);
     }
