@@ -164,11 +164,12 @@ static int verify_cached(X509_STORE_CTX *store, void *arg) {
 static void conn_drop(struct conn *c) {
     if (c->ssl) {
         /* A close_notify, not waiting for the peer's: as a browser does. */
-        if (!c->closed)
+        if (!c->closed && SSL_is_init_finished(c->ssl))
             SSL_shutdown(c->ssl);
         SSL_free(c->ssl);
         c->ssl = NULL;
     }
+    ERR_clear_error(); /* so the next failure's message is its own */
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
