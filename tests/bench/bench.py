@@ -104,12 +104,14 @@ RATIOS = [
 INTERCEPT_CONFIGS = [
     ("direct", "origin, direct"),
     ("statusproxy", "statusproxy"),
+    ("statusproxy-all", "statusproxy all"),
     ("mitmdump", "mitmdump"),
     ("squid", "squid ssl-bump"),
 ]
 INTERCEPT_RATIOS = [
     ("statusproxy", "mitmdump", "   (target >= 10)"),
     ("statusproxy", "squid", ""),
+    ("statusproxy-all", "statusproxy", "   (recording every exchange)"),
     ("statusproxy", "direct", ""),
     ("mitmdump", "direct", ""),
     ("squid", "direct", ""),
@@ -465,12 +467,15 @@ def print_table(size, summary, configs, args, ratios=RATIOS, title=None):
               % (label, s["rps"], fmt_ms(s["p50"]), fmt_ms(s["p99"]), cpu, s["eff"],
                  100 * s["backend_cpu"], ", ".join(problems) or "0"))
     print("  ratios (throughput; efficiency = req/CPU-s of the proxy process):")
+    width = max([20] + [len(a) + len(b) + 3 for a, b, _ in ratios
+                        if summary.get(a) and summary.get(b)])
     for a, b, note in ratios:
         sa, sb = summary.get(a), summary.get(b)
         if not sa or not sb:
             continue
         eff = "" if b == "direct" else "   efficiency %s" % fmt_ratio(sa["eff"], sb["eff"])
-        print("    %-20s %s%s%s" % ("%s / %s" % (a, b), fmt_ratio(sa["rps"], sb["rps"]), eff, note))
+        print("    %-*s %s%s%s" % (width, "%s / %s" % (a, b), fmt_ratio(sa["rps"], sb["rps"]),
+                                 eff, note))
 
 
 def db_counts(path):
@@ -586,35 +591,43 @@ def start_squid(squid, tmp, origin_ca, cpu):
     return server, ca, None
 
 
+def start_statusproxy(args, tmp, sp_bin, origin_ca, cpu, key, mode):
+    """statusproxy --intercept with its own CA (`ca init`) and --log-exchanges
+    MODE: (Server, CA file), or None after printing why it did not start."""
+    ca_dir = os.path.join(tmp, key + "-ca")
+    init = subprocess.run([sp_bin, "ca", "init", "--dir", ca_dir], capture_output=True)
+    if init.returncode:
+        print("bench: skipping %s: `statusproxy ca init` failed (exit %d): %s"
+              % (key, init.returncode, init.stderr.decode().strip()[-300:]))
+        return None
+    port = free_port()
+    s = Server(key, [sp_bin, "run", "--listen", "127.0.0.1:%d" % port, "--admin", "off",
+                     "--intercept", "--ca-dir", ca_dir, "--upstream-ca", origin_ca,
+                     "--log-exchanges", mode, "--db", os.path.join(tmp, "bench-%s.db" % key),
+                     "--workers", "1"],
+               tmp, port=port, cpu=cpu, ignore_sigpipe=args.ignore_sigpipe)
+    try:
+        return s.start(), os.path.join(ca_dir, "ca.pem")
+    except RuntimeError:
+        s.stop()
+        msg = (s.stderr().strip().splitlines() or ["(no message)"])[0]
+        if s.returncode == 2:
+            print("bench: skipping %s: this build refuses `run --intercept` (exit 2: %s); "
+                  "its column needs a build with interception" % (key, msg))
+        else:
+            print("bench: skipping %s: it did not start (exit %s): %s" % (key, s.returncode, msg))
+        return None
+
+
 def start_intercept(args, tmp, sp_bin, origin_ca, wanted, proxy_cpu):
     """The intercepting proxies in `wanted` that start. Returns key ->
     (Server, the CA file the client must trust); prints why others are skipped."""
     out = {}
-    if "statusproxy" in wanted:
-        ca_dir = os.path.join(tmp, "statusproxy-ca")
-        init = subprocess.run([sp_bin, "ca", "init", "--dir", ca_dir], capture_output=True)
-        port = free_port()
-        s = Server("statusproxy", [sp_bin, "run", "--listen", "127.0.0.1:%d" % port,
-                                   "--admin", "off", "--intercept", "--ca-dir", ca_dir,
-                                   "--upstream-ca", origin_ca, "--log-exchanges", "none",
-                                   "--db", os.path.join(tmp, "bench-intercept.db"),
-                                   "--workers", "1"],
-                   tmp, port=port, cpu=proxy_cpu, ignore_sigpipe=args.ignore_sigpipe)
-        if init.returncode:
-            print("bench: skipping statusproxy: `statusproxy ca init` failed (exit %d): %s"
-                  % (init.returncode, init.stderr.decode().strip()[-300:]))
-        else:
-            try:
-                out["statusproxy"] = (s.start(), os.path.join(ca_dir, "ca.pem"))
-            except RuntimeError:
-                s.stop()
-                msg = (s.stderr().strip().splitlines() or ["(no message)"])[0]
-                if s.returncode == 2:
-                    print("bench: skipping statusproxy: this build refuses `run --intercept` "
-                          "(exit 2: %s); its column needs a build with interception" % msg)
-                else:
-                    print("bench: skipping statusproxy: it did not start (exit %s): %s"
-                          % (s.returncode, msg))
+    for key, mode in (("statusproxy", "none"), ("statusproxy-all", "all")):
+        if key in wanted:
+            started = start_statusproxy(args, tmp, sp_bin, origin_ca, proxy_cpu, key, mode)
+            if started:
+                out[key] = started
     if "mitmdump" in wanted:
         mitmdump = find_tool("mitmdump")
         if not mitmdump:
@@ -764,6 +777,17 @@ def main_intercept(args, sizes, sp_bin, backend_bin):
                 rss, hwm = memory_kib(s.proc.pid)
                 print("  %-17s memory after the runs: RSS %.1f MiB, peak %.1f MiB"
                       % (labels.get(key, key), rss / 1024, hwm / 1024))
+        if "statusproxy-all" in servers:  # stopped first, so that its writer has flushed
+            stop_all([servers["statusproxy-all"]])
+            counts = db_counts(os.path.join(tmp, "bench-statusproxy-all.db"))
+            done = sum(r["requests"] for (k, _), v in samples.items()
+                       if k == "statusproxy-all" for r in v)
+            if isinstance(counts, tuple):
+                print("  statusproxy all recorded %d raw rows, %d counted, %d dropped "
+                      "(tlsload completed %d measured requests, plus warm-up)"
+                      % (counts + (done,)))
+            else:
+                print("  statusproxy all database: %s" % counts)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({
@@ -795,7 +819,7 @@ def main():
     ap.add_argument("--only", default="",
                     help="configurations to run, comma-separated among direct,none,all,haproxy,rules20"
                          " (and cand-none,cand-all with --candidate); with --intercept among "
-                         "direct,statusproxy,mitmdump,squid")
+                         "direct,statusproxy,statusproxy-all,mitmdump,squid")
     ap.add_argument("--candidate", metavar="BIN",
                     help="a second statusproxy binary to compare with STATUSPROXY_BIN in the "
                          "same run (configurations cand-none and cand-all)")
