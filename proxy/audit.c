@@ -61,13 +61,16 @@ struct packed {
     int64_t retry_after_ms;
     uint64_t bytes_in;
     uint64_t bytes_out;
-    int32_t upstream_code;
-    int32_t final_code;
+    int16_t upstream_code;          /* -1: none; at most CODE_MAX (code_of) */
+    int16_t final_code;
     uint16_t size;                  /* bytes of the whole record, padding included */
     uint16_t len[NTEXT];
-    uint8_t scheme;                 /* enum audit_scheme */
+    uint8_t scheme;                 /* enum audit_scheme; the header stays 64 bytes */
     char text[];
 };
+
+/* The header of every record: keep it to one 64-byte line. */
+_Static_assert(sizeof(struct packed) == 64, "struct packed grew");
 
 struct audit_batch {
     struct audit_batch *next;       /* in the queue or the free list */
@@ -208,6 +211,14 @@ static void batch_clear(struct audit_batch *b)
     b->len = 0;
 }
 
+/* A status code as packed: -1 for none, and a value no status line can
+ * carry (more than three digits) kept as CODE_MAX, an invalid status still. */
+#define CODE_MAX 9999
+static int code_of(int code)
+{
+    return code < 0 ? -1 : code > CODE_MAX ? CODE_MAX : code;
+}
+
 /* Append a record whose strings are T[i] cut to LEN[i] bytes. */
 static size_t pack(struct audit_batch *b, const struct audit_entry *e,
                    const struct audit_text *const t[NTEXT], const size_t len[NTEXT])
@@ -230,8 +241,8 @@ static size_t pack(struct audit_batch *b, const struct audit_entry *e,
     p->retry_after_ms = e->retry_after_ms > 0 ? e->retry_after_ms : 0;
     p->bytes_in = e->bytes_in;
     p->bytes_out = e->bytes_out;
-    p->upstream_code = e->upstream_code >= 0 ? e->upstream_code : -1;
-    p->final_code = e->final_code >= 0 ? e->final_code : -1;
+    p->upstream_code = (int16_t)code_of(e->upstream_code);
+    p->final_code = (int16_t)code_of(e->final_code);
     p->size = (uint16_t)size;
     p->scheme = (unsigned)e->scheme < AUDIT_SCHEME_COUNT ? (uint8_t)e->scheme : AUDIT_SCHEME_HTTP;
     char *o = p->text;
