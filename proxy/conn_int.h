@@ -17,6 +17,7 @@
 #include "rules.h"
 #include "sender.h"
 #include "target.h"
+#include "transport.h"
 #include "upstream.h"
 #include "util.h"
 
@@ -130,11 +131,11 @@ struct exchange {
 };
 
 struct conn {
-    uv_tcp_t tcp;
+    struct tcp_transport tcp;    /* the client socket */
+    struct transport *tr;        /* client bytes go through it: &tcp.base (TLS: a wrapper) */
     struct deadline timer;       /* idle / header timeout, linger */
     struct deadline xtimer;      /* upstream connect and response timeout */
     uv_timer_t ptimer;           /* delay and throttle pacing */
-    uv_shutdown_t shutdown_req;
     struct worker *w;
     struct conn *prev, *next;    /* worker's list */
     uint64_t id;
