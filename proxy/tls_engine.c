@@ -608,6 +608,11 @@ bool tls_engine_peer_closed(const struct tls_engine *t)
     return t->peer_closed;
 }
 
+bool tls_engine_buffered(const struct tls_engine *t)
+{
+    return SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(t->rbio) > 0;
+}
+
 SSL *tls_engine_ssl(struct tls_engine *t)
 {
     return t->ssl;

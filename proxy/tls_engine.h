@@ -141,6 +141,10 @@ const char *tls_engine_reason(const struct tls_engine *t);
 /* True when the peer's close_notify arrived. */
 bool tls_engine_peer_closed(const struct tls_engine *t);
 
+/* Whether bytes fed earlier may still yield plaintext or a close_notify
+ * without more input (a reader that paused should call tls_engine_read). */
+bool tls_engine_buffered(const struct tls_engine *t);
+
 /* The SSL object, for inspection (SNI, ALPN, peer certificate, reuse). */
 SSL *tls_engine_ssl(struct tls_engine *t);
 /* Whether the handshake resumed a cached session. */
