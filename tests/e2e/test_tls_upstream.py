@@ -289,7 +289,8 @@ def test_rule_and_fault_inside_https_upstream(proxy_factory, tls_origin, ca, tmp
 # -- bodies and abrupt ends --------------------------------------------------------
 
 
-RSS_LIMIT_KIB = 64 * 1024
+# A proxy that buffered the body would pass 64 MiB; measured ~12 MiB plain.
+RSS_LIMIT_KIB = 40 * 1024
 
 
 def test_64mib_download_through_tls_in_flat_memory(proxy_factory, tls_origin, ca,
@@ -310,7 +311,6 @@ def test_64mib_download_through_tls_in_flat_memory(proxy_factory, tls_origin, ca
         assert r.body_sha256 == det_sha256(n)
         hwm = p.vm_hwm_kib()
     record_property("vm_hwm_kib", hwm)
-    print("vm_hwm_kib", hwm)
     assert hwm < RSS_LIMIT_KIB, "proxy VmHWM %d KiB" % hwm
 
 
@@ -325,7 +325,6 @@ def test_64mib_upload_through_tls_in_flat_memory(proxy_factory, tls_origin, ca,
         assert json.loads(r.body) == {"body_len": n, "sha256": det_sha256(n)}
         hwm = p.vm_hwm_kib()
     record_property("vm_hwm_kib", hwm)
-    print("vm_hwm_kib", hwm)
     assert hwm < RSS_LIMIT_KIB, "proxy VmHWM %d KiB" % hwm
 
 
