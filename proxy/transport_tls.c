@@ -22,6 +22,9 @@
 #include "sender.h"
 #include "util.h"
 
+/* The largest plaintext one TLS record carries (RFC 8446 §5.1). */
+#define TLS_RECORD_MAX 16384
+
 enum tls_phase {
     TT_HANDSHAKING, /* the inner transport reads for the handshake */
     TT_READY,       /* on_ready was called */
@@ -176,12 +179,20 @@ static void deliver_end(struct tls_transport *tt, int status)
 static void deliver_plain(struct tls_transport *tt)
 {
     while (tt->base.reading && !tt->base.closing && !tt->end_delivered) {
+        /* One record is at most 16 KiB: fill the chunk with several, so
+         * the owner gets fewer, fuller pieces. */
         struct chunk *c = chunk_new();
-        long n = tls_engine_read(tt->eng, c->data, CHUNK_SIZE);
-        if (n > 0) {
-            c->len = (uint32_t)n;
-            tt->base.ops->on_read(&tt->base, n, c, tt->base.owner);
-            continue;
+        size_t got = 0;
+        long n;
+        while ((n = tls_engine_read(tt->eng, c->data + got, CHUNK_SIZE - got)) > 0) {
+            got += (size_t)n;
+            if (CHUNK_SIZE - got < TLS_RECORD_MAX)
+                break;
+        }
+        if (got > 0) {
+            c->len = (uint32_t)got;
+            tt->base.ops->on_read(&tt->base, (ssize_t)got, c, tt->base.owner);
+            continue; /* the end, if n says so, is found on the next turn */
         }
         chunk_unref(c);
         /* Reading may have produced a reply (a TLS 1.3 key update). */
