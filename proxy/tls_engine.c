@@ -172,7 +172,7 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
         leaf = tls_ca_leaf(cfg->ca, t->fallback, err, sizeof err);
     if (!leaf) {
         if (t)
-            snprintf(t->reason, sizeof t->reason, "no certificate name: %s",
+            snprintf(t->reason, sizeof t->reason, "no certificate name: %.120s",
                      err[0] ? err : "no SNI and no fallback name");
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_TLSEXT_ERR_ALERT_FATAL;

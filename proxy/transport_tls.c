@@ -239,8 +239,9 @@ static void handshake_step(struct tls_transport *tt)
     }
     (void)send_cipher(tt);
     tt->phase = TT_READY;
-    /* Until the owner reads, the inner side rests (backpressure). */
-    transport_read_stop(tt->inner);
+    /* From now on the inner side reads only while the owner does. */
+    if (!tt->base.reading)
+        transport_read_stop(tt->inner);
     if (tt->base.ops->on_ready)
         tt->base.ops->on_ready(&tt->base, tt->base.owner);
     if (!tt->base.closing && tt->base.reading && tls_engine_buffered(tt->eng))

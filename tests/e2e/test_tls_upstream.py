@@ -371,3 +371,55 @@ def test_https_upstream_default_port_443(proxy_factory, ca):
     p = proxy_factory(upstream="https://localhost", args=["--upstream-ca", str(ca / "ca.pem"),
                                                          "--log-level", "info"])
     assert "localhost:443" in p.stderr()
+
+
+# -- upgrades and concurrency ------------------------------------------------------
+
+
+def test_websocket_over_https_upstream(proxy_factory, tls_origin, ca):
+    """A 101 turns the TLS connection into a tunnel: frames both ways, and
+    the origin's close ends it."""
+    from test_tunnel import WS_KEY, ws_frame, ws_read_frame
+    p = start_tls_proxy(proxy_factory, tls_origin, ca)
+    with p.conn() as c:
+        r = c.exchange("GET", "/ws", headers=[
+            ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", WS_KEY), ("Sec-WebSocket-Version", "13")])
+        assert r.status == 101, r
+        mask = b"\x01\x02\x03\x04"
+        big = det_bytes(200000)
+        c.send(ws_frame(0x1, b"hello", mask))
+        assert ws_read_frame(c) == (True, 0x1, b"hello")
+        c.send(ws_frame(0x2, big, mask))
+        assert ws_read_frame(c) == (True, 0x2, big)
+        c.send(ws_frame(0x8, b"\x03\xe8bye", mask))
+        assert ws_read_frame(c) == (True, 0x8, b"\x03\xe8bye")
+        assert c.closed_by_peer(3.0), "the tunnel stayed open after the origin closed"
+    assert [op for op, _ in tls_origin.ws_frames] == [0x1, 0x2, 0x8]
+
+
+def test_concurrent_clients_two_workers(proxy_factory, tls_origin, ca):
+    """Two worker threads share the TLS config and its session cache."""
+    p = start_tls_proxy(proxy_factory, tls_origin, ca, args=["--workers", "2"])
+    errors = []
+
+    def client(k):
+        try:
+            with p.conn(timeout=20) as c:
+                for i in range(10):
+                    body = "c%d-%d" % (k, i)
+                    r = c.exchange("GET", "/status/200?body=%s%s" % (
+                        body, "&conn_close=1" if i % 3 == 0 else ""), timeout=20)
+                    if r.status != 200 or r.body != body.encode():
+                        errors.append((k, i, r.status, r.body))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append((k, repr(e)))
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert tls_origin.requests == 160
+    assert tls_origin.tls_failures == []
+    assert any(tls_origin.tls_sessions), "no connection resumed a session"
