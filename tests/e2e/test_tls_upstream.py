@@ -21,7 +21,7 @@ import pytest
 
 from backend import Backend, det_bytes, det_sha256
 from helpers import SANITIZER_MARKS, check_synthesized, wait_exchanges
-from rules_support import write_rules
+from rules_support import get, metric_samples, parse_prometheus, write_rules
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("STATUSPROXY_BIN", REPO / "build" / "statusproxy")).resolve()
@@ -129,6 +129,9 @@ def test_system_store_rejects_private_ca(proxy_factory, tls_origin):
     assert tls_origin.log == []
     row = only_row(p.db)
     assert (row["upstream_code"], row["final_code"], row["error"]) == (None, 502, "tls_verify")
+    m = parse_prometheus(get(p.admin_port, "/metrics").body.decode())
+    assert {l["error"]: v for l, v in metric_samples(m, "statusproxy_upstream_errors_total")} \
+        == {"tls_verify": 1}
 
 
 def test_hostname_mismatch_is_tls_verify(proxy_factory, ca, tmp_path, origins):
@@ -218,6 +221,8 @@ def test_plain_http_origin_is_tls_handshake(proxy_factory, raw_origin, ca):
     assert check_synthesized(r, 502, "Bad Gateway") == []
     row = only_row(p.db)
     assert (row["upstream_code"], row["final_code"], row["error"]) == (None, 502, "tls_handshake")
+    stats = json.loads(get(p.admin_port, "/stats").body)
+    assert stats["upstream_errors"] == {"tls_handshake": 1}, stats
 
 
 def test_origin_closing_during_handshake_is_tls_handshake(proxy_factory, raw_origin, ca):
