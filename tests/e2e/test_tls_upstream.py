@@ -234,6 +234,21 @@ def test_origin_closing_during_handshake_is_tls_handshake(proxy_factory, raw_ori
     assert only_row(p.db)["error"] == "tls_handshake"
 
 
+def test_stalled_handshake_is_connect_timeout(proxy_factory, raw_origin, ca):
+    """An origin that accepts and never answers the ClientHello: the
+    handshake counts against --connect-timeout."""
+    port = raw_origin(lambda s: (s.recv(4096), time.sleep(3)))
+    p = proxy_factory(upstream="https://127.0.0.1:%d" % port,
+                      args=["--upstream-ca", str(ca / "ca.pem"), "--connect-timeout", "500ms"])
+    with p.conn() as c:
+        t0 = time.monotonic()
+        r = c.exchange("GET", "/status/200")
+        took = time.monotonic() - t0
+    assert r.status == 504
+    assert 0.4 < took < 2.5, took
+    assert only_row(p.db)["error"] == "connect_timeout"
+
+
 # -- pooling and resumption --------------------------------------------------------
 
 
