@@ -1378,6 +1378,8 @@ int conn_accept(struct worker *w, uv_stream_t *server)
     c->w = w;
     c->id = ++w->next_conn_id;
     tcp_transport_init(&c->tcp, &w->loop, &client_ops, c);
+    /* A TLS listener (issue 10) wraps this transport and points c->tr and
+     * c->out.tr at the wrapper; nothing below reads the socket directly. */
     c->tr = &c->tcp.base;
     deadline_init(&w->loop, &c->timer, on_timer, c);
     deadline_init(&w->loop, &c->xtimer, relay_on_timeout, c);

@@ -38,7 +38,15 @@
  *   - calls on_ready after the handshake, and answers transport_error_name
  *     with "tls_handshake", "tls_verify" or "tls_client" after a failure;
  *   - closes the inner transport from its close, and calls its own
- *     on_closed from the inner one's.
+ *     on_closed from the inner one's;
+ *   - may answer try_write with UV_EAGAIN (everything then goes through
+ *     write), or encrypt and pass the inner try_write's result on.
+ * An owner swaps transports (a TLS listener, CONNECT interception, an https
+ * upstream) by pointing its transport pointer and its sender's tr at the
+ * wrapper; the inner TCP transport stays embedded where it was.
+ * Shutdown completion goes to a per-call callback, not to the owner's ops,
+ * because two parties use it on one client transport (the connection's
+ * lingering close, and a tunnel's half-close).
  */
 #ifndef STATUSPROXY_TRANSPORT_H
 #define STATUSPROXY_TRANSPORT_H
