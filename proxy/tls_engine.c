@@ -134,7 +134,7 @@ static int on_new_session(SSL *ssl, SSL_SESSION *sess)
  * tells a client that refused our certificate from other failures. */
 static void on_info(const SSL *ssl, int where, int ret)
 {
-    if (!(where & SSL_CB_READ_ALERT))
+    if ((where & SSL_CB_READ_ALERT) != SSL_CB_READ_ALERT)
         return;
     struct tls_engine *t = SSL_get_app_data(ssl);
     int level = (ret >> 8) & 0xff, desc = ret & 0xff;
