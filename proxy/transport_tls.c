@@ -363,9 +363,11 @@ static void on_kick_closed(uv_handle_t *h)
 static void tls_close(struct transport *t, int reset)
 {
     struct tls_transport *tt = of(t);
+    enum tls_engine_state st = tls_engine_state(tt->eng);
     if (!reset && tt->phase == TT_READY && tt->out.writes == 0 && !tt->out.error &&
-        tls_engine_state(tt->eng) == TLS_ENGINE_OPEN) {
-        /* A close_notify when the socket takes it now; never wait for it. */
+        (st == TLS_ENGINE_OPEN || st == TLS_ENGINE_CLOSING)) {
+        /* A close_notify (unless one was sent) when the socket takes it
+         * now; never wait for it. */
         tls_engine_close(tt->eng);
         char buf[256];
         size_t n = tls_engine_take(tt->eng, buf, sizeof buf);
