@@ -190,6 +190,9 @@ void conn_parse_requests(struct conn *c);
 /* Answer CODE ourselves (see conn.c); A: the rule's actions or NULL. */
 void conn_answer(struct conn *c, int code, const struct rule_actions *a, const char *extra_headers,
                  const char *body);
+/* Does the answer being written end the connection? HTTP/1.0 clients keep
+ * it only when they asked. */
+int conn_must_close(const struct conn *c);
 /* "Connection: close" / "keep-alive" for the answer being written, if any. */
 void conn_put_connection_header(struct conn *c, struct sbuf *h);
 /* The exchange cannot go on: answer CODE, or cut the answer already begun. */
