@@ -243,8 +243,9 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
     if (status == UPSTREAM_ETLS) {
         /* tls_handshake or tls_verify, as the TLS transport classified it. */
         const char *kind = transport_error_name(upstream_transport(u));
-        LOG(LOG_INFO, "c%llu upstream %s:%d: TLS handshake failed (%s)",
-            (unsigned long long)c->id, x->up_host, x->up_port, kind ? kind : "tls_handshake");
+        LOG(LOG_INFO, "c%llu upstream %s:%d: TLS handshake failed (%s): %s",
+            (unsigned long long)c->id, x->up_host, x->up_port, kind ? kind : "tls_handshake",
+            upstream_tls_reason(u));
         conn_fail(c, 502, kind ? kind : "tls_handshake");
         return;
     }

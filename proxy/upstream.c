@@ -465,6 +465,11 @@ void upstream_resume(struct upstream *u)
         (void)transport_read_start(u->tr);
 }
 
+const char *upstream_tls_reason(struct upstream *u)
+{
+    return u->tls && u->tr != &u->tcp.base ? tls_engine_reason(tls_transport_engine(u->tr)) : "";
+}
+
 const char *upstream_peer(const struct upstream *u)
 {
     return u->peer;

@@ -73,6 +73,10 @@ struct sender *upstream_sender(struct upstream *u);
 /* Stop / resume delivering reads (backpressure). */
 void upstream_pause(struct upstream *u);
 void upstream_resume(struct upstream *u);
+/* Why the TLS handshake failed, in OpenSSL's words ("certificate verify
+ * failed: ..."), for logs; "" for plain connections or no failure. Never
+ * holds key material. */
+const char *upstream_tls_reason(struct upstream *u);
 /* Peer address of a connected upstream, "ip:port", for logs. */
 const char *upstream_peer(const struct upstream *u);
 /* The transport the connection's bytes go through, for a tunnel's

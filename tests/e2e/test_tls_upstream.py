@@ -143,7 +143,8 @@ def test_hostname_mismatch_is_tls_verify(proxy_factory, ca, tmp_path, origins):
     assert r.status == 502
     assert o.log == []
     assert only_row(p.db)["error"] == "tls_verify"
-    assert "tls_verify" in p.stderr()
+    err = p.stderr()
+    assert "tls_verify" in err and "hostname mismatch" in err, err
 
 
 def test_wrong_ca_is_tls_verify(proxy_factory, tls_origin, tmp_path):
