@@ -571,6 +571,7 @@ void conn_record(struct conn *c)
         .action = AUDIT_TEXT(action),
         .error = AUDIT_TEXT(x->error),
         .retry_after_ms = x->retry_after_ms,
+        .scheme = x->is_connect ? AUDIT_SCHEME_TUNNEL : AUDIT_SCHEME_HTTP,
     };
     worker_record(c->w, &e, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
 }
@@ -980,6 +981,7 @@ void conn_rules_exchange(struct conn *c, struct rules_exchange *rx, int status)
     rx->request = &c->req;
     rx->client = (const struct sockaddr *)&c->peer;
     rx->status = status;
+    rx->scheme = x->is_connect ? AUDIT_SCHEME_TUNNEL : AUDIT_SCHEME_HTTP;
 }
 
 void conn_on_abort_timer(uv_timer_t *t)
