@@ -16,6 +16,7 @@
 #include "report.h"
 #include "rules.h"
 #include "server.h"
+#include "tls_engine.h"
 #include "util.h"
 
 static const char usage_text[] =
@@ -90,6 +91,31 @@ static int cmd_codes(int argc, char **argv)
     return 0;
 }
 
+/* The TLS client config for --upstream https:// (DESIGN §9), built once
+ * and shared by the workers. A CA file that cannot be used is a usage error
+ * naming --upstream-ca. Returns 0 or 2. */
+static int upstream_tls_setup(struct run_options *o)
+{
+    if (!o->upstream_https && !o->upstream_ca)
+        return 0;
+    char err[512];
+    struct tls_engine_config *cfg =
+        tls_engine_client_config(o->upstream_ca, o->upstream_insecure != 0, err, sizeof err);
+    if (!cfg) {
+        fprintf(stderr, "statusproxy: --upstream-ca: %s\n", err);
+        return 2;
+    }
+    if (!o->upstream_https) {
+        tls_engine_config_free(cfg); /* checked, but nothing speaks TLS upstream */
+        return 0;
+    }
+    o->upstream_tls = cfg;
+    if (o->upstream_insecure)
+        LOG(LOG_WARN, "--upstream-insecure: the certificate of %s is not verified; anyone on "
+                      "the path can pose as it", o->upstream_authority);
+    return 0;
+}
+
 static int cmd_run(int argc, char **argv)
 {
     struct run_options opts;
@@ -110,7 +136,12 @@ static int cmd_run(int argc, char **argv)
     /* The fault headers' stream: reproducible with --seed, else random. */
     fault_set_seed(opts.has_seed ? opts.seed : time_mono_us() ^ ((uint64_t)getpid() << 32));
     fault_set_max_active(opts.max_active_faults);
+    if (upstream_tls_setup(&opts) != 0) {
+        options_free(&opts);
+        return 2;
+    }
     int status = server_run(&opts);
+    tls_engine_config_free(opts.upstream_tls);
     options_free(&opts);
     return status;
 }

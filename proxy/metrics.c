@@ -214,7 +214,7 @@ static int is_upstream_error(const char *error, size_t len)
     static const char *const names[] = {"connect_refused", "connect_timeout", "connect_failed",
                                         "unreachable",     "dns",             "timeout",
                                         "bad_response",    "invalid_status",  "upstream_closed",
-                                        "upstream_reset"};
+                                        "upstream_reset",  "tls_handshake",   "tls_verify"};
     for (size_t i = 0; i < ARRAY_LEN(names); i++)
         if (strlen(names[i]) == len && memcmp(error, names[i], len) == 0)
             return 1;

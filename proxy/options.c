@@ -19,7 +19,11 @@
 const char options_help[] =
     "usage: statusproxy run [options]\n"
     "  --listen ADDR:PORT        where clients connect [127.0.0.1:8080]\n"
-    "  --upstream URL            backend for origin-form requests, http://HOST:PORT [none]\n"
+    "  --upstream URL            backend for origin-form requests, http://HOST:PORT or\n"
+    "                            https://HOST[:PORT] (TLS, port 443 by default) [none]\n"
+    "  --upstream-ca FILE        CA certificates (PEM) an https upstream is verified\n"
+    "                            against, instead of the system store\n"
+    "  --upstream-insecure       do not verify an https upstream's certificate\n"
     "  --rules FILE              rule file [none]\n"
     "  --db FILE                 SQLite audit database [statusproxy.db]\n"
     "  --admin ADDR:PORT|off     admin API and live page [127.0.0.1:9090]\n"
@@ -139,24 +143,22 @@ int options_parse_listen(const char *text, struct listen_addr *a)
     return 0;
 }
 
-int options_parse_upstream(const char *text, char *host, size_t hostlen, int *port,
+int options_parse_upstream(const char *text, char *host, size_t hostlen, int *port, int *tls,
                            const char **why)
 {
-    *why = "expected http://HOST:PORT";
-    if (strncmp(text, "https://", 8) == 0) {
-        *why = "https upstreams are not supported (statusproxy speaks plain HTTP upstream)";
+    *why = "expected http://HOST:PORT or https://HOST[:PORT]";
+    *tls = strncmp(text, "https://", 8) == 0;
+    if (!*tls && strncmp(text, "http://", 7) != 0)
         return -1;
-    }
-    if (strncmp(text, "http://", 7) != 0)
-        return -1;
-    const char *auth = text + 7;
+    const char *auth = text + (*tls ? 8 : 7);
     const char *end = auth + strcspn(auth, "/?#");
     if (*end && strcmp(end, "/") != 0) {
-        *why = "expected http://HOST:PORT without a path";
+        *why = "expected http://HOST:PORT or https://HOST[:PORT] without a path";
         return -1;
     }
     /* The same authority grammar as a request's (target.c). */
-    if (target_parse_authority(auth, (size_t)(end - auth), host, hostlen, port, 80) != 0)
+    if (target_parse_authority(auth, (size_t)(end - auth), host, hostlen, port,
+                               *tls ? 443 : 80) != 0)
         return -1;
     return 0;
 }
@@ -210,11 +212,13 @@ static int *bool_flag(struct run_options *o, const char *name)
         return &o->mark_faults;
     if (strcmp(name, "--allow-trace") == 0)
         return &o->allow_trace;
+    if (strcmp(name, "--upstream-insecure") == 0)
+        return &o->upstream_insecure;
     return NULL;
 }
 
 static const char *const value_flags[] = {
-    "--listen", "--upstream", "--rules", "--db", "--admin", "--admin-token", "--seed",
+    "--listen", "--upstream", "--upstream-ca", "--rules", "--db", "--admin", "--admin-token", "--seed",
     "--log-exchanges", "--retain", "--workers", "--allow", "--proxy-auth", "--connect-ports",
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
     "--tunnel-idle-timeout", "--max-connections", "--log-level", "--deny-dest",
@@ -348,11 +352,15 @@ static int apply_endpoints(struct run_options *o, const char *name, const char *
         }
     } else if (strcmp(name, "--upstream") == 0) {
         if (options_parse_upstream(v, o->upstream_host, sizeof o->upstream_host,
-                                   &o->upstream_port, &why) != 0) {
+                                   &o->upstream_port, &o->upstream_https, &why) != 0) {
             snprintf(err, errlen, "%s: %s, got '%s'", name, why, v);
             return -1;
         }
         set_upstream_authority(o);
+    } else if (strcmp(name, "--upstream-ca") == 0) {
+        if (!*v)
+            return bad_empty(name, err, errlen);
+        o->upstream_ca = v;
     } else if (strcmp(name, "--rules") == 0) {
         o->rules_path = v;
     } else if (strcmp(name, "--db") == 0) {

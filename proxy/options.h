@@ -15,6 +15,8 @@
 #include "route.h"
 
 /* An address to listen on, as given and as parsed. */
+struct tls_engine_config;
+
 struct listen_addr {
     struct sockaddr_storage sa;
     char text[80];      /* "127.0.0.1:8080", "[::1]:8080" */
@@ -29,6 +31,12 @@ struct run_options {
     char upstream_host[256];  /* lowercase, brackets stripped for IPv6 */
     int upstream_port;
     char upstream_authority[300]; /* host:port as given, for messages */
+    int upstream_https;       /* --upstream https://: TLS to the upstream */
+    const char *upstream_ca;  /* --upstream-ca FILE, or NULL: the system store */
+    int upstream_insecure;    /* --upstream-insecure: no certificate verification */
+    /* The TLS client config for an https upstream, built by main from the
+     * three fields above (options itself opens no files); NULL otherwise. */
+    struct tls_engine_config *upstream_tls;
     const char *rules_path;   /* NULL: no rules */
     const char *db_path;
     int has_seed;
@@ -71,9 +79,10 @@ void options_free(struct run_options *o);
 /* Parse "HOST:PORT" (IPv4, [IPv6], or localhost) into A. 0 or -1. */
 int options_parse_listen(const char *text, struct listen_addr *a);
 
-/* Parse "http://HOST[:PORT][/]" into host (lowercase) and port. 0 or -1 with a
- * reason in WHY. */
-int options_parse_upstream(const char *text, char *host, size_t hostlen, int *port,
+/* Parse "http://HOST[:PORT][/]" or "https://HOST[:PORT][/]" into host
+ * (lowercase), port (80 or 443 by default) and TLS (1 for https). 0 or -1
+ * with a reason in WHY. */
+int options_parse_upstream(const char *text, char *host, size_t hostlen, int *port, int *tls,
                            const char **why);
 
 extern const char options_help[];

@@ -233,12 +233,20 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
 {
     struct conn *c = owner;
     struct exchange *x = &c->x;
-    UNUSED(u);
     if (status == RELAY_EDEST_DENIED || status == RELAY_EDEST_SELF) {
         int self = status == RELAY_EDEST_SELF;
         LOG(LOG_INFO, "c%llu refused %s:%d: %s", (unsigned long long)c->id, x->up_host,
             x->up_port, self ? "it reaches this proxy's own listener" : "address in --deny-dest");
         conn_fail(c, self ? 508 : 403, self ? "loop" : "dest_denied");
+        return;
+    }
+    if (status == UPSTREAM_ETLS) {
+        /* tls_handshake or tls_verify, as the TLS transport classified it. */
+        const char *kind = transport_error_name(upstream_transport(u));
+        LOG(LOG_INFO, "c%llu upstream %s:%d: TLS handshake failed (%s): %s",
+            (unsigned long long)c->id, x->up_host, x->up_port, kind ? kind : "tls_handshake",
+            upstream_tls_reason(u));
+        conn_fail(c, 502, kind ? kind : "tls_handshake");
         return;
     }
     if (status != 0) {
@@ -257,13 +265,20 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
     send_request(c);
 }
 
+/* The TLS client config for this exchange's upstream: --upstream https://
+ * for gateway requests; forward-mode requests go as they were asked. */
+static struct tls_engine_config *up_tls(const struct conn *c)
+{
+    return c->x.forward_mode ? NULL : c->w->opts->upstream_tls;
+}
+
 void relay_start(struct conn *c)
 {
     struct exchange *x = &c->x;
     if (!x->is_connect)
         build_request_head(c);
-    x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, x->is_connect || x->is_upgrade,
-                             &up_ops, c, &x->up_reused);
+    x->up = upstream_acquire(c->w->pool, up_tls(c), x->up_host, x->up_port,
+                             x->is_connect || x->is_upgrade, &up_ops, c, &x->up_reused);
     deadline_set(&c->xtimer,
                  u64_add_sat(c->w->opts->connect_timeout_ms, c->w->opts->response_timeout_ms));
     if (x->up_reused)
@@ -282,7 +297,8 @@ static int retry_on_fresh_connection(struct conn *c)
     x->retried = 1;
     relay_detach(c, 0);
     x->up_ready = 0;
-    x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, 1, &up_ops, c, &x->up_reused);
+    x->up = upstream_acquire(c->w->pool, up_tls(c), x->up_host, x->up_port, 1, &up_ops, c,
+                             &x->up_reused);
     return 1;
 }
 

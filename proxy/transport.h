@@ -52,6 +52,7 @@
 #define STATUSPROXY_TRANSPORT_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "chunk.h"
@@ -74,6 +75,8 @@ struct transport_write {
     struct transport *t;
     transport_write_cb cb;
     struct transport_write *next; /* for an implementation's own queue */
+    uint64_t seq;                /* an implementation's bookkeeping (TLS: the
+                                    ciphertext offset that completes it) */
 };
 
 /* What an implementation provides. */

@@ -15,6 +15,7 @@
 
 #include "deadline.h"
 #include "log.h"
+#include "transport_tls.h"
 #include "util.h"
 
 #define POOL_BUCKETS 256
@@ -25,6 +26,7 @@ enum upstream_state { UP_RESOLVING, UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING 
 struct upstream {
     struct tcp_transport tcp;    /* the socket; connecting happens on its handle */
     struct transport *tr;        /* what bytes go through: &tcp.base (TLS: a wrapper) */
+    struct tls_engine_config *tls; /* https upstream: the client config; NULL: plain */
     struct deadline timer;       /* connect timeout, deferred failure, idle timeout in the pool */
     uv_connect_t connect_req;
     uv_getaddrinfo_t gai_req;
@@ -33,7 +35,7 @@ struct upstream {
     enum upstream_state state;
     const struct upstream_ops *ops;
     void *owner;
-    char *key;                   /* "host:port", owned */
+    char *key;                   /* "host:port" ("https://host:port" for TLS), owned */
     char host[256];
     int port;
     struct addrinfo *addrs;      /* resolver result, tried in turn */
@@ -57,6 +59,7 @@ struct upstream_pool {
 };
 
 static void start_connect(struct upstream *u);
+static void fail_connect(struct upstream *u, int status);
 static void connected_ready(struct upstream *u);
 static void on_timer(struct deadline *d);
 static void on_timer_closed(uv_handle_t *h);
@@ -167,6 +170,11 @@ static void on_read(struct transport *t, ssize_t nread, struct chunk *c, void *o
 {
     struct upstream *u = owner;
     UNUSED(t);
+    if (u->state == UP_CONNECTING && nread < 0) {
+        /* The TLS handshake failed; transport_error_name says how. */
+        fail_connect(u, UPSTREAM_ETLS);
+        return;
+    }
     if (u->state == UP_IDLE) {
         /* An idle backend spoke or closed: the connection cannot be reused. */
         chunk_unref(c);
@@ -208,7 +216,15 @@ static void on_tr_closed(struct transport *t, void *owner)
     start_connect(u);
 }
 
+/* The TLS handshake is done. */
+static void on_tr_ready(struct transport *t, void *owner)
+{
+    UNUSED(t);
+    connected_ready(owner);
+}
+
 static const struct transport_ops tr_ops = {
+    .on_ready = on_tr_ready,
     .on_read = on_read,
     .on_closed = on_tr_closed,
 };
@@ -230,11 +246,15 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     }
     uv_tcp_nodelay(tcp_transport_handle(&u->tcp), 1);
-    /* TLS hook (issue 10): an https upstream wraps the TCP transport here
-     * (u->tr and u->sender.tr = the TLS transport, owner u; the TCP one
-     * becomes its inner transport), starts the handshake, and calls
-     * connected_ready() from its on_ready; a handshake failure goes to
-     * fail_connect() with the transport's error name recorded. */
+    if (u->tls) {
+        /* https: the TCP transport becomes the inner one of a TLS transport
+         * that handshakes now (still under the connect timeout) and calls
+         * on_tr_ready, or on_read with an error when the handshake fails. */
+        u->tr = tls_transport_new(&u->tcp.base, u->pool->loop, u->tls, u->host,
+                                  (unsigned)u->port, &tr_ops, u);
+        u->sender.tr = u->tr;
+        return;
+    }
     connected_ready(u);
 }
 
@@ -328,11 +348,13 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     start_connect(u);
 }
 
-struct upstream *upstream_acquire(struct upstream_pool *p, const char *host, int port, int fresh,
+struct upstream *upstream_acquire(struct upstream_pool *p, struct tls_engine_config *tls,
+                                  const char *host, int port, int fresh,
                                   const struct upstream_ops *ops, void *owner, int *reused)
 {
-    char key[300];
-    size_t klen = str_copy(key, sizeof key - 8, host);
+    char key[310];
+    size_t klen = tls ? str_copy(key, sizeof key, "https://") : 0;
+    klen += str_copy(key + klen, sizeof key - 8 - klen, host);
     key[klen++] = ':';
     str_dec(key + klen, (uint64_t)port);
     if (!fresh) {
@@ -356,6 +378,7 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const char *host, int
     u->ops = ops;
     u->owner = owner;
     u->key = xstrdup(key);
+    u->tls = tls;
     str_copy(u->host, sizeof u->host, host);
     u->port = port;
     tcp_transport_init(&u->tcp, p->loop, &tr_ops, u);
@@ -440,6 +463,11 @@ void upstream_resume(struct upstream *u)
      * was delivered already, so there is nothing to wait for. */
     if (u->state == UP_BUSY)
         (void)transport_read_start(u->tr);
+}
+
+const char *upstream_tls_reason(struct upstream *u)
+{
+    return u->tls && u->tr != &u->tcp.base ? tls_engine_reason(tls_transport_engine(u->tr)) : "";
 }
 
 const char *upstream_peer(const struct upstream *u)

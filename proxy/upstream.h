@@ -19,6 +19,9 @@
 /* Connect failures besides libuv's own codes. */
 #define UPSTREAM_ETIMEDOUT UV_ETIMEDOUT
 #define UPSTREAM_EDNS UV_EAI_NONAME
+/* The TLS handshake failed: transport_error_name(upstream_transport(u))
+ * names how ("tls_handshake", "tls_verify"). */
+#define UPSTREAM_ETLS UV_EPROTO
 
 struct upstream;
 
@@ -40,6 +43,7 @@ struct upstream_ops {
 };
 
 struct upstream_pool;
+struct tls_engine_config;
 
 struct upstream_pool *upstream_pool_new(uv_loop_t *loop, uint64_t connect_timeout_ms,
                                         uint64_t idle_timeout_ms);
@@ -52,8 +56,12 @@ unsigned upstream_pool_live(const struct upstream_pool *p);
 /* An idle pooled connection to HOST:PORT if there is one and FRESH is 0
  * (*reused = 1; it is ready now and on_connect will not be called), else a
  * new connection on its way (*reused = 0; on_connect follows). Never NULL.
- * HOST is a name or an IP address (IPv6 without brackets). */
-struct upstream *upstream_acquire(struct upstream_pool *p, const char *host, int port, int fresh,
+ * HOST is a name or an IP address (IPv6 without brackets). With TLS (a
+ * client config, borrowed; NULL for plain HTTP) the connection speaks TLS
+ * to HOST (SNI, verification), on_connect follows the handshake, and it is
+ * pooled apart from plain connections to the same HOST:PORT. */
+struct upstream *upstream_acquire(struct upstream_pool *p, struct tls_engine_config *tls,
+                                  const char *host, int port, int fresh,
                                   const struct upstream_ops *ops, void *owner, int *reused);
 
 /* Give a connection back: to the pool when REUSABLE (a complete exchange
@@ -65,6 +73,10 @@ struct sender *upstream_sender(struct upstream *u);
 /* Stop / resume delivering reads (backpressure). */
 void upstream_pause(struct upstream *u);
 void upstream_resume(struct upstream *u);
+/* Why the TLS handshake failed, in OpenSSL's words ("certificate verify
+ * failed: ..."), for logs; "" for plain connections or no failure. Never
+ * holds key material. */
+const char *upstream_tls_reason(struct upstream *u);
 /* Peer address of a connected upstream, "ip:port", for logs. */
 const char *upstream_peer(const struct upstream *u);
 /* The transport the connection's bytes go through, for a tunnel's

@@ -37,6 +37,10 @@ Behaviour is chosen by the request path and query (see Backend._route):
                  Frames received are logged in .ws_frames (opcode, payload).
 
 Backend(host="::1") listens on IPv6; Backend(port=80) on a fixed port.
+Backend(ssl_context=CTX) speaks TLS (a server-side ssl.SSLContext) with the
+same modes; .tls_sessions holds one entry per completed handshake (True
+when the session was resumed), .tls_sni the SNI names seen, .tls_failures
+the handshakes that failed.
 .open_connections() counts connections not yet closed by either side.
 
 Only the standard library.
@@ -245,8 +249,14 @@ def _parse_head(raw):
 class Backend:
     """Start with start(); the port is in .port, the base URL in .url."""
 
-    def __init__(self, host="127.0.0.1", port=0):
+    def __init__(self, host="127.0.0.1", port=0, ssl_context=None):
         self.host = host
+        self.ssl_context = ssl_context
+        self.tls_sessions = []    # per TLS handshake: was the session resumed
+        self.tls_sni = []         # SNI names received
+        self.tls_failures = []    # failed handshakes (repr of the error)
+        if ssl_context is not None:
+            ssl_context.sni_callback = self._on_sni
         self.port = None
         self._want_port = port
         self._lock = threading.Lock()
@@ -310,7 +320,11 @@ class Backend:
 
     @property
     def url(self):
-        return "http://%s" % self.authority
+        return "%s://%s" % ("https" if self.ssl_context else "http", self.authority)
+
+    def _on_sni(self, sslobj, name, ctx):
+        with self._lock:
+            self.tls_sni.append(name)
 
     @property
     def authority(self):
@@ -373,7 +387,26 @@ class Backend:
             with self._lock:
                 self._threads = [x for x in self._threads if x.is_alive()] + [t]
 
+    def _handshake(self, cid, sock):
+        """Wrap SOCK in TLS (server side); None when the handshake failed."""
+        try:
+            tls = self.ssl_context.wrap_socket(sock, server_side=True)
+        except (OSError, ValueError) as e:
+            with self._lock:
+                self.tls_failures.append(repr(e))
+                self._conns.pop(cid, None)
+            sock.close()
+            return None
+        with self._lock:
+            self.tls_sessions.append(tls.session_reused)
+            self._conns[cid] = tls  # stop() shuts this one down
+        return tls
+
     def _serve(self, cid, sock):
+        if self.ssl_context is not None:
+            sock = self._handshake(cid, sock)
+            if sock is None:
+                return
         rd = _Reader(sock, self._count_bytes)
         try:
             while not self._stop.is_set():

@@ -81,7 +81,10 @@ static void test_bad_flags_name_the_flag(void)
 {
     expect_bad("--listen", "nonsense");
     expect_bad("--listen", "1.2.3.4:99999");
-    expect_bad("--upstream", "https://x:1");
+    expect_bad("--upstream", "https://x:1/path");
+    expect_bad("--upstream", "ftp://x:1");
+    expect_bad("--upstream-ca", "");
+    expect_bad("--upstream-insecure=1", NULL);
     expect_bad("--upstream", "http://x:1/path");
     expect_bad("--upstream", "x:1");
     expect_bad("--workers", "0");
@@ -103,6 +106,34 @@ static void test_bad_flags_name_the_flag(void)
     expect_bad("--bogus", NULL);
     expect_bad("--listen", NULL);
     expect_bad("--fault-headers=1", NULL);
+}
+
+/* https upstreams: port 443 by default, a CA file, insecure mode. */
+static void test_https_upstream(void)
+{
+    struct run_options o;
+    char err[256];
+    char *argv[] = {"--upstream", "https://API.example.com", "--upstream-ca", "/tmp/ca.pem",
+                    "--upstream-insecure"};
+    CHECK_INT(parse(&o, err, sizeof err, 5, argv), 0);
+    CHECK_STR(o.upstream_host, "api.example.com");
+    CHECK_INT(o.upstream_port, 443);
+    CHECK(o.upstream_https);
+    CHECK_STR(o.upstream_ca, "/tmp/ca.pem");
+    CHECK(o.upstream_insecure);
+    options_free(&o);
+    char *argv2[] = {"--upstream", "https://[::1]:8443/"};
+    CHECK_INT(parse(&o, err, sizeof err, 2, argv2), 0);
+    CHECK_STR(o.upstream_host, "::1");
+    CHECK_INT(o.upstream_port, 8443);
+    CHECK(o.upstream_https);
+    CHECK(!o.upstream_insecure);
+    options_free(&o);
+    char *argv3[] = {"--upstream", "http://plain"};
+    CHECK_INT(parse(&o, err, sizeof err, 2, argv3), 0);
+    CHECK_INT(o.upstream_port, 80);
+    CHECK(!o.upstream_https);
+    options_free(&o);
 }
 
 static void test_limits_flags(void)
@@ -135,6 +166,7 @@ int main(void)
     RUN(test_defaults);
     RUN(test_values);
     RUN(test_bad_flags_name_the_flag);
+    RUN(test_https_upstream);
     RUN(test_limits_flags);
     RUN(test_help);
     return unit_summary("options");
