@@ -1,0 +1,62 @@
+/*
+ * exchange.h — the exchange's life as conn.c (the client connection) drives
+ * it: conn.c hands over the parsed request events; exchange.c owns the rest
+ * (rules, answers, failing, finishing, recording) and drives relay.c. The
+ * structs and the state table are in conn_int.h.
+ */
+#ifndef STATUSPROXY_EXCHANGE_H
+#define STATUSPROXY_EXCHANGE_H
+
+#include "conn_int.h"
+
+/* A connection was accepted: the relay's events and the upstream timer. */
+void exchange_init(struct conn *c, uv_loop_t *loop);
+/* A new exchange starts (EX_NONE/EX_RECORDED -> EX_OPEN). */
+void exchange_begin(struct conn *c);
+/* After the request passed policy: fault headers and request rules; 1 when
+ * they answer instead of the upstream. */
+int exchange_request_rules(struct conn *c);
+/* Choose the upstream and send the request there. */
+void exchange_forward(struct conn *c);
+/* A request body piece (in c->in) was parsed. */
+void exchange_request_body(struct conn *c, const char *at, size_t len);
+/* The request ended (after x.req became REQ_DONE). */
+void exchange_request_end(struct conn *c);
+/* Parsing paused: send what it queued for the upstream. */
+void exchange_push_request(struct conn *c);
+/* The client's queue went over / under its marks (c->resp_flow changed). */
+void exchange_client_held(struct conn *c);
+void exchange_client_drained(struct conn *c);
+
+/* Answer CODE ourselves: DESIGN §3's body unless BODY or the rule's body
+ * says otherwise. A: the rule's actions or NULL. EXTRA_HEADERS: complete
+ * "Name: value\r\n" lines or NULL. */
+void exchange_answer(struct conn *c, int code, const struct rule_actions *a,
+                     const char *extra_headers, const char *body);
+/* "Connection: close" / "keep-alive" for the answer being written, if any. */
+void exchange_connection_header(struct conn *c, struct sbuf *h);
+/* The exchange cannot go on: answer CODE, or cut the answer already begun. */
+void exchange_fail(struct conn *c, int code, const char *error);
+/* Finish the exchange if both sides are done; go on with the next request. */
+void exchange_maybe_finish(struct conn *c);
+/* Hand the finished exchange to the worker's recorder (once). */
+void exchange_record(struct conn *c);
+/* What the rule matchers see of the current exchange (STATUS: upstream's). */
+void exchange_rules_exchange(struct conn *c, struct rules_exchange *rx, int status);
+/* Take the DESIGN §10 faults of verdict V into the exchange; 0 when the
+ * blast-radius cap says skip it (the caller then goes on with the rules
+ * after V, as if V had not matched), else 1. */
+int exchange_take_faults(struct conn *c, const struct rules_verdict *v);
+/* Send x.held_head[0..x.slow_len) spread over x.slow_head_ms, using the
+ * pacing timer; then DONE runs (on the timer) and sends what is left. The
+ * caller has set x.resp to RESP_SLOW. */
+void exchange_slow_head(struct conn *c, uv_timer_cb done);
+
+/* The connection closes: record an open exchange as cut (client_closed). */
+void exchange_close(struct conn *c);
+/* ... then let go of the upstream, the throttle queue and the rules. */
+void exchange_release(struct conn *c);
+/* The connection's memory goes: the exchange's buffers too. */
+void exchange_free(struct conn *c);
+
+#endif
