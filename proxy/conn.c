@@ -28,7 +28,7 @@
 #include "exchange.h"
 #include "fault.h"
 #include "log.h"
-#include "server.h"
+#include "options.h"
 #include "tunnel.h"
 #include "units.h"
 
@@ -103,7 +103,7 @@ static void arm_timer(struct conn *c, uint64_t ms)
 
 static void conn_tunnel_active(struct conn *c)
 {
-    arm_timer(c, c->w->opts->tunnel_idle_timeout_ms);
+    arm_timer(c, c->env->opts->tunnel_idle_timeout_ms);
 }
 
 /* The client went away (EOF or error) or a write to it failed. */
@@ -171,7 +171,7 @@ static int on_req_begin(llhttp_t *p)
         http_head_reset(&c->req);
         c->obs_fold = 0;
         if (c->nrequests > 0)
-            arm_timer(c, c->w->opts->header_timeout_ms);
+            arm_timer(c, c->env->opts->header_timeout_ms);
     }
     return 0;
 }
@@ -242,7 +242,7 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     c->x.req_body_bytes += len;
-    uint64_t limit = c->w->opts->max_request_body;
+    uint64_t limit = c->env->opts->max_request_body;
     if (limit && c->x.req_body_bytes > limit) {
         /* A chunked body grew past --max-request-body: cut the exchange
          * (413 if no answer began) before this piece goes upstream. */
@@ -296,12 +296,12 @@ static void closed_one(struct conn *c)
 {
     if (--c->pending_closes > 0)
         return;
-    struct worker *w = c->w;
+    struct conn_env *env = c->env;
     http_head_free(&c->req);
     http_head_free(&c->resp);
     exchange_free(c);
     free(c);
-    worker_conn_closed(w);
+    env->hooks->closed(env->owner);
 }
 
 static void conn_close(struct conn *c, enum close_how how)
@@ -317,11 +317,10 @@ static void conn_close(struct conn *c, enum close_how how)
     conn_release_input(c);
     c->phase = PH_CLOSED;
     sender_discard(&c->out);
-    struct worker *w = c->w;
     if (c->prev)
         c->prev->next = c->next;
     else
-        w->conns = c->next;
+        c->env->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
@@ -507,7 +506,7 @@ static const llhttp_settings_t probe_settings = {
 static int route_request(struct conn *c, const char **why)
 {
     struct exchange *x = &c->x;
-    const struct run_options *o = c->w->opts;
+    const struct run_options *o = c->env->opts;
     struct http_head *h = &c->req;
     if (target_parse(h->buf + h->target, h->target_len, x->is_connect, &x->target, why) != 0)
         return 400;
@@ -552,7 +551,7 @@ static int route_request(struct conn *c, const char **why)
 /* Is HOST:PORT this proxy's own listening or admin address? */
 static int targets_self(struct conn *c, const char *host, int port)
 {
-    const struct run_options *o = c->w->opts;
+    const struct run_options *o = c->env->opts;
     const struct listen_addr *addrs[2] = {&o->listen, o->admin_enabled ? &o->admin : NULL};
     for (int i = 0; i < 2; i++) {
         const struct listen_addr *a = addrs[i];
@@ -580,7 +579,7 @@ static int targets_self(struct conn *c, const char *host, int port)
 
 static int proxy_auth_ok(struct conn *c)
 {
-    const char *cred = c->w->opts->proxy_auth;
+    const char *cred = c->env->opts->proxy_auth;
     char want[512];
     if (str_base64(cred, strlen(cred), want, sizeof want) != 0)
         return 0;
@@ -624,13 +623,13 @@ static void answer_trace(struct conn *c)
 static int check_policy(struct conn *c)
 {
     struct exchange *x = &c->x;
-    const struct run_options *o = c->w->opts;
-    if (!worker_client_allowed(c->w, (const struct sockaddr *)&c->peer)) {
+    const struct run_options *o = c->env->opts;
+    if (!c->env->hooks->client_allowed(c->env->owner, (const struct sockaddr *)&c->peer)) {
         c->close_after = 1;
         exchange_answer(c, 403, NULL, NULL, NULL);
         return 1;
     }
-    if (http_head_has_via(&c->req, c->w->via_token) || (x->forward_mode && targets_self(c, x->up_host, x->up_port))) {
+    if (http_head_has_via(&c->req, c->env->via_token) || (x->forward_mode && targets_self(c, x->up_host, x->up_port))) {
         exchange_set_error(&c->x, "loop");
         exchange_answer(c, 508, NULL, NULL, NULL);
         return 1;
@@ -719,7 +718,7 @@ static void on_request_head(struct conn *c)
             c->close_after = 1;
         return;
     }
-    uint64_t limit = c->w->opts->max_request_body;
+    uint64_t limit = c->env->opts->max_request_body;
     if (limit && !x->req_chunked && x->req_length > limit) {
         exchange_set_error(&c->x, "body_too_large");
         refuse_request(c, 413, "request body over --max-request-body");
@@ -885,7 +884,7 @@ static void next_request(struct conn *c)
     c->phase = PH_IDLE;
     llhttp_resume(&c->parser);
     c->kick = 1;
-    arm_timer(c, c->w->opts->idle_timeout_ms);
+    arm_timer(c, c->env->opts->idle_timeout_ms);
     conn_parse_requests(c);
     if (c->phase != PH_CLOSED)
         conn_update_reading(c);
@@ -933,24 +932,24 @@ static void on_timer(struct deadline *d)
     }
 }
 
-int conn_accept(struct worker *w, uv_stream_t *server)
+int conn_accept(struct conn_env *env, uv_stream_t *server)
 {
     struct conn *c = xcalloc(1, sizeof *c);
-    c->w = w;
-    c->id = ++w->next_conn_id;
-    uv_tcp_init(&w->loop, &c->tcp);
-    deadline_init(&w->loop, &c->timer, on_timer, c);
-    exchange_init(c, &w->loop);
-    uv_timer_init(&w->loop, &c->ptimer);
+    c->env = env;
+    c->id = ++env->next_conn_id;
+    uv_tcp_init(env->loop, &c->tcp);
+    deadline_init(env->loop, &c->timer, on_timer, c);
+    exchange_init(c, env->loop);
+    uv_timer_init(env->loop, &c->ptimer);
     c->tcp.data = c->ptimer.data = c;
     int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
     /* From here on the connection is on the worker's list and closes
      * through conn_close, even when accepting failed. */
-    c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
-    int total = worker_conn_opened(w);
+    c->next = env->conns;
+    if (env->conns)
+        env->conns->prev = c;
+    env->conns = c;
+    int total = env->hooks->opened(env->owner);
     http_head_init(&c->req, REQ_HEAD_LIMIT);
     http_head_init(&c->resp, RESP_HEAD_LIMIT);
     sender_init(&c->out, (uv_stream_t *)&c->tcp, on_client_written);
@@ -975,8 +974,8 @@ int conn_accept(struct worker *w, uv_stream_t *server)
         uv_ip4_name((struct sockaddr_in *)&c->peer, c->peer_ip, sizeof c->peer_ip);
     uv_tcp_nodelay(&c->tcp, 1);
     c->phase = PH_IDLE;
-    arm_timer(c, w->opts->header_timeout_ms);
-    if (total > w->opts->max_connections) {
+    arm_timer(c, env->opts->header_timeout_ms);
+    if (total > env->opts->max_connections) {
         /* Over the limit: a short answer instead of silence. */
         answer_and_close(c, 503, "max_connections", "Retry-After: 1\r\n");
         return 0;

@@ -232,7 +232,7 @@ struct conn {
     struct deadline xtimer;      /* upstream connect and response timeout */
     uv_timer_t ptimer;           /* delay and throttle pacing */
     uv_shutdown_t shutdown_req;
-    struct worker *w;
+    struct conn_env *env;        /* the worker's, handed over at accept */
     const struct exchange_client_ops *client; /* up into conn.c */
     const struct relay_events *events;        /* up from relay.c into exchange.c */
     struct conn *prev, *next;    /* worker's list */

@@ -15,11 +15,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "catalog.h"
 #include "exchange.h"
 #include "fault.h"
 #include "log.h"
-#include "server.h"
+#include "options.h"
 #include "tunnel.h"
 
 static void on_abort_timer(uv_timer_t *t);
@@ -29,7 +30,7 @@ static void on_abort_timer(uv_timer_t *t);
 /* Does this answer end the connection? HTTP/1.0 clients keep it only when they asked. */
 static int must_close(struct conn *c)
 {
-    return c->close_after || !c->x.client_keepalive || c->w->stopping || c->client_eof;
+    return c->close_after || !c->x.client_keepalive || c->env->stopping || c->client_eof;
 }
 
 void exchange_connection_header(struct conn *c, struct sbuf *h)
@@ -114,7 +115,7 @@ void exchange_answer(struct conn *c, int code, const struct rule_actions *a, con
     const char *rule = x->has_resp_v ? rule_name(x->resp_v.rule)
                        : x->has_req_v ? rule_name(x->req_v.rule)
                                       : x->fault_rule;
-    if (c->w->opts->mark_faults && rule)
+    if (c->env->opts->mark_faults && rule)
         sbuf_printf(&h, "X-Statusproxy-Rule: %s\r\n", rule);
     exchange_connection_header(c, &h);
     sbuf_puts(&h, "\r\n");
@@ -174,7 +175,7 @@ void exchange_record(struct conn *c)
         .error = AUDIT_TEXT(x->error),
         .retry_after_ms = x->retry_after_ms,
     };
-    worker_record(c->w, &e, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
+    c->env->hooks->record(c->env->owner, &e, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
 }
 
 /* ---------- exchange lifecycle ---------- */
@@ -207,8 +208,8 @@ void exchange_begin(struct conn *c)
     x->resp = RESP_WAIT;
     x->req = REQ_BODY;
     x->sink = SINK_UPSTREAM;
-    if (c->w->rules)
-        x->rules = rules_ref(c->w->rules);
+    if (c->env->rules)
+        x->rules = rules_ref(c->env->rules);
 }
 
 /* The exchange is over when the answer is complete and the request was read
@@ -493,7 +494,7 @@ void exchange_init(struct conn *c, uv_loop_t *loop)
 int exchange_request_rules(struct conn *c)
 {
     struct exchange *x = &c->x;
-    if (c->w->opts->fault_headers)
+    if (c->env->opts->fault_headers)
         read_fault_headers(c);
     if (x->rules && !x->abort_code && !x->brk) {
         struct rules_exchange rx;

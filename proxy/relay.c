@@ -16,8 +16,9 @@
 #include "catalog.h"
 #include "conn_int.h"
 #include "fault.h"
+#include "dest.h"
 #include "log.h"
-#include "server.h"
+#include "options.h"
 #include "tunnel.h"
 
 /* Calls up go through what the owners handed down: c->client (conn.c) and
@@ -114,7 +115,7 @@ static void put_status_line(struct sbuf *out, int status, const char *reason, si
 /* The upstream must show progress within --response-timeout. */
 static void arm_response_timeout(struct conn *c)
 {
-    deadline_set(&c->xtimer, c->w->opts->response_timeout_ms);
+    deadline_set(&c->xtimer, c->env->opts->response_timeout_ms);
 }
 
 void relay_on_timeout(struct deadline *d)
@@ -165,7 +166,7 @@ static void build_request_head(struct conn *c)
     }
     http_head_drop_hop_by_hop(h, x->is_upgrade);
     http_head_write(h, out);
-    put_via(out, c->w->via_value);
+    put_via(out, c->env->via_value);
     if (x->max_forwards > 0) {
         sbuf_puts(out, "Max-Forwards: ");
         sbuf_putu(out, (uint64_t)(x->max_forwards - 1));
@@ -329,11 +330,11 @@ void relay_start(struct conn *c)
         build_request_head(c);
     int reused = 0;
     x->upc = UP_CONNECTING;
-    x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, x->is_connect || x->is_upgrade,
+    x->up = upstream_acquire(c->env->pool, x->up_host, x->up_port, x->is_connect || x->is_upgrade,
                              &up_ops, c, &reused);
     x->up_origin = reused ? UP_POOLED : UP_FRESH;
     deadline_set(&c->xtimer,
-                 u64_add_sat(c->w->opts->connect_timeout_ms, c->w->opts->response_timeout_ms));
+                 u64_add_sat(c->env->opts->connect_timeout_ms, c->env->opts->response_timeout_ms));
     if (reused)
         send_request(c);
 }
@@ -351,7 +352,7 @@ static int retry_on_fresh_connection(struct conn *c)
     relay_detach(c, 0);
     x->upc = UP_CONNECTING;
     int reused = 0; /* a fresh connection is asked for */
-    x->up = upstream_acquire(c->w->pool, x->up_host, x->up_port, 1, &up_ops, c, &reused);
+    x->up = upstream_acquire(c->env->pool, x->up_host, x->up_port, 1, &up_ops, c, &reused);
     return 1;
 }
 
@@ -431,7 +432,7 @@ static int check_dest(const struct sockaddr *sa, void *owner)
     struct conn *c = owner;
     if (!c->x.forward_mode)
         return 0;
-    switch (dest_check(c->w->dest, sa)) {
+    switch (dest_check(c->env->dest, sa)) {
     case DEST_DENIED: return RELAY_EDEST_DENIED;
     case DEST_SELF: return RELAY_EDEST_SELF;
     default: return 0;
@@ -775,7 +776,7 @@ static void on_response_head(struct conn *c)
             put_status_line(&out, status, h->buf + h->reason, h->reason_len);
             http_head_drop_hop_by_hop(h, 0);
             http_head_write(h, &out);
-            put_via(&out, c->w->via_value);
+            put_via(&out, c->env->via_value);
             sbuf_puts(&out, "\r\n");
             sender_copy(&c->out, out.data, out.len);
             sbuf_free(&out);
@@ -839,11 +840,11 @@ static void put_head_fields(struct conn *c, struct sbuf *out, int status, const 
         put_status_line(out, status, r, strlen(r));
     }
     http_head_write(h, out);
-    put_via(out, c->w->via_value);
+    put_via(out, c->env->via_value);
     if (status == 429 || status >= 500) /* for the report's retry view */
         x->retry_after_ms = http_retry_after_ms(out->data, out->len);
     const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
-    if (c->w->opts->mark_faults && (rule || x->fault_rule))
+    if (c->env->opts->mark_faults && (rule || x->fault_rule))
         put_field(out, "X-Statusproxy-Rule", rule ? rule_name(rule) : x->fault_rule);
 }
 
