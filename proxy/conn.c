@@ -1,9 +1,11 @@
 /*
- * conn — the client side of a connection: reading and validating requests,
- * routing them, policy (access, loops, proxy authentication, Max-Forwards),
- * request rules and fault headers, answers the proxy writes itself,
- * pipelining, keep-alive, timeouts, closing, and recording each exchange.
- * The upstream side of an exchange is in relay.c.
+ * conn — the client connection: reading client bytes, the request parser,
+ * validating and routing requests, policy (access, loops, proxy
+ * authentication, Max-Forwards), writing to the client, pipelining,
+ * keep-alive, idle/header/linger timers and closing. It hands each parsed
+ * request (head, body pieces, end) to the exchange (exchange.c), which owns
+ * the rest of its life; exchange.c and relay.c call back only through
+ * client_ops (struct exchange_client_ops).
  *
  * A connection carries one exchange at a time. The request parser pauses at
  * the end of each request head (so the upstream can be chosen before any
@@ -835,20 +837,20 @@ static void conn_parse_requests(struct conn *c)
         c->kick = 0;
         c->event = EV_NONE;
         int in_head = c->phase == PH_IDLE || c->phase == PH_HEAD;
-        llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-        size_t used = len;
-        if (err == HPE_PAUSED) {
-            used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        size_t used;
+        enum http_pump_step step = http_pump(&c->parser, data, len, &used);
+        if (step == HTTP_PUMP_PAUSED) {
+            /* At the end of a request the parser stays paused until the
+             * answer is out (next_request resumes it). */
             c->kick = 1;
             if (c->event != EV_DONE)
                 llhttp_resume(&c->parser);
-        } else if (err == HPE_PAUSED_UPGRADE) {
+        } else if (step == HTTP_PUMP_UPGRADE) {
             /* After an Upgrade request that was not upgraded, HTTP goes on. */
-            used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
             llhttp_resume_after_upgrade(&c->parser);
             c->kick = 1;
-        } else if (err != HPE_OK) {
-            request_parse_error(c, err);
+        } else if (step == HTTP_PUMP_ERROR) {
+            request_parse_error(c, llhttp_get_errno(&c->parser));
             return;
         }
         c->in_pos += used;

@@ -3,7 +3,8 @@
  * validating requests, choosing the upstream, applying rules and faults,
  * relaying responses, pipelining (one exchange at a time, answers in order),
  * keep-alive, CONNECT and Upgrade tunnels, timeouts, and recording each
- * finished exchange. Runs on its worker's loop only.
+ * finished exchange (conn.c, exchange.c, relay.c). Runs on its worker's loop
+ * only; what it needs from the worker comes in a struct conn_env.
  */
 #ifndef STATUSPROXY_CONN_H
 #define STATUSPROXY_CONN_H

@@ -1,8 +1,10 @@
 /*
- * conn_int.h — what conn.c (the client side of a connection) and relay.c
- * (the upstream side of its exchanges) share: the connection and exchange
- * structs and the functions each half calls in the other. Private to those
- * two files; everyone else uses conn.h.
+ * conn_int.h — what conn.c (the client connection), exchange.c (the life of
+ * an exchange) and relay.c (its upstream side) share: the connection and
+ * exchange structs, the exchange's states with their transitions, the
+ * callback structs through which the lower files reach the upper ones, and
+ * relay.c's functions. Private to those three files; everyone else uses
+ * conn.h. Calls go down only: conn -> exchange -> relay.
  */
 #ifndef STATUSPROXY_CONN_INT_H
 #define STATUSPROXY_CONN_INT_H
@@ -274,6 +276,21 @@ static inline void exchange_set_error(struct exchange *x, const char *error)
 {
     if (!x->error[0])
         str_copy(x->error, sizeof x->error, error);
+}
+
+/* The rule an exchange is recorded and marked under: the response rule,
+ * else the request rule; NULL when no rule acted (a fault header may have:
+ * x->fault_rule). */
+static inline const struct rule *exchange_rule(const struct exchange *x)
+{
+    return x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
+}
+
+/* Its name, for the record and X-Statusproxy-Rule; NULL when none acted. */
+static inline const char *exchange_rule_name(const struct exchange *x)
+{
+    const struct rule *r = exchange_rule(x);
+    return r ? rule_name(r) : x->fault_rule;
 }
 
 /* Is the answer's head (or part of it) on the wire? */

@@ -46,7 +46,8 @@ void exchange_connection_header(struct conn *c, struct sbuf *h)
 static void break_chunked_body(struct conn *c, struct sbuf *b)
 {
     struct sbuf out = {0};
-    sbuf_printf(&out, "%zx\r\n", b->len);
+    char line[HTTP_CHUNK_LINE_MAX];
+    sbuf_append(&out, line, http_chunk_line(line, b->len));
     sbuf_append(&out, b->data, b->len);
     sbuf_puts(&out, "\r\n" FAULT_BAD_CHUNK_LINE);
     sbuf_free(b);
@@ -112,9 +113,7 @@ void exchange_answer(struct conn *c, int code, const struct rule_actions *a, con
         if (a->retry_after_auto)
             sbuf_printf(&h, "Retry-After: %llu\r\n", (unsigned long long)x->retry_after_s);
     }
-    const char *rule = x->has_resp_v ? rule_name(x->resp_v.rule)
-                       : x->has_req_v ? rule_name(x->req_v.rule)
-                                      : x->fault_rule;
+    const char *rule = exchange_rule_name(x);
     if (c->env->opts->mark_faults && rule)
         sbuf_printf(&h, "X-Statusproxy-Rule: %s\r\n", rule);
     exchange_connection_header(c, &h);
@@ -156,8 +155,10 @@ void exchange_record(struct conn *c)
         x->fault_slot = 0;
         fault_release();
     }
-    const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
-    const char *rname = rule ? rule_name(rule) : x->fault_rule ? x->fault_rule : "";
+    const struct rule *rule = exchange_rule(x);
+    const char *rname = exchange_rule_name(x);
+    if (!rname)
+        rname = "";
     const char *action = rule ? rule_actions_text(rule) : x->fault_rule ? x->fault_action : "";
     const struct audit_entry e = {
         .start_ms = x->start_ms,

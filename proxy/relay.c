@@ -181,25 +181,29 @@ static void build_request_head(struct conn *c)
     sbuf_puts(out, "\r\n");
 }
 
-void relay_forward_body(struct conn *c, const char *at, size_t len)
+/* Body bytes AT[0..LEN) of chunk CH to S, as one chunk when CHUNKED (both
+ * directions re-frame the same way). */
+static void send_body_piece(struct sender *s, int chunked, struct chunk *ch, const char *at,
+                            size_t len)
 {
-    struct sender *s = upstream_sender(c->x.up);
-    if (c->x.req_chunked) {
-        char line[24];
-        size_t n = str_hex(line, len);
-        line[n++] = '\r';
-        line[n++] = '\n';
-        sender_copy(s, line, n);
-        sender_ref(s, c->in, at, len);
+    if (chunked) {
+        char line[HTTP_CHUNK_LINE_MAX];
+        sender_copy(s, line, http_chunk_line(line, len));
+        sender_ref(s, ch, at, len);
         sender_static(s, "\r\n", 2);
     } else {
-        sender_ref(s, c->in, at, len);
+        sender_ref(s, ch, at, len);
     }
+}
+
+void relay_forward_body(struct conn *c, const char *at, size_t len)
+{
+    send_body_piece(upstream_sender(c->x.up), c->x.req_chunked, c->in, at, len);
 }
 
 void relay_end_body(struct conn *c)
 {
-    sender_static(upstream_sender(c->x.up), "0\r\n\r\n", 5);
+    sender_static(upstream_sender(c->x.up), HTTP_LAST_CHUNK, sizeof HTTP_LAST_CHUNK - 1);
 }
 
 void relay_flush_upstream(struct conn *c)
@@ -535,17 +539,7 @@ static const llhttp_settings_t response_settings = {
 
 static void emit_body(struct conn *c, struct chunk *ch, const char *at, size_t len)
 {
-    if (c->x.out_mode == OUT_CHUNKED) {
-        char line[24];
-        size_t n = str_hex(line, len);
-        line[n++] = '\r';
-        line[n++] = '\n';
-        sender_copy(&c->out, line, n);
-        sender_ref(&c->out, ch, at, len);
-        sender_static(&c->out, "\r\n", 2);
-    } else {
-        sender_ref(&c->out, ch, at, len);
-    }
+    send_body_piece(&c->out, c->x.out_mode == OUT_CHUNKED, ch, at, len);
 }
 
 static void pace_push(struct pace *pc, struct chunk *ch, const char *at, size_t len)
@@ -653,7 +647,7 @@ static void on_pace_tick(uv_timer_t *t)
     }
     if (pc->n == 0 && x->msg == MSG_COMPLETE) {
         if (x->out_mode == OUT_CHUNKED)
-            sender_static(&c->out, "0\r\n\r\n", 5);
+            sender_static(&c->out, HTTP_LAST_CHUNK, sizeof HTTP_LAST_CHUNK - 1);
         c->client->flush(c);
         c->events->maybe_finish(c);
     }
@@ -990,7 +984,7 @@ static void on_response_done(struct conn *c)
         return; /* the pace timer finishes the answer */
     }
     if (x->out_mode == OUT_CHUNKED)
-        sender_static(&c->out, "0\r\n\r\n", 5);
+        sender_static(&c->out, HTTP_LAST_CHUNK, sizeof HTTP_LAST_CHUNK - 1);
     x->resp = RESP_DONE;
     c->client->flush(c);
     if (c->phase != PH_EXCHANGE)
@@ -1027,14 +1021,13 @@ void relay_parse_responses(struct conn *c)
         }
         c->up_kick = 0;
         c->revent = 0;
-        llhttp_errno_t err = llhttp_execute(&c->rparser, data, len);
-        size_t used = len;
-        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-            used = (size_t)(llhttp_get_error_pos(&c->rparser) - data);
+        size_t used;
+        enum http_pump_step step = http_pump(&c->rparser, data, len, &used);
+        if (step == HTTP_PUMP_PAUSED || step == HTTP_PUMP_UPGRADE) {
             c->up_kick = 1;
-            if (err == HPE_PAUSED)
+            if (step == HTTP_PUMP_PAUSED) /* after 101 the tunnel takes over */
                 llhttp_resume(&c->rparser);
-        } else if (err != HPE_OK) {
+        } else if (step == HTTP_PUMP_ERROR) {
             LOG(LOG_DEBUG, "c%llu bad response from %s:%d: %s", (unsigned long long)c->id,
                 x->up_host, x->up_port, llhttp_get_error_reason(&c->rparser));
             c->events->fail(c, 502, "bad_response");
