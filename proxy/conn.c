@@ -749,7 +749,7 @@ static int can_parse_request(struct conn *c)
             return 0;
         if (x->sink == SINK_DISCARD)
             return 1;
-        return x->up && x->upc >= UP_SENT && c->req_flow == FLOW_OPEN;
+        return x->up && x->upc >= UPC_SENT && c->req_flow == FLOW_OPEN;
     default:
         return 0;
     }

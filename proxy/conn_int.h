@@ -35,62 +35,60 @@ enum phase { PH_IDLE, PH_HEAD, PH_EXCHANGE, PH_TUNNEL, PH_LINGER, PH_CLOSED };
 enum close_how { CLOSE_NOW, CLOSE_RESET };
 
 /*
- * The states of one exchange, one enum per direction; the connection's own
- * enum phase is above (conn.c). Every transition is a named function; the
- * callbacks check the state they expect and ignore (or fail with 502
- * "internal") one they do not.
+ * The states of one exchange, one enum per direction (the connection's own
+ * is enum phase above, see conn.c). Every transition is a named function;
+ * each callback checks the state it expects and ignores one it does not (or
+ * fails the exchange with 502 "internal" where going on would be wrong).
  *
- * Life (x->life), exchange.c:
- *   EX_NONE     -> EX_OPEN      exchange_begin      (a request head arrived, or
- *                                                    an answer without one)
- *   EX_OPEN     -> EX_RECORDED  exchange_record     (finished, cut or closed)
- *
- * Request side (x->req, x->sink), conn.c:
- *   REQ_BODY    -> REQ_DONE     on_request_done     (llhttp: message complete)
- *               -> REQ_DONE     exchange_answer_and_close, request_parse_error
- *   SINK_UPSTREAM -> SINK_DISCARD  exchange_fail, abort_request, refuse_request,
- *                                  put_client_framing (answer came first)
- *
- * Upstream connection (x->upc, x->up_origin), relay.c:
- *   UP_IDLE     -> UP_CONNECTING relay_start         (UP_FRESH or UP_POOLED)
- *   UP_CONNECTING -> UP_SENT    send_request        (connected or reused)
- *   UP_SENT     -> UP_ANSWERING on_up_read          (the first response byte)
- *   UP_SENT/CONNECTING -> UP_CONNECTING  retry_on_fresh_connection (UP_RETRIED;
- *                                        only from UP_POOLED, never UP_ANSWERING)
- *
- * Upstream message (x->msg), relay.c's response parser:
- *   MSG_HEAD    -> MSG_INTERIM  on_response_head    (1xx; its end is owed)
- *   MSG_INTERIM -> MSG_HEAD     relay_parse_responses (the 1xx ended)
- *   MSG_HEAD    -> MSG_BODY     on_response_head    (a final head, or 101)
- *   MSG_BODY    -> MSG_COMPLETE on_response_done, or relay_parse_responses
- *                               while the answer is held (finished on release)
- *   any         -> MSG_CUT      truncate_reached    (not reusable)
- *
- * Answer to the client (x->resp), exchange.c and relay.c:
- *   RESP_WAIT   -> RESP_HOLD    abort_request, release_or_hold_head,
- *                               on_response_head (a response rule aborts)
- *   RESP_WAIT/HOLD -> RESP_SLOW exchange_answer, release_response_head
- *                               (slow-head: the head trickles out)
- *   RESP_HOLD/SLOW -> RESP_BODY release_response_head (on_ptimer_release)
- *   RESP_WAIT   -> RESP_BODY    release_response_head (no delay)
- *   RESP_WAIT/HOLD -> RESP_DONE exchange_answer     (our own answer, whole)
- *   RESP_SLOW   -> RESP_DONE    on_slow_answer_done
- *   RESP_BODY   -> RESP_DONE    on_response_done, truncate_reached,
- *                               handle_upstream_eof (cut mid-body), start_tunnel
- *   The head is on the wire in RESP_SLOW, RESP_BODY and RESP_DONE
- *   (exchange_head_sent).
- *
- * Backpressure (c->req_flow, c->resp_flow), one per direction:
- *   req_flow  FLOW_OPEN -> FLOW_HELD relay_flush_upstream (upstream queue
- *             over WRITE_HIGH); back on_up_written (under WRITE_LOW)
- *   resp_flow FLOW_OPEN -> FLOW_HELD conn_flush (client queue over
- *             WRITE_HIGH); back on_client_written (under WRITE_LOW)
+ *   from             -> to               by (file)                  when
+ * Life, x->life:
+ *   EX_NONE/RECORDED -> EX_OPEN          exchange_begin (exchange)  a request head, or an
+ *                                                                   answer without one
+ *   EX_OPEN          -> EX_RECORDED      exchange_record (exchange) finished, cut or closed
+ * Request, x->req and x->sink:
+ *   REQ_BODY         -> REQ_DONE         on_request_done (conn)     llhttp: message complete
+ *                                        answer_and_close, request_parse_error (conn)
+ *   SINK_UPSTREAM    -> SINK_DISCARD     on_request_head, refuse_request, answer_and_close,
+ *                                        request_parse_error (conn); abort_request,
+ *                                        break_answer, exchange_fail (exchange);
+ *                                        put_client_framing (relay: answered before
+ *                                        the request ended)
+ * Upstream connection, x->upc (x->up_origin: UPC_FRESH, UPC_POOLED, UPC_RETRIED):
+ *   UPC_NONE         -> UPC_CONNECTING   relay_start (relay)        upstream chosen
+ *   UPC_CONNECTING   -> UPC_SENT         send_request (relay)       connected, or reused
+ *   UPC_SENT         -> UPC_ANSWERING    on_up_read (relay)         first response byte
+ *   UPC_CONNECTING/SENT -> UPC_CONNECTING retry_on_fresh_connection a pooled connection
+ *                                        (relay)                    failed: once, UPC_RETRIED
+ * Upstream message, x->msg (the response parser, relay):
+ *   MSG_HEAD         -> MSG_INTERIM      on_response_head           a 1xx; its end is owed
+ *   MSG_INTERIM      -> MSG_HEAD         relay_parse_responses      the 1xx ended
+ *   MSG_HEAD         -> MSG_BODY         on_response_head           a final head, or 101
+ *   MSG_BODY         -> MSG_COMPLETE     on_response_done; relay_parse_responses while
+ *                                        the answer is held (finished when released)
+ *   any              -> MSG_CUT          truncate_reached           cut: not reusable
+ * Answer to the client, x->resp:
+ *   RESP_WAIT        -> RESP_HOLD        abort_request, replace_answer (exchange);
+ *                                        release_or_hold_head (relay) a delay or reset
+ *   RESP_WAIT/HOLD   -> RESP_SLOW        exchange_answer (exchange); release_response_head
+ *                                        (relay)                    slow-head trickles
+ *   RESP_WAIT/HOLD/SLOW -> RESP_BODY     release_response_head (relay) head out, body next
+ *   RESP_WAIT/HOLD   -> RESP_DONE        exchange_answer (exchange) our own answer, whole
+ *   RESP_SLOW        -> RESP_DONE        on_slow_answer_done (exchange)
+ *   RESP_WAIT/BODY   -> RESP_DONE        on_response_done, truncate_reached,
+ *                                        handle_upstream_eof, start_tunnel (relay)
+ *   The head is (partly) on the wire in RESP_SLOW, RESP_BODY and RESP_DONE:
+ *   exchange_head_sent.
+ * Backpressure, one per direction (c->req_flow, c->resp_flow):
+ *   req_flow  FLOW_OPEN -> FLOW_HELD     relay_flush_upstream       upstream queue > WRITE_HIGH
+ *             FLOW_HELD -> FLOW_OPEN     on_up_written              ... < WRITE_LOW
+ *   resp_flow FLOW_OPEN -> FLOW_HELD     conn_flush                 client queue > WRITE_HIGH
+ *             FLOW_HELD -> FLOW_OPEN     on_client_written          ... < WRITE_LOW
  */
 enum exchange_life { EX_NONE, EX_OPEN, EX_RECORDED };
 enum req_state { REQ_BODY, REQ_DONE };
 enum req_sink { SINK_UPSTREAM, SINK_DISCARD };
-enum up_state { UP_IDLE, UP_CONNECTING, UP_SENT, UP_ANSWERING };
-enum up_origin { UP_FRESH, UP_POOLED, UP_RETRIED };
+enum upc_state { UPC_NONE, UPC_CONNECTING, UPC_SENT, UPC_ANSWERING };
+enum upc_origin { UPC_FRESH, UPC_POOLED, UPC_RETRIED };
 enum msg_state { MSG_HEAD, MSG_INTERIM, MSG_BODY, MSG_COMPLETE, MSG_CUT };
 enum resp_state { RESP_WAIT, RESP_HOLD, RESP_SLOW, RESP_BODY, RESP_DONE };
 enum flow { FLOW_OPEN, FLOW_HELD };
@@ -164,8 +162,8 @@ struct exchange {
 
     /* upstream and response */
     struct upstream *up;
-    enum up_state upc;
-    enum up_origin up_origin;
+    enum upc_state upc;
+    enum upc_origin up_origin;
     int up_eof;                  /* an EOF/error status held until the pending bytes are parsed (0: none) */
     struct sbuf req_head;        /* the forwarded head, kept for one retry */
     int upstream_code;           /* -1: none */

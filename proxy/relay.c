@@ -135,7 +135,7 @@ void relay_on_timeout(struct deadline *d)
         arm_response_timeout(c);
         return;
     }
-    c->events->fail(c, 504, c->x.upc >= UP_SENT ? "timeout" : "connect_timeout");
+    c->events->fail(c, 504, c->x.upc >= UPC_SENT ? "timeout" : "connect_timeout");
 }
 
 static void build_request_head(struct conn *c)
@@ -226,7 +226,7 @@ static void send_request(struct conn *c)
 {
     struct exchange *x = &c->x;
     struct sender *s = upstream_sender(x->up);
-    x->upc = UP_SENT;
+    x->upc = UPC_SENT;
     sender_copy(s, x->req_head.data, x->req_head.len);
     relay_flush_upstream(c);
     if (c->phase != PH_EXCHANGE)
@@ -298,7 +298,15 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
 {
     struct conn *c = owner;
     struct exchange *x = &c->x;
-    UNUSED(u);
+    if (c->phase != PH_EXCHANGE || x->upc != UPC_CONNECTING || u != x->up) {
+        /* Only the connection this exchange waits for may report; never
+         * send a request on anything else. */
+        LOG(LOG_WARN, "c%llu upstream connect reported in an unexpected state",
+            (unsigned long long)c->id);
+        if (c->phase == PH_EXCHANGE)
+            c->events->fail(c, 502, "internal");
+        return;
+    }
     if (status == RELAY_EDEST_DENIED || status == RELAY_EDEST_SELF) {
         int self = status == RELAY_EDEST_SELF;
         LOG(LOG_INFO, "c%llu refused %s:%d: %s", (unsigned long long)c->id, x->up_host,
@@ -325,7 +333,7 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
 void relay_start(struct conn *c)
 {
     struct exchange *x = &c->x;
-    if (x->upc != UP_IDLE) {
+    if (x->upc != UPC_NONE) {
         LOG(LOG_WARN, "c%llu relay started twice", (unsigned long long)c->id);
         c->events->fail(c, 502, "internal");
         return;
@@ -333,10 +341,10 @@ void relay_start(struct conn *c)
     if (!x->is_connect)
         build_request_head(c);
     int reused = 0;
-    x->upc = UP_CONNECTING;
+    x->upc = UPC_CONNECTING;
     x->up = upstream_acquire(c->env->pool, x->up_host, x->up_port, x->is_connect || x->is_upgrade,
                              &up_ops, c, &reused);
-    x->up_origin = reused ? UP_POOLED : UP_FRESH;
+    x->up_origin = reused ? UPC_POOLED : UPC_FRESH;
     deadline_set(&c->xtimer,
                  u64_add_sat(c->env->opts->connect_timeout_ms, c->env->opts->response_timeout_ms));
     if (reused)
@@ -350,11 +358,11 @@ void relay_start(struct conn *c)
 static int retry_on_fresh_connection(struct conn *c)
 {
     struct exchange *x = &c->x;
-    if (x->up_origin != UP_POOLED || x->upc == UP_ANSWERING || x->req_has_body || x->is_upgrade)
+    if (x->up_origin != UPC_POOLED || x->upc == UPC_ANSWERING || x->req_has_body || x->is_upgrade)
         return 0;
-    x->up_origin = UP_RETRIED;
+    x->up_origin = UPC_RETRIED;
     relay_detach(c, 0);
-    x->upc = UP_CONNECTING;
+    x->upc = UPC_CONNECTING;
     int reused = 0; /* a fresh connection is asked for */
     x->up = upstream_acquire(c->env->pool, x->up_host, x->up_port, 1, &up_ops, c, &reused);
     return 1;
@@ -422,7 +430,7 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
         c->events->fail(c, 502, "internal");
         return;
     }
-    c->x.upc = UP_ANSWERING;
+    c->x.upc = UPC_ANSWERING;
     c->up_in = ch;
     c->up_pos = 0;
     arm_response_timeout(c);
@@ -612,6 +620,10 @@ static void on_pace_tick(uv_timer_t *t)
     struct conn *c = t->data;
     struct exchange *x = &c->x;
     struct pace *pc = &x->pace;
+    if (c->phase != PH_EXCHANGE || (x->resp != RESP_BODY && x->resp != RESP_DONE)) {
+        uv_timer_stop(t); /* nothing of this exchange's body is paced any more */
+        return;
+    }
     uint64_t now = time_mono_us();
     pc->budget += (double)pc->bps * (double)(now - pc->last_us) / 1e6;
     pc->last_us = now;
@@ -1127,7 +1139,7 @@ static void handle_upstream_eof(struct conn *c, int status)
             return;
         }
     }
-    if (x->upc != UP_ANSWERING && retry_on_fresh_connection(c))
+    if (x->upc != UPC_ANSWERING && retry_on_fresh_connection(c))
         return;
     const char *error = status == UV_EOF ? "upstream_closed" : "upstream_reset";
     if (exchange_head_sent(x)) {
@@ -1143,5 +1155,5 @@ static void handle_upstream_eof(struct conn *c, int status)
         c->client->close_gracefully(c);
         return;
     }
-    c->events->fail(c, 502, x->upc == UP_ANSWERING ? "bad_response" : error);
+    c->events->fail(c, 502, x->upc == UPC_ANSWERING ? "bad_response" : error);
 }
