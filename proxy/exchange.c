@@ -519,41 +519,6 @@ int exchange_request_rules(struct conn *c)
     return 0;
 }
 
-void exchange_forward(struct conn *c)
-{
-    relay_start(c);
-}
-
-void exchange_request_body(struct conn *c, const char *at, size_t len)
-{
-    if (c->x.sink == SINK_UPSTREAM && c->x.up)
-        relay_forward_body(c, at, len);
-}
-
-void exchange_request_end(struct conn *c)
-{
-    struct exchange *x = &c->x;
-    if (x->sink == SINK_UPSTREAM && x->up && x->req_chunked)
-        relay_end_body(c);
-    exchange_maybe_finish(c);
-}
-
-void exchange_push_request(struct conn *c)
-{
-    if (c->x.up && c->x.sink == SINK_UPSTREAM)
-        relay_flush_upstream(c);
-}
-
-void exchange_client_held(struct conn *c)
-{
-    if (c->x.up)
-        relay_update_reading(c);
-}
-
-void exchange_client_drained(struct conn *c)
-{
-    relay_parse_responses(c);
-}
 
 void exchange_close(struct conn *c)
 {

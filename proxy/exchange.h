@@ -16,17 +16,51 @@ void exchange_begin(struct conn *c);
 /* After the request passed policy: fault headers and request rules; 1 when
  * they answer instead of the upstream. */
 int exchange_request_rules(struct conn *c);
+/* Finish the exchange if both sides are done; go on with the next request. */
+void exchange_maybe_finish(struct conn *c);
+
+/* The request's events as conn.c parses them, passed on to the relay.
+ * Inline: they run for every exchange and only forward. */
+
 /* Choose the upstream and send the request there. */
-void exchange_forward(struct conn *c);
+static inline void exchange_forward(struct conn *c)
+{
+    relay_start(c);
+}
+
 /* A request body piece (in c->in) was parsed. */
-void exchange_request_body(struct conn *c, const char *at, size_t len);
+static inline void exchange_request_body(struct conn *c, const char *at, size_t len)
+{
+    if (c->x.sink == SINK_UPSTREAM && c->x.up)
+        relay_forward_body(c, at, len);
+}
+
 /* The request ended (after x.req became REQ_DONE). */
-void exchange_request_end(struct conn *c);
+static inline void exchange_request_end(struct conn *c)
+{
+    if (c->x.sink == SINK_UPSTREAM && c->x.up && c->x.req_chunked)
+        relay_end_body(c);
+    exchange_maybe_finish(c);
+}
+
 /* Parsing paused: send what it queued for the upstream. */
-void exchange_push_request(struct conn *c);
+static inline void exchange_push_request(struct conn *c)
+{
+    if (c->x.up && c->x.sink == SINK_UPSTREAM)
+        relay_flush_upstream(c);
+}
+
 /* The client's queue went over / under its marks (c->resp_flow changed). */
-void exchange_client_held(struct conn *c);
-void exchange_client_drained(struct conn *c);
+static inline void exchange_client_held(struct conn *c)
+{
+    if (c->x.up)
+        relay_update_reading(c);
+}
+
+static inline void exchange_client_drained(struct conn *c)
+{
+    relay_parse_responses(c);
+}
 
 /* Answer CODE ourselves: DESIGN §3's body unless BODY or the rule's body
  * says otherwise. A: the rule's actions or NULL. EXTRA_HEADERS: complete
@@ -37,8 +71,6 @@ void exchange_answer(struct conn *c, int code, const struct rule_actions *a,
 void exchange_connection_header(struct conn *c, struct sbuf *h);
 /* The exchange cannot go on: answer CODE, or cut the answer already begun. */
 void exchange_fail(struct conn *c, int code, const char *error);
-/* Finish the exchange if both sides are done; go on with the next request. */
-void exchange_maybe_finish(struct conn *c);
 /* Hand the finished exchange to the worker's recorder (once). */
 void exchange_record(struct conn *c);
 /* What the rule matchers see of the current exchange (STATUS: upstream's). */

@@ -619,20 +619,3 @@ size_t http_chunk_line(char *line, size_t len)
     line[n++] = '\n';
     return n;
 }
-
-enum http_pump_step http_pump(llhttp_t *p, const char *data, size_t len, size_t *used)
-{
-    llhttp_errno_t err = llhttp_execute(p, data, len);
-    *used = len;
-    switch (err) {
-    case HPE_OK:
-        return HTTP_PUMP_ALL;
-    case HPE_PAUSED:
-    case HPE_PAUSED_UPGRADE:
-        *used = (size_t)(llhttp_get_error_pos(p) - data);
-        return err == HPE_PAUSED ? HTTP_PUMP_PAUSED : HTTP_PUMP_UPGRADE;
-    default:
-        *used = 0;
-        return HTTP_PUMP_ERROR;
-    }
-}

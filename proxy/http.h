@@ -142,8 +142,25 @@ enum http_pump_step {
     HTTP_PUMP_UPGRADE, /* the parser stopped at an upgrade after *USED bytes */
     HTTP_PUMP_ERROR,   /* malformed input: llhttp_get_error_reason says why */
 };
-/* Feed DATA[0..LEN) to P; *USED: the bytes consumed. */
-enum http_pump_step http_pump(llhttp_t *p, const char *data, size_t len, size_t *used);
+/* Feed DATA[0..LEN) to P; *USED: the bytes consumed. Inline: it runs for
+ * every read on both sides of every exchange. */
+static inline enum http_pump_step http_pump(llhttp_t *p, const char *data, size_t len,
+                                            size_t *used)
+{
+    llhttp_errno_t err = llhttp_execute(p, data, len);
+    *used = len;
+    switch (err) {
+    case HPE_OK:
+        return HTTP_PUMP_ALL;
+    case HPE_PAUSED:
+    case HPE_PAUSED_UPGRADE:
+        *used = (size_t)(llhttp_get_error_pos(p) - data);
+        return err == HPE_PAUSED ? HTTP_PUMP_PAUSED : HTTP_PUMP_UPGRADE;
+    default:
+        *used = 0;
+        return HTTP_PUMP_ERROR;
+    }
+}
 
 /* The Retry-After of a serialized answer head HEAD[0..len) ("Name: value"
  * lines), in ms, when it is delay-seconds (RFC 9110 §10.2.3); 0 when absent
