@@ -5,7 +5,7 @@
  * keep-alive, idle/header/linger timers and closing. It hands each parsed
  * request (head, body pieces, end) to the exchange (exchange.c), which owns
  * the rest of its life; exchange.c and relay.c call back only through
- * client_ops (struct exchange_client_ops).
+ * conn_side (struct exchange_client_ops).
  *
  * A connection carries one exchange at a time. The request parser pauses at
  * the end of each request head (so the upstream can be chosen before any
@@ -35,7 +35,7 @@
 #include "units.h"
 
 static const llhttp_settings_t request_settings;
-static const struct exchange_client_ops client_ops;
+static const struct exchange_client_ops conn_side;
 static void on_timer(struct deadline *d);
 static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void on_client_written(struct sender *s, int status);
@@ -893,7 +893,7 @@ static void next_request(struct conn *c)
 }
 
 /* What the exchange and the relay may ask of the client connection. */
-static const struct exchange_client_ops client_ops = {
+static const struct exchange_client_ops conn_side = {
     .flush = conn_flush,
     .close = conn_close,
     .close_gracefully = conn_close_gracefully,
@@ -957,7 +957,7 @@ int conn_accept(struct conn_env *env, uv_stream_t *server)
     sender_init(&c->out, (uv_stream_t *)&c->tcp, on_client_written);
     llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
     c->parser.data = c;
-    c->client = &client_ops;
+    c->client = &conn_side;
     if (rc != 0) {
         conn_close(c, CLOSE_NOW);
         return rc;
