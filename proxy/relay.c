@@ -15,8 +15,8 @@
 
 #include "catalog.h"
 #include "conn_int.h"
-#include "fault.h"
 #include "dest.h"
+#include "fault.h"
 #include "log.h"
 #include "options.h"
 #include "tunnel.h"
