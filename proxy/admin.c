@@ -20,12 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "embedded.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "rules.h"
-#include "server.h"
 #include "util.h"
 
 #define ADMIN_HEAD_LIMIT (16 * 1024)
@@ -36,7 +36,7 @@
 
 struct admin {
     uv_tcp_t listener;
-    struct server *srv;
+    struct admin_ops ops;
     uv_loop_t *loop;
     struct admin_conn *conns;
     unsigned nconns;
@@ -186,7 +186,7 @@ static void on_timeout(uv_timer_t *t)
 
 static void arm_timer(struct admin_conn *ac, int in_message)
 {
-    const struct run_options *o = server_options(ac->admin->srv);
+    const struct run_options *o = ac->admin->ops.opts;
     ac->in_message = in_message;
     uv_timer_start(&ac->timer, on_timeout, in_message ? o->header_timeout_ms : o->idle_timeout_ms,
                    0);
@@ -291,7 +291,7 @@ static char *rules_json(struct rules *set)
 /* Is the request allowed? Constant-time comparison of the Bearer token. */
 static int authorized(struct admin_conn *ac)
 {
-    const char *token = server_options(ac->admin->srv)->admin_token;
+    const char *token = ac->admin->ops.opts->admin_token;
     if (!token)
         return 1;
     size_t len;
@@ -307,11 +307,25 @@ static int authorized(struct admin_conn *ac)
     return diff == 0;
 }
 
+#define STATS_TOP_ROUTES 20
+
+/* Records the audit writer lost so far (0 without an audit). */
+static uint64_t lost_records(const struct admin_ops *ops)
+{
+    return ops->audit ? audit_dropped(ops->audit) : 0;
+}
+
+/* The busiest routes as JSON for /stats, "{}" without an audit; malloc'd. */
+static char *routes_json(const struct admin_ops *ops)
+{
+    return ops->audit ? audit_routes_json(ops->audit, STATS_TOP_ROUTES) : xstrdup("{}");
+}
+
 /* statusproxy_audit_errors_total{kind}: the audit writer's failed attempts. */
-static void append_audit_errors(struct sbuf *b, struct server *srv)
+static void append_audit_errors(struct sbuf *b, const struct audit *audit)
 {
     uint64_t counts[AUDIT_ERR_COUNT];
-    server_audit_errors(srv, counts);
+    audit_error_counts(audit, counts);
     sbuf_puts(b, "# HELP statusproxy_audit_errors_total Failed attempts to write audit records, "
                  "by kind (each retry counts).\n"
                  "# TYPE statusproxy_audit_errors_total counter\n");
@@ -348,7 +362,8 @@ static void route_rules_toggle(struct admin_conn *ac, const char *path, size_t l
         return;
     }
     char *rname = xstrndup(name, (size_t)(slash - name));
-    struct rules *set = server_current_rules(ac->admin->srv);
+    const struct admin_ops *ops = &ac->admin->ops;
+    struct rules *set = ops->current_rules(ops->ctx);
     int rc = set ? rules_set_enabled(set, rname, enable) : -1;
     if (rc != 0) {
         char *msg = xasprintf("no rule named '%s'", rname);
@@ -367,12 +382,13 @@ static void route_rules_toggle(struct admin_conn *ac, const char *path, size_t l
 static void route_rules_put(struct admin_conn *ac)
 {
     struct rules_diags diags = {0};
-    struct server *srv = ac->admin->srv;
+    const struct admin_ops *ops = &ac->admin->ops;
     if (ac->too_large) {
         respond_error(ac, 413, "Payload Too Large", "rule text over 1 MiB");
         return;
     }
-    if (server_replace_rules(srv, ac->body.data ? ac->body.data : "", ac->body.len, &diags) != 0) {
+    if (ops->replace_rules(ops->ctx, ac->body.data ? ac->body.data : "", ac->body.len,
+                           &diags) != 0) {
         const struct rules_diag *first = NULL;
         for (size_t i = 0; i < diags.n && !first; i++)
             if (diags.items[i].is_error)
@@ -383,7 +399,7 @@ static void route_rules_put(struct admin_conn *ac)
         respond_error(ac, 400, "Bad Request", msg);
         free(msg);
     } else {
-        struct rules *set = server_current_rules(srv);
+        struct rules *set = ops->current_rules(ops->ctx);
         LOG(LOG_INFO, "admin: rules replaced by PUT /rules, %zu rule%s", set ? rules_count(set) : 0,
             set && rules_count(set) == 1 ? "" : "s");
         char *json = rules_json(set);
@@ -404,7 +420,7 @@ static void route(struct admin_conn *ac)
     if (q)
         len = (size_t)(q - path);
     int get = method == HTTP_GET || method == HTTP_HEAD;
-    struct server *srv = ac->admin->srv;
+    const struct admin_ops *ops = &ac->admin->ops;
 
     if (path_is(path, len, "/healthz") && get) {
         respond_text(ac, 200, "OK", "ok\n");
@@ -424,19 +440,19 @@ static void route(struct admin_conn *ac)
         return;
     }
     if (path_is(path, len, "/metrics") && get) {
-        char *text = metrics_prometheus(server_metrics(srv), server_dropped(srv));
+        char *text = metrics_prometheus(ops->metrics, lost_records(ops));
         struct sbuf b = {0};
         sbuf_puts(&b, text);
         free(text);
-        append_audit_errors(&b, srv);
+        append_audit_errors(&b, ops->audit);
         respond(ac, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", NULL, b.data, b.len);
         sbuf_free(&b);
         return;
     }
     if (path_is(path, len, "/stats") && get) {
-        char *json = metrics_stats_json(server_metrics(srv), server_dropped(srv));
+        char *json = metrics_stats_json(ops->metrics, lost_records(ops));
         /* The routes come from the audit writer: spliced in as the last member. */
-        char *routes = server_routes_json(srv), *end = strrchr(json, '}');
+        char *routes = routes_json(ops), *end = strrchr(json, '}');
         if (end)
             *end = '\0';
         char *full = xasprintf("%s, \"routes\": %s}\n", json, routes);
@@ -448,7 +464,7 @@ static void route(struct admin_conn *ac)
     }
     if (path_is(path, len, "/rules")) {
         if (get) {
-            struct rules *set = server_current_rules(srv);
+            struct rules *set = ops->current_rules(ops->ctx);
             char *json = rules_json(set);
             respond_with(ac, 200, "OK", NULL, json);
             free(json);
@@ -583,11 +599,11 @@ static void on_failed_listener_closed(uv_handle_t *h)
     free(h->data);
 }
 
-struct admin *admin_start(struct server *srv, uv_loop_t *loop, const struct listen_addr *addr,
-                          char *err, size_t errlen)
+struct admin *admin_start(const struct admin_ops *ops, uv_loop_t *loop,
+                          const struct listen_addr *addr, char *err, size_t errlen)
 {
     struct admin *a = xcalloc(1, sizeof *a);
-    a->srv = srv;
+    a->ops = *ops;
     a->loop = loop;
     uv_tcp_init(loop, &a->listener);
     a->listener.data = a;

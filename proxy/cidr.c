@@ -3,6 +3,7 @@
  * IPv4 octets, no zone ids); the prefix is plain decimal digits.
  */
 #include "cidr.h"
+#include "units.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -57,17 +58,10 @@ int cidr_parse(const char *s, size_t len, struct cidr *out)
     c.prefix = max;
     if (slash) {
         const char *p = slash + 1, *end = s + len;
-        if (p == end || end - p > 3)
+        uint64_t v;
+        if (end - p > 3 || units_parse_u64(p, (size_t)(end - p), max, &v) != 0)
             return CIDR_EINVAL;
-        unsigned v = 0;
-        for (; p < end; p++) {
-            if (*p < '0' || *p > '9')
-                return CIDR_EINVAL;
-            v = v * 10 + (unsigned)(*p - '0');
-        }
-        if (v > max)
-            return CIDR_EINVAL;
-        c.prefix = v;
+        c.prefix = (unsigned)v;
     }
     int had = clear_host_bits(c.addr, max / 8, c.prefix);
     *out = c;

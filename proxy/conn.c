@@ -37,7 +37,7 @@
 static const llhttp_settings_t request_settings;
 static const struct exchange_client_ops conn_side;
 static void on_timer(struct deadline *d);
-static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_client_read(struct transport *t, ssize_t nread, struct chunk *ch, void *owner);
 static void on_client_written(struct sender *s, int status);
 static void conn_update_reading(struct conn *c);
 static void conn_parse_requests(struct conn *c);
@@ -59,14 +59,6 @@ static const char *http_method_str(int method)
 
 /* ---------- reading from the client ---------- */
 
-static void on_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    UNUSED(h);
-    UNUSED(suggested);
-    struct chunk *ch = chunk_new();
-    *buf = uv_buf_init(ch->data, CHUNK_SIZE);
-}
-
 /* A `hang` ends the connection without an answer, so requests pipelined
  * behind it are never served: keep reading anyway, to see the client leave
  * (which ends a hang without a duration), and drop what it sends. */
@@ -80,10 +72,10 @@ static void conn_update_reading(struct conn *c)
     int want = c->phase != PH_CLOSED && (!c->in || hang_drops_input(c)) &&
                (c->phase != PH_TUNNEL || tunnel_wants_client(c->tunnel));
     if (want && !c->reading) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, on_client_alloc, on_client_read) == 0)
+        if (transport_read_start(c->tr) == 0)
             c->reading = 1;
     } else if (!want && c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        transport_read_stop(c->tr);
         c->reading = 0;
     }
 }
@@ -137,17 +129,14 @@ static void client_gone(struct conn *c, int status)
     conn_close(c, CLOSE_NOW);
 }
 
-static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void on_client_read(struct transport *t, ssize_t nread, struct chunk *ch, void *owner)
 {
-    struct conn *c = s->data;
-    struct chunk *ch = buf->base ? CONTAINER_OF(buf->base, struct chunk, data) : NULL;
-    if (nread <= 0) {
-        chunk_unref(ch);
-        if (nread < 0)
-            client_gone(c, (int)nread);
+    struct conn *c = owner;
+    UNUSED(t);
+    if (nread < 0) {
+        client_gone(c, (int)nread);
         return;
     }
-    ch->len = (uint32_t)nread;
     if (c->phase == PH_LINGER || hang_drops_input(c)) {
         chunk_unref(ch);
         return;
@@ -288,6 +277,12 @@ static void on_closed(uv_handle_t *h)
     closed_one(h->data);
 }
 
+static void on_client_closed(struct transport *t, void *owner)
+{
+    UNUSED(t);
+    closed_one(owner);
+}
+
 static void on_deadline_closed(uv_handle_t *h)
 {
     struct deadline *d = h->data;
@@ -327,22 +322,16 @@ static void conn_close(struct conn *c, enum close_how how)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
     c->pending_closes = 4;
-    if (how == CLOSE_RESET && !uv_is_closing((uv_handle_t *)&c->tcp) &&
-        uv_tcp_close_reset(&c->tcp, on_closed) == 0) {
-        /* closed with RST */
-    } else if (!uv_is_closing((uv_handle_t *)&c->tcp)) {
-        uv_close((uv_handle_t *)&c->tcp, on_closed);
-    } else {
-        c->pending_closes--;
-    }
+    transport_close(c->tr, how == CLOSE_RESET); /* on_client_closed follows */
     deadline_close(&c->timer, on_deadline_closed);
     deadline_close(&c->xtimer, on_deadline_closed);
     uv_close((uv_handle_t *)&c->ptimer, on_closed);
 }
 
-static void on_shutdown(uv_shutdown_t *req, int status)
+static void on_shutdown(struct transport *t, int status, void *arg)
 {
-    struct conn *c = req->data;
+    struct conn *c = arg;
+    UNUSED(t);
     if (c->phase == PH_CLOSED)
         return;
     if (status != 0 || c->client_eof) {
@@ -366,8 +355,7 @@ static void conn_close_gracefully(struct conn *c)
     if (c->phase == PH_CLOSED)
         return;
     c->phase = PH_LINGER;
-    c->shutdown_req.data = c;
-    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+    if (transport_shutdown(c->tr, on_shutdown, c) != 0)
         conn_close(c, CLOSE_NOW);
 }
 
@@ -934,17 +922,25 @@ static void on_timer(struct deadline *d)
     }
 }
 
+static const struct transport_ops client_ops = {
+    .on_read = on_client_read,
+    .on_closed = on_client_closed,
+};
+
 int conn_accept(struct conn_env *env, uv_stream_t *server)
 {
     struct conn *c = xcalloc(1, sizeof *c);
     c->env = env;
     c->id = ++env->next_conn_id;
-    uv_tcp_init(env->loop, &c->tcp);
+    tcp_transport_init(&c->tcp, env->loop, &client_ops, c);
+    /* A TLS listener (issue 10) wraps this transport and points c->tr and
+     * c->out.tr at the wrapper; nothing below reads the socket directly. */
+    c->tr = &c->tcp.base;
     deadline_init(env->loop, &c->timer, on_timer, c);
     exchange_init(c, env->loop);
     uv_timer_init(env->loop, &c->ptimer);
-    c->tcp.data = c->ptimer.data = c;
-    int rc = uv_accept(server, (uv_stream_t *)&c->tcp);
+    c->ptimer.data = c;
+    int rc = uv_accept(server, (uv_stream_t *)tcp_transport_handle(&c->tcp));
     /* From here on the connection is on the worker's list and closes
      * through conn_close, even when accepting failed. */
     c->next = env->conns;
@@ -954,7 +950,7 @@ int conn_accept(struct conn_env *env, uv_stream_t *server)
     int total = env->hooks->opened(env->owner);
     http_head_init(&c->req, REQ_HEAD_LIMIT);
     http_head_init(&c->resp, RESP_HEAD_LIMIT);
-    sender_init(&c->out, (uv_stream_t *)&c->tcp, on_client_written);
+    sender_init(&c->out, c->tr, on_client_written);
     llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
     c->parser.data = c;
     c->client = &conn_side;
@@ -962,8 +958,7 @@ int conn_accept(struct conn_env *env, uv_stream_t *server)
         conn_close(c, CLOSE_NOW);
         return rc;
     }
-    int len = sizeof c->peer;
-    rc = uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len);
+    rc = transport_peer(c->tr, &c->peer);
     if (rc != 0) {
         /* Reset before we got to it (ENOTCONN): no address to check the
          * access list against, and no one to answer. */
@@ -974,7 +969,7 @@ int conn_accept(struct conn_env *env, uv_stream_t *server)
         uv_ip6_name((struct sockaddr_in6 *)&c->peer, c->peer_ip, sizeof c->peer_ip);
     else
         uv_ip4_name((struct sockaddr_in *)&c->peer, c->peer_ip, sizeof c->peer_ip);
-    uv_tcp_nodelay(&c->tcp, 1);
+    uv_tcp_nodelay(tcp_transport_handle(&c->tcp), 1);
     c->phase = PH_IDLE;
     arm_timer(c, env->opts->header_timeout_ms);
     if (total > env->opts->max_connections) {

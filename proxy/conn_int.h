@@ -19,6 +19,7 @@
 #include "rules.h"
 #include "sender.h"
 #include "target.h"
+#include "transport.h"
 #include "upstream.h"
 #include "util.h"
 
@@ -227,11 +228,11 @@ struct relay_events {
 };
 
 struct conn {
-    uv_tcp_t tcp;
+    struct tcp_transport tcp;    /* the client socket */
+    struct transport *tr;        /* client bytes go through it: &tcp.base (TLS: a wrapper) */
     struct deadline timer;       /* idle / header timeout, linger */
     struct deadline xtimer;      /* upstream connect and response timeout */
     uv_timer_t ptimer;           /* delay and throttle pacing */
-    uv_shutdown_t shutdown_req;
     struct conn_env *env;        /* the worker's, handed over at accept */
     const struct exchange_client_ops *client; /* up into conn.c */
     const struct relay_events *events;        /* up from relay.c into exchange.c */

@@ -16,6 +16,7 @@
 
 #include "embedded.h"
 #include "sqlfn.h"
+#include "units.h"
 #include "util.h"
 
 static pthread_once_t config_once = PTHREAD_ONCE_INIT;
@@ -48,17 +49,14 @@ struct db_migration *db_migrations(size_t *count, char *err, size_t errlen)
             strcmp(f->path + len - 4, ".sql") != 0)
             continue;
         const char *p = f->path + dirlen;
-        int version = 0, digits = 0;
-        while (*p >= '0' && *p <= '9' && digits < 6) {
-            version = version * 10 + (*p++ - '0');
-            digits++;
-        }
-        if (digits == 0 || *p != '_') {
+        uint64_t version;
+        size_t digits = units_scan_u64(p, strlen(p), 6, UINT64_MAX, &version);
+        if (digits == 0 || p[digits] != '_') {
             snprintf(err, errlen, "%s: a migration's name must be NNNN_name.sql", f->path);
             free(list);
             return NULL;
         }
-        list[n].version = version;
+        list[n].version = (int)version;
         list[n].name = f->path;
         list[n].sql = f->data;
         n++;

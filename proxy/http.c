@@ -4,6 +4,8 @@
  * the next read may overwrite.
  */
 #include "http.h"
+#include "hash.h"
+#include "units.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -406,18 +408,10 @@ struct name_set {
     uint32_t cap, n;
 };
 
-static uint32_t name_hash(const char *s, size_t len)
-{
-    uint32_t hv = 2166136261u;
-    for (size_t i = 0; i < len; i++)
-        hv = (hv ^ (unsigned char)(s[i] | 0x20)) * 16777619u;
-    return hv;
-}
-
 /* Slot for NAME: where it is, or the empty slot where it would go. */
 static uint32_t *set_slot(const struct name_set *ns, const char *buf, const char *name, size_t len)
 {
-    uint32_t i = name_hash(name, len) & (ns->cap - 1);
+    uint32_t i = hash_fnv32_nocase(name, len) & (ns->cap - 1);
     for (;; i = (i + 1) & (ns->cap - 1)) {
         uint32_t e = ns->slots[i];
         if (e == 0 || str_ieq2(buf + ((e - 1) >> 6), (e - 1) & 63, name, len))
@@ -603,11 +597,8 @@ int64_t http_retry_after_ms(const char *head, size_t len)
         size_t j = i + nlen;
         while (j < len && (head[j] == ' ' || head[j] == '\t'))
             j++;
-        int64_t secs = 0;
-        size_t digits = 0;
-        for (; j < len && head[j] >= '0' && head[j] <= '9' && digits < 9; j++, digits++)
-            secs = secs * 10 + (head[j] - '0');
-        return digits ? secs * 1000 : 0;
+        uint64_t secs;
+        return units_scan_u64(head + j, len - j, 9, UINT64_MAX, &secs) ? (int64_t)secs * 1000 : 0;
     }
     return 0;
 }

@@ -220,6 +220,15 @@ static int cmd_report(int argc, char **argv)
     return rc == 0 ? 0 : 1; /* 1 also when an --assert failed */
 }
 
+/* The subcommands: each gets the arguments after its name. */
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+} commands[] = {
+    {"run", cmd_run},         {"codes", cmd_codes},   {"rules", cmd_rules},
+    {"migrate", cmd_migrate}, {"report", cmd_report}, {"ca", ca_cli_main},
+};
+
 int main(int argc, char **argv)
 {
     /* A bare `statusproxy` or `statusproxy --flag ...` means `run`. */
@@ -231,18 +240,9 @@ int main(int argc, char **argv)
         return cmd_run(argc - 1, argv + 1);
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "run") == 0)
-        return cmd_run(argc - 2, argv + 2);
-    if (strcmp(cmd, "codes") == 0)
-        return cmd_codes(argc - 2, argv + 2);
-    if (strcmp(cmd, "rules") == 0)
-        return cmd_rules(argc - 2, argv + 2);
-    if (strcmp(cmd, "migrate") == 0)
-        return cmd_migrate(argc - 2, argv + 2);
-    if (strcmp(cmd, "report") == 0)
-        return cmd_report(argc - 2, argv + 2);
-    if (strcmp(cmd, "ca") == 0)
-        return ca_cli_main(argc - 2, argv + 2);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            return commands[i].run(argc - 2, argv + 2);
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
         fputs(usage_text, stdout);
         return 0;

@@ -12,6 +12,7 @@
 
 #include "catalog.h"
 #include "fault.h"
+#include "hash.h"
 #include "util.h"
 
 /* Upper bounds of the duration histogram, in seconds. */
@@ -26,14 +27,6 @@ struct countmap {
     unsigned grown;          /* times the slots moved (see struct last_response) */
 };
 
-static uint32_t hash_str(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
-}
-
 static void countmap_grow(struct countmap *m);
 
 /* The slot of KEY, added with a count of 0 when missing. */
@@ -41,7 +34,7 @@ static size_t countmap_slot(struct countmap *m, const char *key)
 {
     if ((m->n + 1) * 2 > m->cap)
         countmap_grow(m);
-    size_t i = hash_str(key) & (m->cap - 1);
+    size_t i = hash_fnv32_str(key) & (m->cap - 1);
     while (m->keys[i]) {
         if (strcmp(m->keys[i], key) == 0)
             return i;
@@ -68,7 +61,7 @@ static void countmap_grow(struct countmap *m)
     for (size_t i = 0; i < m->cap; i++) {
         if (!m->keys[i])
             continue;
-        size_t j = hash_str(m->keys[i]) & (bigger.cap - 1);
+        size_t j = hash_fnv32_str(m->keys[i]) & (bigger.cap - 1);
         while (bigger.keys[j])
             j = (j + 1) & (bigger.cap - 1);
         bigger.keys[j] = m->keys[i];

@@ -90,13 +90,9 @@ void options_free(struct run_options *o)
 
 static int parse_port(const char *s, int *port)
 {
-    if (!*s || strlen(s) > 5)
-        return -1;
-    for (const char *p = s; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return -1;
-    long v = strtol(s, NULL, 10);
-    if (v > 65535)
+    size_t len = strlen(s);
+    uint64_t v;
+    if (len > 5 || units_parse_u64(s, len, 65535, &v) != 0)
         return -1;
     *port = (int)v;
     return 0;
@@ -167,15 +163,9 @@ int options_parse_upstream(const char *text, char *host, size_t hostlen, int *po
 
 static int parse_count(const char *s, long min, long max, int *out)
 {
-    if (!*s)
-        return -1;
-    for (const char *p = s; *p; p++)
-        if (!isdigit((unsigned char)*p))
-            return -1;
-    if (strlen(s) > 9)
-        return -1;
-    long v = strtol(s, NULL, 10);
-    if (v < min || v > max)
+    size_t len = strlen(s);
+    uint64_t v;
+    if (len > 9 || units_parse_u64(s, len, UINT64_MAX, &v) != 0 || (long)v < min || (long)v > max)
         return -1;
     *out = (int)v;
     return 0;
@@ -183,19 +173,8 @@ static int parse_count(const char *s, long min, long max, int *out)
 
 static int parse_u64(const char *s, uint64_t *out)
 {
-    if (!*s || strlen(s) > 20)
-        return -1;
-    uint64_t v = 0;
-    for (const char *p = s; *p; p++) {
-        if (!isdigit((unsigned char)*p))
-            return -1;
-        uint64_t d = (uint64_t)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return -1;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 0;
+    size_t len = strlen(s);
+    return len > 20 ? -1 : units_parse_u64(s, len, UINT64_MAX, out);
 }
 
 static int parse_port_list(const char *s, struct run_options *o)

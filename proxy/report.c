@@ -59,14 +59,11 @@ static unsigned days_in_month(int64_t y, unsigned m)
 /* Read exactly N digits at *P into *OUT; advance P. */
 static int digits(const char **p, int n, unsigned *out)
 {
-    unsigned v = 0;
-    for (int i = 0; i < n; i++) {
-        if (!isdigit((unsigned char)(*p)[i]))
-            return -1;
-        v = v * 10 + (unsigned)((*p)[i] - '0');
-    }
+    uint64_t v;
+    if (units_scan_u64(*p, (size_t)n, 0, UINT64_MAX, &v) != (size_t)n)
+        return -1;
     *p += n;
-    *out = v;
+    *out = (unsigned)v;
     return 0;
 }
 
@@ -231,11 +228,12 @@ static int parse_what(const char **pp, struct report_assert *a)
     }
     if (strncmp(p, "code", 4) == 0 && (p[4] == ' ' || p[4] == '\t')) {
         p = skip_space(p + 4);
-        if (!isdigit((unsigned char)p[0]) || !isdigit((unsigned char)p[1]) ||
-            !isdigit((unsigned char)p[2]) || isdigit((unsigned char)p[3]) || p[0] == '0')
+        uint64_t code;
+        if (units_scan_u64(p, 3, 0, 999, &code) != 3 || isdigit((unsigned char)p[3]) ||
+            p[0] == '0')
             return -1;
         a->what = REPORT_ASSERT_CODE;
-        a->arg = atoi(p);
+        a->arg = (int)code;
         *pp = p + 3;
         return 0;
     }
@@ -404,9 +402,8 @@ static int parse_flag(int f, const char *name, const char *val, int64_t now_ms,
         o->host_glob = val;
         return 0;
     case 5: { /* --top */
-        char *end;
-        unsigned long long n = strtoull(val, &end, 10);
-        if (!isdigit((unsigned char)val[0]) || *end || n == 0 || n > 1000000000ULL) {
+        uint64_t n;
+        if (units_parse_u64(val, strlen(val), 1000000000, &n) != 0 || n == 0) {
             snprintf(err, errlen, "--top: expected a positive number, got '%s'", val);
             return -1;
         }

@@ -84,10 +84,7 @@ void report_group_add(struct report_group *g, sqlite3_stmt *st, int nkey)
     size_t before = report_keys_count(g->keys);
     size_t i = (size_t)report_keys_find(g->keys, g->key.data, g->key.len, 1);
     if (i == before) { /* a new group */
-        if (i == g->cap) {
-            g->cap = g->cap ? g->cap * 2 : 256;
-            g->groups = xrealloc(g->groups, g->cap * sizeof *g->groups);
-        }
+        g->groups = report_keys_grow_values(g->groups, &g->cap, i, sizeof *g->groups);
         g->groups[i] = (struct group){0};
     }
     struct group *e = &g->groups[i];

@@ -359,6 +359,19 @@ static void write_route_latency(const struct report_result *r, struct sbuf *out)
     sbuf_puts(out, "</div>\n");
 }
 
+/* One end of the report's range: its time, or OPEN_TEXT when it is the open
+ * end (MS == OPEN). */
+static void write_bound(struct sbuf *out, int64_t ms, int64_t open, const char *open_text)
+{
+    char when[32];
+    if (ms == open) {
+        sbuf_puts(out, open_text);
+    } else {
+        time_format_iso(ms, when, sizeof when);
+        sbuf_puts(out, when);
+    }
+}
+
 void report_html_write(const struct report_page *p, struct sbuf *out)
 {
     static const char *const titles[] = {
@@ -381,19 +394,9 @@ void report_html_write(const struct report_page *p, struct sbuf *out)
         sbuf_puts(out, "</code>");
     }
     sbuf_puts(out, "</p>\n<p class=\"meta\">Range: ");
-    if (o->since_ms == INT64_MIN) {
-        sbuf_puts(out, "the beginning");
-    } else {
-        time_format_iso(o->since_ms, when, sizeof when);
-        sbuf_puts(out, when);
-    }
+    write_bound(out, o->since_ms, INT64_MIN, "the beginning");
     sbuf_puts(out, " to ");
-    if (o->until_ms == INT64_MAX) {
-        sbuf_puts(out, "now");
-    } else {
-        time_format_iso(o->until_ms, when, sizeof when);
-        sbuf_puts(out, when);
-    }
+    write_bound(out, o->until_ms, INT64_MAX, "now");
     if (o->host_glob) {
         sbuf_puts(out, " &middot; hosts matching <code>");
         esc(out, o->host_glob);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "util.h"
 
 struct key {
@@ -42,9 +43,7 @@ void report_keys_free(struct report_keys *k)
 /* FNV-1a, its high bits folded in: the index masks the low ones. */
 static uint64_t hash_bytes(const char *s, size_t n)
 {
-    uint64_t h = 14695981039346656037ull;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
+    uint64_t h = hash_fnv64(HASH_FNV64_BASIS, s, n);
     return h ^ (h >> 31);
 }
 
@@ -85,6 +84,17 @@ long report_keys_find(struct report_keys *k, const char *key, size_t n, int add)
     memcpy(e->bytes, key, n);
     k->index[j] = (uint32_t)++k->n;
     return (long)(k->n - 1);
+}
+
+void *report_keys_grow_values(void *values, size_t *cap, size_t i, size_t size)
+{
+    if (i < *cap)
+        return values;
+    size_t n = *cap ? *cap : 256;
+    while (n <= i)
+        n *= 2;
+    *cap = n;
+    return xrealloc(values, n * size);
 }
 
 size_t report_keys_count(const struct report_keys *k)

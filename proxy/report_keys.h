@@ -18,6 +18,10 @@ long report_keys_find(struct report_keys *k, const char *key, size_t n, int add)
 size_t report_keys_count(const struct report_keys *k);
 /* Key number I (not NUL-terminated) and its length in *LEN. */
 const char *report_keys_get(const struct report_keys *k, size_t i, size_t *len);
+/* Room for element I in VALUES, the caller's array of *CAP elements of SIZE
+ * bytes kept beside the keys (one per key number): doubles *CAP, from 256,
+ * until I fits. Returns the array, moved or not; new room is uninitialised. */
+void *report_keys_grow_values(void *values, size_t *cap, size_t i, size_t size);
 void report_keys_free(struct report_keys *k);
 
 #endif

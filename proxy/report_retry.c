@@ -56,10 +56,7 @@ static struct retry_key *lookup(struct report_retry *rt, const char *key, size_t
     if (i < 0)
         return NULL;
     if ((size_t)i == before) { /* a new key */
-        if (before == rt->cap) {
-            rt->cap = rt->cap ? rt->cap * 2 : 256;
-            rt->state = xrealloc(rt->state, rt->cap * sizeof *rt->state);
-        }
+        rt->state = report_keys_grow_values(rt->state, &rt->cap, (size_t)i, sizeof *rt->state);
         rt->state[i] = (struct retry_key){.min_gap_ms = -1};
     }
     return &rt->state[i];

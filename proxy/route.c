@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "util.h"
 
 struct route_patterns {
@@ -196,13 +197,6 @@ struct route_cap {
     size_t hosts_cap, hosts_n;
 };
 
-static uint64_t fnv(uint64_t h, const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
-    return h;
-}
-
 struct route_cap *route_cap_new(size_t max, size_t total)
 {
     struct route_cap *c = xcalloc(1, sizeof *c);
@@ -220,7 +214,8 @@ static struct host_count *host_slot(struct route_cap *c, const char *host, size_
         for (size_t i = 0; i < c->hosts_cap; i++) {
             if (!c->hosts[i].host)
                 continue;
-            size_t j = fnv(14695981039346656037ull, c->hosts[i].host, c->hosts[i].hlen) & (ncap - 1);
+            size_t j =
+                hash_fnv64(HASH_FNV64_BASIS, c->hosts[i].host, c->hosts[i].hlen) & (ncap - 1);
             while (nh[j].host)
                 j = (j + 1) & (ncap - 1);
             nh[j] = c->hosts[i];
@@ -229,7 +224,7 @@ static struct host_count *host_slot(struct route_cap *c, const char *host, size_
         c->hosts = nh;
         c->hosts_cap = ncap;
     }
-    size_t j = fnv(14695981039346656037ull, host, hlen) & (c->hosts_cap - 1);
+    size_t j = hash_fnv64(HASH_FNV64_BASIS, host, hlen) & (c->hosts_cap - 1);
     for (; c->hosts[j].host; j = (j + 1) & (c->hosts_cap - 1))
         if (c->hosts[j].hlen == hlen && memcmp(c->hosts[j].host, host, hlen) == 0)
             return &c->hosts[j];
@@ -261,7 +256,7 @@ static void set_grow(struct route_cap *c)
 static struct cap_entry *entry(struct route_cap *c, const char *host, size_t hlen,
                                const char *route, size_t rlen, int add)
 {
-    uint64_t h = fnv(fnv(14695981039346656037ull, host, hlen) ^ 0xff, route, rlen);
+    uint64_t h = hash_fnv64(hash_fnv64(HASH_FNV64_BASIS, host, hlen) ^ 0xff, route, rlen);
     size_t klen = hlen + 1 + rlen;
     if ((c->set_n + 1) * 2 > c->set_cap)
         set_grow(c);

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "dist.h"
+#include "hash.h"
 #include "rules_int.h"
 
 /* ---- the clock ---- */
@@ -71,10 +72,7 @@ static uint64_t mix64(uint64_t z)
 
 static uint64_t stream_key(uint64_t seed, const char *name, uint64_t stream)
 {
-    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a over the name */
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-        h = (h ^ *p) * 0x100000001b3ULL;
-    return mix64(mix64(seed + stream * GOLDEN_GAMMA) ^ h);
+    return mix64(mix64(seed + stream * GOLDEN_GAMMA) ^ hash_fnv64_str(name));
 }
 
 /* Draw number K of the stream KEY: splitmix64's K-th output from state KEY. */

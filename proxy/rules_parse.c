@@ -12,6 +12,7 @@
 
 #include "catalog.h"
 #include "dist.h"
+#include "hash.h"
 #include "http.h"
 #include "rules_int.h"
 #include "units.h"
@@ -250,19 +251,7 @@ static void put_value(struct sbuf *b, const char *s, size_t len)
 /* Parse all of T as a decimal count; 0, or -1 if it is not one. */
 static int parse_count(const struct rules_token *t, uint64_t *out)
 {
-    uint64_t v = 0;
-    if (t->len == 0)
-        return -1;
-    for (size_t i = 0; i < t->len; i++) {
-        unsigned char c = (unsigned char)t->text[i];
-        if (c < '0' || c > '9')
-            return -1;
-        if (v > (UINT64_MAX - (c - '0')) / 10)
-            return -1;
-        v = v * 10 + (c - '0');
-    }
-    *out = v;
-    return 0;
+    return units_parse_u64(t->text, t->len, UINT64_MAX, out);
 }
 
 /* The status code written in S[0..len), or -1 if it is not all digits.
@@ -1234,14 +1223,6 @@ static int valid_name(const char *s)
     return 1;
 }
 
-static size_t name_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return (size_t)h;
-}
-
 /* The slot of NAME in the index: its entry, or the empty slot where it
  * goes. Grows the index first so that it stays at most half full. */
 static size_t name_lookup(struct parser *ps, const char *name)
@@ -1250,7 +1231,7 @@ static size_t name_lookup(struct parser *ps, const char *name)
         size_t n = ps->n_slots ? ps->n_slots * 2 : 64;
         size_t *slots = xcalloc(n, sizeof *slots);
         for (size_t i = 0; i < ps->n_names; i++) {
-            size_t j = name_hash(ps->names[i].name) & (n - 1);
+            size_t j = hash_fnv64_str(ps->names[i].name) & (n - 1);
             while (slots[j])
                 j = (j + 1) & (n - 1);
             slots[j] = i + 1;
@@ -1259,7 +1240,7 @@ static size_t name_lookup(struct parser *ps, const char *name)
         ps->name_slots = slots;
         ps->n_slots = n;
     }
-    size_t j = name_hash(name) & (ps->n_slots - 1);
+    size_t j = hash_fnv64_str(name) & (ps->n_slots - 1);
     while (ps->name_slots[j] && strcmp(ps->names[ps->name_slots[j] - 1].name, name) != 0)
         j = (j + 1) & (ps->n_slots - 1);
     return j;

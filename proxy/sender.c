@@ -15,7 +15,7 @@
 #define BATCH_CACHE_MAX 64
 
 struct send_batch {
-    uv_write_t req;
+    struct transport_write req;
     struct sender *sender;
     unsigned nbufs, nrefs;
     size_t bytes;
@@ -72,10 +72,10 @@ void sender_trim(void)
     batch_cache_count = 0;
 }
 
-void sender_init(struct sender *s, uv_stream_t *stream, sender_written_cb on_written)
+void sender_init(struct sender *s, struct transport *tr, sender_written_cb on_written)
 {
     memset(s, 0, sizeof *s);
-    s->stream = stream;
+    s->tr = tr;
     s->on_written = on_written;
 }
 
@@ -144,7 +144,7 @@ size_t sender_queued(const struct sender *s)
     return s->cur ? s->cur->bytes : 0;
 }
 
-static void on_batch_written(uv_write_t *req, int status)
+static void on_batch_written(struct transport_write *req, int status)
 {
     struct send_batch *b = CONTAINER_OF(req, struct send_batch, req);
     struct sender *s = b->sender;
@@ -175,7 +175,7 @@ int sender_flush(struct sender *s)
         /* Nothing queued in libuv: write now. Most batches go out whole,
          * which spares the write request and the poll registration a
          * queued write costs. */
-        int n = uv_try_write(s->stream, bufs, nbufs);
+        int n = transport_try_write(s->tr, bufs, nbufs);
         if (n < 0 && n != UV_EAGAIN) {
             batch_free(b);
             s->error = n;
@@ -199,7 +199,7 @@ int sender_flush(struct sender *s)
             return 0;
         }
     }
-    int rc = uv_write(&b->req, s->stream, bufs, nbufs, on_batch_written);
+    int rc = transport_write(s->tr, &b->req, bufs, nbufs, on_batch_written);
     if (rc != 0) {
         batch_free(b);
         s->error = rc;

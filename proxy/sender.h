@@ -1,8 +1,8 @@
 /*
  * sender — the outgoing side of one stream. Pieces (references into read
  * chunks, small copies, static strings) are gathered into a batch and
- * submitted as one uv_write (one writev), so a read that carried many body
- * pieces costs one system call. The sender counts the bytes libuv has not
+ * submitted as one write on the stream's transport (one writev on TCP), so a
+ * read that carried many body pieces costs one system call. The sender counts the bytes libuv has not
  * finished with, which is what backpressure decisions look at.
  */
 #ifndef STATUSPROXY_SENDER_H
@@ -13,16 +13,18 @@
 #include <uv.h>
 
 #include "chunk.h"
+#include "transport.h"
 
 struct send_batch;
 struct sender;
 
 /* Called after each submitted write completes; STATUS is 0 or a libuv error
- * (UV_ECANCELED when the stream was closed first). */
+ * (UV_ECANCELED when the transport was closed first). This is the
+ * transport's "batch done" event: the owner looks at inflight here. */
 typedef void (*sender_written_cb)(struct sender *s, int status);
 
 struct sender {
-    uv_stream_t *stream;
+    struct transport *tr;     /* where batches go */
     struct send_batch *cur;   /* being assembled; NULL when empty */
     size_t inflight;          /* bytes submitted and not yet completed */
     unsigned writes;          /* write requests in flight */
@@ -31,7 +33,7 @@ struct sender {
     sender_written_cb on_written;
 };
 
-void sender_init(struct sender *s, uv_stream_t *stream, sender_written_cb on_written);
+void sender_init(struct sender *s, struct transport *tr, sender_written_cb on_written);
 
 /* Queue N bytes at P inside chunk C (a reference is taken; no copy). */
 void sender_ref(struct sender *s, struct chunk *c, const char *p, size_t n);

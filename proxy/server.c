@@ -426,9 +426,12 @@ static void install_rules(struct server *srv, struct rules *set)
     pthread_mutex_unlock(&srv->rules_lock);
 }
 
-int server_replace_rules(struct server *srv, const char *text, size_t len,
-                         struct rules_diags *diags)
+/* For the admin API (struct admin_ops): parse TEXT and swap it in whole; on
+ * errors keep the old set and return -1 with DIAGS filled. */
+static int rules_for_admin_replace(void *ctx, const char *text, size_t len,
+                                   struct rules_diags *diags)
 {
+    struct server *srv = ctx;
     const struct run_options *o = srv->opts;
     struct rules *set = rules_parse(text, len, o->rules_path ? o->rules_path : "rules", o->seed,
                                     diags);
@@ -438,8 +441,10 @@ int server_replace_rules(struct server *srv, const char *text, size_t len,
     return 0;
 }
 
-struct rules *server_current_rules(struct server *srv)
+/* For the admin API: the rule set in force, with a reference for the caller. */
+static struct rules *rules_for_admin_current(void *ctx)
 {
+    struct server *srv = ctx;
     pthread_mutex_lock(&srv->rules_lock);
     struct rules *set = srv->current ? rules_ref(srv->current) : NULL;
     pthread_mutex_unlock(&srv->rules_lock);
@@ -595,31 +600,10 @@ static int parse_allow(struct server *srv)
     return 0;
 }
 
-struct metrics *server_metrics(struct server *srv)
-{
-    return srv->metrics;
-}
-
-const struct run_options *server_options(struct server *srv)
-{
-    return srv->opts;
-}
-
-#define STATS_TOP_ROUTES 20
-
-char *server_routes_json(struct server *srv)
-{
-    return srv->audit ? audit_routes_json(srv->audit, STATS_TOP_ROUTES) : xstrdup("{}");
-}
-
-uint64_t server_dropped(struct server *srv)
+/* Records the audit writer lost so far. */
+static uint64_t server_dropped(struct server *srv)
 {
     return srv->audit ? audit_dropped(srv->audit) : 0;
-}
-
-void server_audit_errors(struct server *srv, uint64_t *counts)
-{
-    audit_error_counts(srv->audit, counts);
 }
 
 static void cleanup(struct server *srv)
@@ -881,7 +865,10 @@ int server_run(struct run_options *opts)
      * (and scripts that wait for it) may use the admin API at once. */
     if (opts->admin_enabled) {
         char err[512];
-        srv->admin = admin_start(srv, srv->loop, &opts->admin, err, sizeof err);
+        const struct admin_ops ops = {.opts = opts, .metrics = srv->metrics, .audit = srv->audit,
+                                      .ctx = srv, .current_rules = rules_for_admin_current,
+                                      .replace_rules = rules_for_admin_replace};
+        srv->admin = admin_start(&ops, srv->loop, &opts->admin, err, sizeof err);
         if (!srv->admin) {
             fprintf(stderr, "statusproxy: cannot listen on %s (admin): %s\n", opts->admin.text,
                     err);

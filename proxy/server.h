@@ -40,25 +40,6 @@ struct worker {
     struct metrics_local *stats; /* counters published to the main thread */
 };
 
-/* For the admin API (main thread). */
-struct metrics *server_metrics(struct server *srv);
-/* The busiest routes as JSON for /stats (audit_routes_json), "{}" without
- * an audit; malloc'd. */
-char *server_routes_json(struct server *srv);
-
-/* Records the audit writer lost so far. */
-uint64_t server_dropped(struct server *srv);
-/* The audit writer's failed attempts per kind, into COUNTS[AUDIT_ERR_COUNT]. */
-void server_audit_errors(struct server *srv, uint64_t *counts);
-/* The rule set in force, with a reference for the caller (NULL when none). */
-struct rules *server_current_rules(struct server *srv);
-/* Parse TEXT and swap it in whole; on errors keep the old set and return -1
- * with DIAGS filled. */
-int server_replace_rules(struct server *srv, const char *text, size_t len,
-                         struct rules_diags *diags);
-/* The options the proxy runs with. */
-const struct run_options *server_options(struct server *srv);
-
 /* Run the proxy until SIGTERM/SIGINT. Returns the process exit status
  * (0 after a clean stop, 1 when it could not start; the reason is logged). */
 int server_run(struct run_options *opts);

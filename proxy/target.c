@@ -3,6 +3,7 @@
  * schemes and malformed authorities are refused rather than guessed at.
  */
 #include "target.h"
+#include "units.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -54,17 +55,10 @@ int target_parse_authority(const char *s, size_t len, char *host, size_t hostlen
         size_t plen = (size_t)(end - port_start);
         if (plen == 0) /* "host:" means the default port (RFC 3986 §3.2.3) */
             return 0;
-        if (plen > 5)
+        uint64_t v;
+        if (plen > 5 || units_parse_u64(port_start, plen, 65535, &v) != 0 || v == 0)
             return -1;
-        int v = 0;
-        for (size_t i = 0; i < plen; i++) {
-            if (!isdigit((unsigned char)port_start[i]))
-                return -1;
-            v = v * 10 + (port_start[i] - '0');
-        }
-        if (v == 0 || v > 65535)
-            return -1;
-        *port = v;
+        *port = (int)v;
     }
     return 0;
 }

@@ -15,12 +15,11 @@ struct tunnel {
     struct upstream *up;
     const struct tunnel_ops *ops;
     void *owner;
-    uv_shutdown_t up_shutdown, client_shutdown;
     int client_eof, upstream_eof;       /* each side sent its FIN */
     int up_shut_done, client_shut_done; /* our FIN to each side was flushed */
     int client_paused, upstream_paused;
     int done;
-    int pending_reqs;                   /* shutdown requests libuv still holds */
+    int pending_reqs;                   /* shutdowns whose callback is still due */
     int freed;                          /* tunnel_free ran; the last callback frees */
     uint64_t from_client;
 };
@@ -40,9 +39,9 @@ void tunnel_free(struct tunnel *t)
 {
     if (!t)
         return;
-    /* Closing the handles makes libuv cancel a pending shutdown, but its
-     * callback runs later, and the request lives in T: T is freed by
-     * whichever comes last, this or that callback. */
+    /* Closing the transports cancels a pending shutdown, but its callback
+     * runs later, with T as its argument: T is freed by whichever comes
+     * last, this or that callback. */
     upstream_release(t->up, 0);
     t->up = NULL;
     t->freed = 1;
@@ -75,9 +74,10 @@ static void maybe_finished(struct tunnel *t)
         finish(t, NULL);
 }
 
-static void on_up_shutdown(uv_shutdown_t *req, int status)
+static void on_up_shutdown(struct transport *tr, int status, void *arg)
 {
-    struct tunnel *t = req->data;
+    struct tunnel *t = arg;
+    UNUSED(tr);
     if (request_done(t) || t->done)
         return;
     if (status != 0) {
@@ -88,9 +88,10 @@ static void on_up_shutdown(uv_shutdown_t *req, int status)
     maybe_finished(t);
 }
 
-static void on_client_shutdown(uv_shutdown_t *req, int status)
+static void on_client_shutdown(struct transport *tr, int status, void *arg)
 {
-    struct tunnel *t = req->data;
+    struct tunnel *t = arg;
+    UNUSED(tr);
     if (request_done(t) || t->done)
         return;
     if (status != 0) {
@@ -144,9 +145,7 @@ void tunnel_client_eof(struct tunnel *t, int status)
     t->client_eof = 1;
     t->ops->client_reading(t->owner);
     /* Pass the half-close on once the bytes before it are written. */
-    t->up_shutdown.data = t;
-    uv_tcp_t *tcp = upstream_tcp(t->up);
-    if (uv_shutdown(&t->up_shutdown, (uv_stream_t *)tcp, on_up_shutdown) != 0) {
+    if (transport_shutdown(upstream_transport(t->up), on_up_shutdown, t) != 0) {
         finish(t, "upstream_closed");
         return;
     }
@@ -162,8 +161,7 @@ void tunnel_upstream_eof(struct tunnel *t, int status)
         return;
     }
     t->upstream_eof = 1;
-    t->client_shutdown.data = t;
-    if (uv_shutdown(&t->client_shutdown, t->to_client->stream, on_client_shutdown) != 0) {
+    if (transport_shutdown(t->to_client->tr, on_client_shutdown, t) != 0) {
         finish(t, "client_closed");
         return;
     }

@@ -9,21 +9,31 @@
 
 #include "util.h"
 
-/* Parse leading digits of S[0..len) into *out; return how many were read (0 if
- * none or on overflow, which callers treat as an error). */
-static size_t parse_digits(const char *s, size_t len, uint64_t *out)
+size_t units_scan_u64(const char *s, size_t len, size_t max_digits, uint64_t max,
+                      uint64_t *out)
 {
+    if (max_digits && len > max_digits)
+        len = max_digits;
     uint64_t v = 0;
     size_t i = 0;
-    while (i < len && s[i] >= '0' && s[i] <= '9') {
+    for (; i < len && s[i] >= '0' && s[i] <= '9'; i++) {
         uint64_t d = (uint64_t)(s[i] - '0');
-        if (v > (UINT64_MAX - d) / 10)
+        if (d > max || v > (max - d) / 10)
             return 0;
         v = v * 10 + d;
-        i++;
     }
-    *out = v;
+    if (i)
+        *out = v;
     return i;
+}
+
+int units_parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out)
+{
+    uint64_t v;
+    if (len == 0 || units_scan_u64(s, len, 0, max, &v) != len)
+        return -1;
+    *out = v;
+    return 0;
 }
 
 static int mul_ok(uint64_t v, uint64_t m, uint64_t *out)
@@ -53,7 +63,7 @@ static int parse_with_units(const char *s, size_t len, const struct unit *units,
                             uint64_t *out)
 {
     uint64_t v;
-    size_t n = parse_digits(s, len, &v);
+    size_t n = units_scan_u64(s, len, 0, UINT64_MAX, &v);
     if (n == 0)
         return -1;
     const char *suffix = s + n;

@@ -3,8 +3,10 @@
  *
  * Life of a connection: RESOLVING (only for names) -> CONNECTING -> BUSY
  * (owned by an exchange) <-> IDLE (in the pool, still reading so that a
- * backend's close is noticed) -> CLOSING -> freed after both handles' close
- * callbacks. A connection in the pool has no owner.
+ * backend's close is noticed) -> CLOSING -> freed after both the transport's
+ * and the timer's close callbacks. A connection in the pool has no owner.
+ * This module owns the socket only while connecting; once connected, every
+ * byte goes through the transport (transport.h).
  */
 #include "upstream.h"
 
@@ -21,7 +23,8 @@
 enum upstream_state { UP_RESOLVING, UP_CONNECTING, UP_BUSY, UP_IDLE, UP_CLOSING };
 
 struct upstream {
-    uv_tcp_t tcp;
+    struct tcp_transport tcp;    /* the socket; connecting happens on its handle */
+    struct transport *tr;        /* what bytes go through: &tcp.base (TLS: a wrapper) */
     struct deadline timer;       /* connect timeout, deferred failure, idle timeout in the pool */
     uv_connect_t connect_req;
     uv_getaddrinfo_t gai_req;
@@ -39,7 +42,6 @@ struct upstream {
     struct sockaddr_storage peer_sa; /* connected to, for check_addr on reuse */
     int gai_pending;
     int fail_status;             /* a connect failure waiting to be reported */
-    int reading;
     int pending_closes;
     char peer[64];
     struct upstream *prev, *next; /* bucket list while idle */
@@ -55,10 +57,12 @@ struct upstream_pool {
 };
 
 static void start_connect(struct upstream *u);
+static void connected_ready(struct upstream *u);
 static void on_timer(struct deadline *d);
 static void on_timer_closed(uv_handle_t *h);
-static void on_handle_closed(uv_handle_t *h);
+static void closed_one(struct upstream *u);
 static void upstream_close(struct upstream *u);
+static const struct transport_ops tr_ops;
 
 struct upstream_pool *upstream_pool_new(uv_loop_t *loop, uint64_t connect_timeout_ms,
                                         uint64_t idle_timeout_ms)
@@ -118,13 +122,11 @@ unsigned upstream_pool_live(const struct upstream_pool *p)
 static void on_timer_closed(uv_handle_t *h)
 {
     struct deadline *d = h->data;
-    struct upstream *u = d->data;
-    on_handle_closed((uv_handle_t *)&u->tcp);
+    closed_one(d->data);
 }
 
-static void on_handle_closed(uv_handle_t *h)
+static void closed_one(struct upstream *u)
 {
-    struct upstream *u = h->data;
     if (--u->pending_closes > 0 || u->gai_pending)
         return;
     struct upstream_pool *p = u->pool;
@@ -149,9 +151,8 @@ static void upstream_close(struct upstream *u)
         uv_cancel((uv_req_t *)&u->gai_req);
     u->pending_closes = 2;
     /* The socket may already be closing between two address attempts; its
-     * close callback then counts for it (on_retry_closed). */
-    if (!uv_is_closing((uv_handle_t *)&u->tcp))
-        uv_close((uv_handle_t *)&u->tcp, on_handle_closed);
+     * close callback then counts for it (on_tr_closed). */
+    transport_close(u->tr, 0);
     deadline_close(&u->timer, on_timer_closed);
 }
 
@@ -162,22 +163,10 @@ static void on_written(struct sender *s, int status)
         u->ops->on_written(u, status, u->owner);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+static void on_read(struct transport *t, ssize_t nread, struct chunk *c, void *owner)
 {
-    UNUSED(h);
-    UNUSED(suggested);
-    struct chunk *c = chunk_new();
-    *buf = uv_buf_init(c->data, CHUNK_SIZE);
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-    struct upstream *u = stream->data;
-    struct chunk *c = buf->base ? CONTAINER_OF(buf->base, struct chunk, data) : NULL;
-    if (nread == 0) {
-        chunk_unref(c);
-        return;
-    }
+    struct upstream *u = owner;
+    UNUSED(t);
     if (u->state == UP_IDLE) {
         /* An idle backend spoke or closed: the connection cannot be reused. */
         chunk_unref(c);
@@ -188,12 +177,6 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         chunk_unref(c);
         return;
     }
-    if (nread < 0) {
-        chunk_unref(c);
-        u->ops->on_read(u, nread, NULL, u->owner);
-        return;
-    }
-    c->len = (uint32_t)nread;
     u->ops->on_read(u, nread, c, u->owner);
 }
 
@@ -212,45 +195,62 @@ static void report_failure(struct upstream *u)
         u->ops->on_connect(u, u->fail_status, u->owner);
 }
 
-static void on_retry_closed(uv_handle_t *h)
+/* The transport closed: for good, or between two address attempts. */
+static void on_tr_closed(struct transport *t, void *owner)
 {
-    struct upstream *u = h->data;
+    struct upstream *u = owner;
+    UNUSED(t);
     if (u->state == UP_CLOSING) {
-        on_handle_closed(h);
+        closed_one(u);
         return;
     }
-    uv_tcp_init(u->pool->loop, &u->tcp);
-    u->tcp.data = u;
+    tcp_transport_init(&u->tcp, u->pool->loop, &tr_ops, u);
     start_connect(u);
 }
 
+static const struct transport_ops tr_ops = {
+    .on_read = on_read,
+    .on_closed = on_tr_closed,
+};
+
 static void on_connected(uv_connect_t *req, int status)
 {
-    struct upstream *u = req->handle->data;
+    struct upstream *u = CONTAINER_OF(req, struct upstream, connect_req);
     if (u->state == UP_CLOSING)
         return;
     if (status == UV_ECANCELED)
         return;
     if (status != 0 && u->next_addr) {
         /* Try the resolver's next address on a fresh socket. */
-        uv_close((uv_handle_t *)&u->tcp, on_retry_closed);
+        transport_close(u->tr, 0); /* on_tr_closed connects again */
         return;
     }
     if (status != 0) {
         fail_connect(u, status);
         return;
     }
-    int rc = uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read);
+    uv_tcp_nodelay(tcp_transport_handle(&u->tcp), 1);
+    /* TLS hook (issue 10): an https upstream wraps the TCP transport here
+     * (u->tr and u->sender.tr = the TLS transport, owner u; the TCP one
+     * becomes its inner transport), starts the handshake, and calls
+     * connected_ready() from its on_ready; a handshake failure goes to
+     * fail_connect() with the transport's error name recorded. */
+    connected_ready(u);
+}
+
+/* The transport can carry the exchange's bytes: the connection is up. */
+static void connected_ready(struct upstream *u)
+{
+    if (u->state == UP_CLOSING)
+        return;
+    int rc = transport_read_start(u->tr);
     if (rc != 0) {
         fail_connect(u, rc); /* reported like a failed connect */
         return;
     }
-    u->reading = 1;
     deadline_clear(&u->timer);
-    uv_tcp_nodelay(&u->tcp, 1);
     struct sockaddr_storage ss;
-    int len = sizeof ss;
-    if (uv_tcp_getpeername(&u->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    if (transport_peer(u->tr, &ss) == 0) {
         char ip[48];
         u->peer_sa = ss;
         if (ss.ss_family == AF_INET6) {
@@ -298,7 +298,7 @@ static void start_connect(struct upstream *u)
             return;
         }
     }
-    int rc = uv_tcp_connect(&u->connect_req, &u->tcp, sa, on_connected);
+    int rc = uv_tcp_connect(&u->connect_req, tcp_transport_handle(&u->tcp), sa, on_connected);
     if (rc != 0)
         fail_connect(u, rc);
 }
@@ -313,7 +313,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         if (u->pending_closes == 0) {
             /* Both handles closed while we were resolving: finish the free. */
             u->pending_closes = 1;
-            on_handle_closed((uv_handle_t *)&u->tcp);
+            closed_one(u);
         }
         return;
     }
@@ -358,10 +358,10 @@ struct upstream *upstream_acquire(struct upstream_pool *p, const char *host, int
     u->key = xstrdup(key);
     str_copy(u->host, sizeof u->host, host);
     u->port = port;
-    uv_tcp_init(p->loop, &u->tcp);
+    tcp_transport_init(&u->tcp, p->loop, &tr_ops, u);
+    u->tr = &u->tcp.base;
     deadline_init(p->loop, &u->timer, on_timer, u);
-    u->tcp.data = u;
-    sender_init(&u->sender, (uv_stream_t *)&u->tcp, on_written);
+    sender_init(&u->sender, u->tr, on_written);
     p->live++;
     deadline_set(&u->timer, p->connect_timeout_ms);
     if (uv_ip4_addr(host, port, (struct sockaddr_in *)&u->numeric) == 0 ||
@@ -408,13 +408,10 @@ void upstream_release(struct upstream *u, int reusable)
         upstream_close(u);
         return;
     }
-    if (!u->reading) {
-        /* Idle connections read, to see the backend close them. */
-        if (uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read) != 0) {
-            upstream_close(u);
-            return;
-        }
-        u->reading = 1;
+    /* Idle connections read, to see the backend close them. */
+    if (transport_read_start(u->tr) != 0) {
+        upstream_close(u);
+        return;
     }
     u->state = UP_IDLE;
     p->bucket_idle[b]++;
@@ -433,19 +430,16 @@ struct sender *upstream_sender(struct upstream *u)
 
 void upstream_pause(struct upstream *u)
 {
-    if (u->reading && u->state == UP_BUSY) {
-        uv_read_stop((uv_stream_t *)&u->tcp);
-        u->reading = 0;
-    }
+    if (u->state == UP_BUSY)
+        transport_read_stop(u->tr);
 }
 
 void upstream_resume(struct upstream *u)
 {
     /* After EOF the stream is no longer readable (UV_ENOTCONN): the EOF
      * was delivered already, so there is nothing to wait for. */
-    if (!u->reading && u->state == UP_BUSY &&
-        uv_read_start((uv_stream_t *)&u->tcp, on_alloc, on_read) == 0)
-        u->reading = 1;
+    if (u->state == UP_BUSY)
+        (void)transport_read_start(u->tr);
 }
 
 const char *upstream_peer(const struct upstream *u)
@@ -453,7 +447,7 @@ const char *upstream_peer(const struct upstream *u)
     return u->peer;
 }
 
-uv_tcp_t *upstream_tcp(struct upstream *u)
+struct transport *upstream_transport(struct upstream *u)
 {
-    return &u->tcp;
+    return u->tr;
 }

@@ -14,6 +14,7 @@
 
 #include "chunk.h"
 #include "sender.h"
+#include "transport.h"
 
 /* Connect failures besides libuv's own codes. */
 #define UPSTREAM_ETIMEDOUT UV_ETIMEDOUT
@@ -66,7 +67,8 @@ void upstream_pause(struct upstream *u);
 void upstream_resume(struct upstream *u);
 /* Peer address of a connected upstream, "ip:port", for logs. */
 const char *upstream_peer(const struct upstream *u);
-/* The raw TCP handle, for turning the connection into a tunnel. */
-uv_tcp_t *upstream_tcp(struct upstream *u);
+/* The transport the connection's bytes go through, for a tunnel's
+ * half-close. Reads still arrive through upstream_ops.on_read. */
+struct transport *upstream_transport(struct upstream *u);
 
 #endif

@@ -15,7 +15,10 @@
  * read and dropped. It is not a general HTTP parser: chunked request bodies,
  * heads over 16 KiB and malformed request lines get a 400 and a close.
  *
- * Usage: backend [--listen HOST:PORT] [--size N]
+ * Usage: backend [--listen HOST:PORT] [--size N] [--close]
+ * --close answers every request with "Connection: close" and closes after
+ * it, so that a proxy in front must open (and for TLS, handshake) a new
+ * upstream connection per request.
  * Prints "listening on HOST:PORT" on stdout once it accepts (port 0 picks a
  * free port), then serves until SIGINT or SIGTERM.
  */
@@ -63,6 +66,7 @@ struct write_req {
 static struct response *responses[RESPONSES_MAX];
 static size_t n_responses;
 static size_t default_size = 12;
+static int always_close;
 static const struct response *bad_request;
 
 static void *xmalloc(size_t n)
@@ -105,7 +109,7 @@ static const struct response *response_for(size_t size)
             return responses[i];
     if (n_responses == RESPONSES_MAX)
         return NULL;
-    responses[n_responses] = build(200, "OK", size, 0);
+    responses[n_responses] = build(200, "OK", size, always_close);
     return responses[n_responses++];
 }
 
@@ -232,7 +236,7 @@ static int handle_request(struct client *c, const char *p, size_t head_len)
     c->skip = length;
     if (send_response(c, r, head_only) != 0)
         return -1;
-    if (close || (http10 && !keep))
+    if (close || always_close || (http10 && !keep))
         return -1;
     return 0;
 }
@@ -345,7 +349,7 @@ static void on_signal(uv_signal_t *h, int signum)
 
 static int usage(void)
 {
-    fputs("usage: backend [--listen HOST:PORT] [--size N]\n", stderr);
+    fputs("usage: backend [--listen HOST:PORT] [--size N] [--close]\n", stderr);
     return 2;
 }
 
@@ -361,6 +365,8 @@ int main(int argc, char **argv)
             if (*stop || v > BODY_LIMIT)
                 return usage();
             default_size = (size_t)v;
+        } else if (strcmp(argv[i], "--close") == 0) {
+            always_close = 1;
         } else {
             return usage();
         }

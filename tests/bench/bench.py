@@ -304,7 +304,59 @@ def died(server):
         server.name, how, hint, server.stderr()[-2000:])
 
 
-def haproxy_config(tmp, port, backend_port):
+def make_tls_files(tmp):
+    """A throwaway CA and a leaf for 127.0.0.1 signed by it (openssl CLI).
+    Returns (ca.pem, origin.pem with the leaf and its key, for HAProxy)."""
+    ca, ca_key = os.path.join(tmp, "ca.pem"), os.path.join(tmp, "ca-key.pem")
+    leaf, key = os.path.join(tmp, "leaf.pem"), os.path.join(tmp, "leaf-key.pem")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509"] + ec + ["-keyout", ca_key, "-out", ca,
+                    "-days", "2", "-subj", "/CN=statusproxy bench CA"],
+                   check=True, capture_output=True)
+    csr = os.path.join(tmp, "leaf.csr")
+    subprocess.run(["openssl", "req"] + ec + ["-keyout", key, "-out", csr,
+                    "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    ext = os.path.join(tmp, "leaf.ext")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                    "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", leaf],
+                   check=True, capture_output=True)
+    bundle = os.path.join(tmp, "origin.pem")
+    with open(bundle, "w") as out:
+        for part in (leaf, key):
+            with open(part) as f:
+                out.write(f.read())
+    return ca, bundle
+
+
+def tls_origin_config(tmp, port, backend_port, bundle):
+    """HAProxy as the TLS origin: mode tcp, it only decrypts and passes the
+    bytes to the backend, so the origin stays cheap and alike for every proxy."""
+    path = os.path.join(tmp, "tls-origin.cfg")
+    with open(path, "w") as f:
+        f.write("""global
+    nbthread 1
+    maxconn 8192
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend tls
+    bind 127.0.0.1:%d ssl crt %s alpn http/1.1
+    default_backend plain
+
+backend plain
+    server b 127.0.0.1:%d
+""" % (port, bundle, backend_port))
+    return path
+
+
+def haproxy_config(tmp, port, backend_port, ca=None):
+    server_tls = (" ssl verify required ca-file %s alpn http/1.1" % ca) if ca else ""
     path = os.path.join(tmp, "haproxy.cfg")
     with open(path, "w") as f:
         f.write("""global
@@ -324,8 +376,8 @@ frontend fe
     default_backend be
 
 backend be
-    server origin 127.0.0.1:%d
-""" % (port, backend_port))
+    server origin 127.0.0.1:%d%s
+""" % (port, backend_port, server_tls))
     return path
 
 
@@ -364,8 +416,11 @@ def summarize(samples):
 
 def print_table(size, summary, configs, args):
     print()
-    print("body %s: %d connections, wrk -t%d, %gs x %d rounds (medians)"
-          % (size_name(size), args.connections, args.threads, args.duration, args.rounds))
+    print("body %s: %d connections, wrk -t%d, %gs x %d rounds (medians)%s"
+          % (size_name(size), args.connections, args.threads, args.duration, args.rounds,
+             "" if not args.tls else "; TLS to the upstream" + (
+                 ", a new upstream connection and handshake per request (req/s = handshakes/s)"
+                 if args.handshakes else ", keep-alive")))
     print("  %-17s %10s %9s %9s %10s %12s %11s %s"
           % ("", "req/s", "p50", "p99", "proxy CPU", "req/CPU-s", "backend CPU", "errors"))
     for key, label in configs:
@@ -428,11 +483,21 @@ def main():
                          "does not ignore it itself)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 1 round of 1 s, no warm-up")
+    ap.add_argument("--tls", action="store_true",
+                    help="TLS to the upstream: the origin is HAProxy (mode tcp) terminating TLS "
+                         "in front of the backend; statusproxy gets --upstream https://, HAProxy "
+                         "'server ... ssl verify required', direct is wrk over https")
+    ap.add_argument("--handshakes", action="store_true",
+                    help="with --tls: the backend closes after every answer, so each request "
+                         "costs the proxy a new upstream connection and TLS handshake "
+                         "(req/s = handshakes/s)")
     ap.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the tmp dir (logs, databases)")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.rounds, args.warmup = 1.0, 1, 0.0
+    if args.handshakes and not args.tls:
+        ap.error("--handshakes needs --tls")
     try:
         sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     except argparse.ArgumentTypeError as e:
@@ -461,6 +526,11 @@ def main():
         unknown = set(wanted) - {k for k, _ in all_configs}
         if unknown:
             ap.error("--only: unknown configuration(s) %s" % ", ".join(sorted(unknown)))
+    if args.tls and not haproxy:
+        print("bench: --tls needs haproxy as the TLS origin (make bench-deps)", file=sys.stderr)
+        return 1
+    if args.tls and "rules20" in wanted:
+        wanted.remove("rules20")
     if "haproxy" in wanted and not haproxy:
         print("bench: haproxy is not installed: skipping its column (make bench-deps)")
         wanted.remove("haproxy")
@@ -475,10 +545,23 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="statusproxy-bench-")
     servers = {}
-    backend = Server("backend", [backend_bin, "--listen", "127.0.0.1:0"], tmp, cpu=load_cpu)
+    backend = Server("backend", [backend_bin, "--listen", "127.0.0.1:0"]
+                     + (["--close"] if args.handshakes else []), tmp, cpu=load_cpu)
+    ca = None
     try:
         backend.start()
         upstream = "http://127.0.0.1:%d" % backend.port
+        direct_url = "http://127.0.0.1:%d" % backend.port
+        tls_args = []
+        if args.tls:
+            ca, bundle = make_tls_files(tmp)
+            port = free_port()
+            servers["tls-origin"] = Server(
+                "tls-origin", [haproxy, "-f", tls_origin_config(tmp, port, backend.port, bundle),
+                               "-db"], tmp, port=port, cpu=load_cpu)
+            servers["tls-origin"].start()
+            upstream = direct_url = "https://127.0.0.1:%d" % port
+            tls_args = ["--upstream-ca", ca]
         rules20 = os.path.join(tmp, "rules20.rules")
         with open(rules20, "w") as f:
             f.write(RULES20)
@@ -488,18 +571,22 @@ def main():
                 "statusproxy-" + key,
                 [binary, "run", "--listen", "127.0.0.1:%d" % port, "--admin", "off",
                  "--upstream", upstream, "--db", os.path.join(tmp, "bench-%s.db" % key),
-                 "--log-exchanges", mode, "--workers", "1"]
+                 "--log-exchanges", mode, "--workers", "1"] + tls_args
                 + (["--rules", rules20] if key == "rules20" else []),
                 tmp, port=port, cpu=proxy_cpu, ignore_sigpipe=args.ignore_sigpipe)
             servers[key].start()
         if "haproxy" in wanted:
             port = free_port()
-            cfg = haproxy_config(tmp, port, backend.port)
+            cfg = haproxy_config(tmp, port, servers["tls-origin"].port if args.tls
+                                 else backend.port, ca)
             servers["haproxy"] = Server("haproxy", [haproxy, "-f", cfg, "-db"], tmp,
                                         port=port, cpu=proxy_cpu)
             servers["haproxy"].start()
-        targets = {"direct": backend.port}
-        targets.update({k: s.port for k, s in servers.items()})
+        targets = {k: "http://127.0.0.1:%d" % s.port for k, s in servers.items()}
+        targets["direct"] = direct_url
+        # For "direct" the process doing the work is the origin: with --tls, its
+        # TLS terminator.
+        direct_proc = servers.get("tls-origin", backend)
 
         print("statusproxy bench: %s" % sp_bin)
         if args.candidate:
@@ -516,7 +603,7 @@ def main():
             warm.duration = args.warmup
             for key, _ in configs:
                 for size in sizes:
-                    run_wrk(wrk, "http://127.0.0.1:%d/bytes/%d" % (targets[key], size), warm,
+                    run_wrk(wrk, "%s/bytes/%d" % (targets[key], size), warm,
                             load_cpu)
 
         samples = {(k, size): [] for k, _ in configs for size in sizes}
@@ -524,8 +611,8 @@ def main():
             order = configs[rnd % len(configs):] + configs[:rnd % len(configs)]
             for size in sizes:
                 for key, _ in order:
-                    url = "http://127.0.0.1:%d/bytes/%d" % (targets[key], size)
-                    proc = servers.get(key, backend)
+                    url = "%s/bytes/%d" % (targets[key], size)
+                    proc = direct_proc if key == "direct" else servers[key]
                     cpu0, bcpu0, t0 = proc.cpu_seconds(), backend.cpu_seconds(), time.monotonic()
                     r = run_wrk(wrk, url, args, load_cpu)
                     wall = time.monotonic() - t0
@@ -558,7 +645,7 @@ def main():
             if s.alive():
                 rss, hwm = memory_kib(s.proc.pid)
                 print("  %-17s memory after the runs: RSS %.1f MiB, peak %.1f MiB"
-                      % (labels[key], rss / 1024, hwm / 1024))
+                      % (labels.get(key, key), rss / 1024, hwm / 1024))
         stop_all([servers[k] for k in sp_configs])
         for key in sp_configs:
             s = servers[key]

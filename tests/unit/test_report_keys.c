@@ -4,6 +4,7 @@
 #include "unit.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void test_numbers_in_order_and_found_again(void)
@@ -48,8 +49,27 @@ static void test_many_keys(void)
     report_keys_free(NULL);
 }
 
+static void test_grow_values(void)
+{
+    size_t cap = 0;
+    long *v = report_keys_grow_values(NULL, &cap, 0, sizeof *v);
+    CHECK_INT(cap, 256);
+    v[0] = 7;
+    long *same = report_keys_grow_values(v, &cap, 255, sizeof *v);
+    CHECK(same == v); /* fits: untouched */
+    CHECK_INT(cap, 256);
+    v = report_keys_grow_values(v, &cap, 256, sizeof *v);
+    CHECK_INT(cap, 512);
+    v = report_keys_grow_values(v, &cap, 5000, sizeof *v);
+    CHECK_INT(cap, 8192);
+    v[5000] = 9;
+    CHECK_INT(v[0], 7); /* kept across moves */
+    free(v);
+}
+
 int main(void)
 {
+    RUN(test_grow_values);
     RUN(test_numbers_in_order_and_found_again);
     RUN(test_many_keys);
     return unit_summary("report_keys");

@@ -95,8 +95,67 @@ static void test_format(void)
     CHECK_STR(buf, "1000");
 }
 
+/* units_parse_u64 on a whole NUL-terminated S; -1 on refusal, else 0 with *V set. */
+static int whole(const char *s, uint64_t max, uint64_t *v)
+{
+    *v = 12345; /* must be left alone on refusal */
+    return units_parse_u64(s, strlen(s), max, v);
+}
+
+static void test_parse_u64(void)
+{
+    uint64_t v;
+    CHECK_INT(whole("0", UINT64_MAX, &v), 0);
+    CHECK_INT(v, 0);
+    CHECK_INT(whole("42", UINT64_MAX, &v), 0);
+    CHECK_INT(v, 42);
+    CHECK_INT(whole("007", UINT64_MAX, &v), 0); /* leading zeros are digits */
+    CHECK_INT(v, 7);
+    CHECK_INT(whole("18446744073709551615", UINT64_MAX, &v), 0);
+    CHECK(v == UINT64_MAX);
+    CHECK_INT(whole("18446744073709551616", UINT64_MAX, &v), -1); /* overflow */
+    CHECK_INT(v, 12345);
+    CHECK_INT(whole("99999999999999999999999", UINT64_MAX, &v), -1);
+    CHECK_INT(whole("", UINT64_MAX, &v), -1);
+    CHECK_INT(whole("12a", UINT64_MAX, &v), -1);
+    CHECK_INT(whole("-1", UINT64_MAX, &v), -1);
+    CHECK_INT(whole("+1", UINT64_MAX, &v), -1);
+    CHECK_INT(whole(" 1", UINT64_MAX, &v), -1);
+    CHECK_INT(whole("65535", 65535, &v), 0); /* MAX itself is allowed */
+    CHECK_INT(v, 65535);
+    CHECK_INT(whole("65536", 65535, &v), -1);
+    CHECK_INT(whole("0065535", 65535, &v), 0);
+    CHECK_INT(whole("1", 0, &v), -1);
+    CHECK_INT(whole("0", 0, &v), 0);
+    CHECK_INT(whole("00", 0, &v), 0);
+}
+
+static void test_scan_u64(void)
+{
+    uint64_t v = 0;
+    CHECK_INT(units_scan_u64("123abc", 6, 0, UINT64_MAX, &v), 3);
+    CHECK_INT(v, 123);
+    CHECK_INT(units_scan_u64("12345", 3, 0, UINT64_MAX, &v), 3); /* LEN bounds it */
+    CHECK_INT(v, 123);
+    CHECK_INT(units_scan_u64("1234567_x", 9, 6, UINT64_MAX, &v), 6); /* so does MAX_DIGITS */
+    CHECK_INT(v, 123456);
+    CHECK_INT(units_scan_u64("0001_x", 6, 6, UINT64_MAX, &v), 4);
+    CHECK_INT(v, 1);
+    CHECK_INT(units_scan_u64("x1", 2, 0, UINT64_MAX, &v), 0);
+    CHECK_INT(units_scan_u64("", 0, 0, UINT64_MAX, &v), 0);
+    CHECK_INT(units_scan_u64("300", 3, 0, 255, &v), 0); /* over MAX */
+    CHECK_INT(units_scan_u64("255", 3, 0, 255, &v), 3);
+    CHECK_INT(v, 255);
+    CHECK_INT(units_scan_u64("1844674407370955161699", 22, 0, UINT64_MAX, &v), 0);
+    CHECK_INT(units_scan_u64("1844674407370955161699", 22, 20, UINT64_MAX, &v), 0);
+    CHECK_INT(units_scan_u64("1844674407370955161699", 22, 19, UINT64_MAX, &v), 19);
+    CHECK(v == 1844674407370955161ull);
+}
+
 int main(void)
 {
+    RUN(test_parse_u64);
+    RUN(test_scan_u64);
     RUN(test_durations_valid);
     RUN(test_durations_invalid);
     RUN(test_duration_overflow_by_unit);
