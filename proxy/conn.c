@@ -22,17 +22,15 @@
  *   PH_LINGER   answer sent, write side shut; draining input before close
  *   PH_CLOSED   handles are closing; freed after the last close callback
  */
-#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "catalog.h"
 #include "exchange.h"
-#include "fault.h"
 #include "log.h"
 #include "options.h"
+#include "policy.h"
 #include "tunnel.h"
-#include "units.h"
 
 static const llhttp_settings_t request_settings;
 static const struct exchange_client_ops conn_side;
@@ -427,12 +425,6 @@ static int validate_request(struct conn *c, const char **why)
     return http_check_request(&c->req, (c->parser.flags & F_CHUNKED) != 0, why);
 }
 
-static const char no_upstream_help[] =
-    "This proxy has no --upstream, so it cannot take origin-form requests (GET /path).\n"
-    "Use it as a forward proxy (absolute-form: GET http://host/path), e.g. with\n"
-    "  curl -x http://PROXY_ADDR http://host/path   or   HTTP_PROXY=http://PROXY_ADDR,\n"
-    "or start it with --upstream http://HOST:PORT to put it in front of one backend.\n";
-
 /* Answer a request the proxy will not forward: "CODE Reason\n" as DESIGN
  * says, the reason in an X-Statusproxy-Error header; the connection closes. */
 static void refuse_request(struct conn *c, int status, const char *why)
@@ -440,7 +432,7 @@ static void refuse_request(struct conn *c, int status, const char *why)
     c->close_after = 1;
     c->x.sink = SINK_DISCARD;
     exchange_set_error(&c->x, "bad_request");
-    if (why == no_upstream_help) {
+    if (why == policy_no_upstream_help) {
         char *body = xasprintf("%d %s\n%s", status, catalog_reason(status), why);
         exchange_answer(c, status, NULL, NULL, body);
         free(body);
@@ -491,103 +483,27 @@ static const llhttp_settings_t probe_settings = {
     .on_message_complete = on_probe_done,
 };
 
-/* Where the request goes: fills target, up_host/up_port, rec_host, path.
- * Returns 0 or the status to answer (with *why). */
+/* Where the request goes (policy_route): fills target, up_host/up_port,
+ * rec_host, path. Returns 0 or the status to answer (with *why). */
 static int route_request(struct conn *c, const char **why)
 {
     struct exchange *x = &c->x;
-    const struct run_options *o = c->env->opts;
     struct http_head *h = &c->req;
-    if (target_parse(h->buf + h->target, h->target_len, x->is_connect, &x->target, why) != 0)
-        return 400;
-    size_t hlen;
+    size_t hlen = 0;
     const char *hv = http_head_get(h, "Host", &hlen);
-    char host_hdr[256] = "";
-    int host_port = 80;
-    if (hv && hlen && target_parse_authority(hv, hlen, host_hdr, sizeof host_hdr, &host_port, 80) != 0) {
-        *why = "malformed Host header";
-        return 400;
-    }
-    switch (x->target.form) {
-    case TARGET_AUTHORITY:
-    case TARGET_ABSOLUTE:
-        x->forward_mode = 1;
-        str_copy(x->up_host, sizeof x->up_host, x->target.host);
-        x->up_port = x->target.port;
-        str_copy(x->rec_host, sizeof x->rec_host, x->target.host);
-        x->path = x->target.path ? x->target.path : "";
-        x->path_len = x->target.path_only_len;
-        if (x->target.form == TARGET_ABSOLUTE && x->path_len == 0) {
-            x->path = "/";
-            x->path_len = 1;
-        }
-        return 0;
-    case TARGET_ORIGIN:
-    case TARGET_ASTERISK:
-        if (!o->has_upstream) {
-            *why = no_upstream_help;
-            return 400;
-        }
-        str_copy(x->up_host, sizeof x->up_host, o->upstream_host);
-        x->up_port = o->upstream_port;
-        str_copy(x->rec_host, sizeof x->rec_host, host_hdr[0] ? host_hdr : o->upstream_host);
-        x->path = x->target.path;
-        x->path_len = x->target.path_only_len;
-        return 0;
-    }
-    return 400;
-}
-
-/* Is HOST:PORT this proxy's own listening or admin address? */
-static int targets_self(struct conn *c, const char *host, int port)
-{
-    const struct run_options *o = c->env->opts;
-    const struct listen_addr *addrs[2] = {&o->listen, o->admin_enabled ? &o->admin : NULL};
-    for (int i = 0; i < 2; i++) {
-        const struct listen_addr *a = addrs[i];
-        if (!a || a->port != port)
-            continue;
-        unsigned char buf[16];
-        if (strcmp(host, "localhost") == 0)
-            return 1;
-        if (a->sa.ss_family == AF_INET && inet_pton(AF_INET, host, buf) == 1) {
-            const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->sa;
-            if (sin->sin_addr.s_addr == htonl(INADDR_ANY) || memcmp(buf, &sin->sin_addr, 4) == 0 ||
-                buf[0] == 127)
-                return 1;
-        }
-        if (a->sa.ss_family == AF_INET6 && inet_pton(AF_INET6, host, buf) == 1) {
-            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&a->sa;
-            if (memcmp(buf, &s6->sin6_addr, 16) == 0 || memcmp(buf, &in6addr_loopback, 16) == 0 ||
-                memcmp(&s6->sin6_addr, &in6addr_any, 16) == 0)
-                return 1;
-        }
-    }
+    struct policy_route r = {.target = &x->target, .up_host = x->up_host, .rec_host = x->rec_host};
+    _Static_assert(sizeof x->up_host == POLICY_HOST_SIZE && sizeof x->rec_host == POLICY_HOST_SIZE,
+                   "policy_route writes POLICY_HOST_SIZE bytes");
+    int status = policy_route(h->buf + h->target, h->target_len, x->is_connect, hv, hlen,
+                              c->env->opts, &r, why);
+    if (status)
+        return status;
+    x->forward_mode = r.forward_mode;
+    x->up_port = r.up_port;
+    x->path = r.path;
+    x->path_len = r.path_len;
     return 0;
 }
-
-
-static int proxy_auth_ok(struct conn *c)
-{
-    const char *cred = c->env->opts->proxy_auth;
-    char want[512];
-    if (str_base64(cred, strlen(cred), want, sizeof want) != 0)
-        return 0;
-    size_t len;
-    const char *v = http_head_get(&c->req, "Proxy-Authorization", &len);
-    if (!v || len < 6 || strncasecmp(v, "Basic ", 6) != 0)
-        return 0;
-    v += 6;
-    len -= 6;
-    while (len && *v == ' ')
-        v++, len--;
-    return len == strlen(want) && memcmp(v, want, len) == 0;
-}
-
-static const char allow_methods[] =
-    "Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT\r\n";
-static const char allow_with_trace[] =
-    "Allow: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT, TRACE\r\n";
 
 /* TRACE reaching its last hop here (--allow-trace): echo the request as
  * message/http, minus the fields likely to hold credentials (RFC 9110 §9.3.8). */
@@ -608,64 +524,45 @@ static void answer_trace(struct conn *c)
     sbuf_free(&b);
 }
 
-/* Access, loops, authentication, Max-Forwards. Returns 0 to go on, or
- * answers itself and returns 1. */
+/* Access, loops, authentication, Max-Forwards (policy_access). Returns 0
+ * to go on, or answers itself and returns 1. */
 static int check_policy(struct conn *c)
 {
     struct exchange *x = &c->x;
-    const struct run_options *o = c->env->opts;
-    if (!c->env->hooks->client_allowed(c->env->owner, (const struct sockaddr *)&c->peer)) {
-        c->close_after = 1;
-        exchange_answer(c, 403, NULL, NULL, NULL);
-        return 1;
-    }
-    if (http_head_has_via(&c->req, c->env->via_token) || (x->forward_mode && targets_self(c, x->up_host, x->up_port))) {
-        exchange_set_error(&c->x, "loop");
-        exchange_answer(c, 508, NULL, NULL, NULL);
-        return 1;
-    }
-    if (o->proxy_auth && x->forward_mode) {
-        if (!proxy_auth_ok(c)) {
-            exchange_answer(c, 407, NULL, "Proxy-Authenticate: Basic realm=\"statusproxy\"\r\n", NULL);
-            return 1;
-        }
+    struct policy_request q = {
+        .client_allowed = c->env->hooks->client_allowed(c->env->owner, (const struct sockaddr *)&c->peer),
+        .req = &c->req,
+        .via_token = c->env->via_token,
+        .forward_mode = x->forward_mode,
+        .is_connect = x->is_connect,
+        .is_options = x->method == HTTP_OPTIONS,
+        .is_trace = x->method == HTTP_TRACE,
+        .up_host = x->up_host,
+        .up_port = x->up_port,
+    };
+    struct policy_decision d;
+    policy_access(&q, c->env->opts, &d);
+    if (d.strip_proxy_auth)
         http_head_remove(&c->req, "Proxy-Authorization");
+    if (d.strip_max_forwards)
+        http_head_remove(&c->req, "Max-Forwards");
+    if (d.max_forwards >= 0)
+        x->max_forwards = d.max_forwards;
+    switch (d.verdict) {
+    case POLICY_GO:
+        return 0;
+    case POLICY_TRACE:
+        answer_trace(c);
+        return 1;
+    case POLICY_ANSWER:
+        break;
     }
-    if (x->is_connect) {
-        int allowed = 0;
-        for (size_t i = 0; i < o->n_connect_ports; i++)
-            allowed |= o->connect_ports[i] == x->up_port;
-        if (!allowed) {
-            c->close_after = 1;
-            exchange_answer(c, 403, NULL, NULL, NULL);
-            return 1;
-        }
-    }
-    if (x->method == HTTP_OPTIONS || x->method == HTTP_TRACE) {
-        size_t len;
-        const char *mf = http_head_get(&c->req, "Max-Forwards", &len);
-        if (mf) {
-            long v = 0;
-            size_t i = 0;
-            for (; i < len && i < 9 && mf[i] >= '0' && mf[i] <= '9'; i++)
-                v = v * 10 + (mf[i] - '0');
-            if (i == len && len > 0) {
-                x->max_forwards = (int)v;
-                http_head_remove(&c->req, "Max-Forwards");
-            }
-        }
-        if (x->max_forwards == 0) {
-            /* RFC 9110 §7.6.2: the last recipient answers itself. */
-            if (x->method == HTTP_OPTIONS)
-                exchange_answer(c, 200, NULL, o->allow_trace ? allow_with_trace : allow_methods, NULL);
-            else if (o->allow_trace)
-                answer_trace(c);
-            else
-                exchange_answer(c, 405, NULL, allow_methods, NULL);
-            return 1;
-        }
-    }
-    return 0;
+    if (d.close)
+        c->close_after = 1;
+    if (d.error)
+        exchange_set_error(&c->x, d.error);
+    exchange_answer(c, d.code, NULL, d.extra_headers, NULL);
+    return 1;
 }
 
 

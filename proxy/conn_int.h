@@ -223,8 +223,6 @@ struct relay_events {
     void (*slow_head)(struct conn *c, uv_timer_cb done);
     /* What the rule matchers see of the exchange (STATUS: upstream's). */
     void (*rules_exchange)(struct conn *c, struct rules_exchange *rx, int status);
-    /* "Connection: close" / "keep-alive" for the answer, if any. */
-    void (*connection_header)(struct conn *c, struct sbuf *h);
 };
 
 struct conn {
@@ -290,6 +288,13 @@ static inline const char *exchange_rule_name(const struct exchange *x)
 {
     const struct rule *r = exchange_rule(x);
     return r ? rule_name(r) : x->fault_rule;
+}
+
+/* Does the answer being written end the connection? HTTP/1.0 clients keep
+ * it only when they asked. */
+static inline int exchange_must_close(const struct conn *c)
+{
+    return c->close_after || !c->x.client_keepalive || c->env->stopping || c->client_eof;
 }
 
 /* Is the answer's head (or part of it) on the wire? */

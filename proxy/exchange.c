@@ -21,24 +21,16 @@
 #include "fault.h"
 #include "log.h"
 #include "options.h"
+#include "resp_head.h"
 #include "tunnel.h"
 
 static void on_abort_timer(uv_timer_t *t);
 
 /* ---------- synthesized answers ---------- */
 
-/* Does this answer end the connection? HTTP/1.0 clients keep it only when they asked. */
-static int must_close(struct conn *c)
-{
-    return c->close_after || !c->x.client_keepalive || c->env->stopping || c->client_eof;
-}
-
 void exchange_connection_header(struct conn *c, struct sbuf *h)
 {
-    if (must_close(c))
-        sbuf_puts(h, "Connection: close\r\n");
-    else if (c->x.client_keepalive && c->req.minor == 0)
-        sbuf_puts(h, "Connection: keep-alive\r\n");
+    resp_head_put_connection(h, exchange_must_close(c), c->x.client_keepalive, c->req.minor);
 }
 
 /* bad-chunk on an answer of ours: B becomes one chunk followed by a broken
@@ -124,7 +116,7 @@ void exchange_answer(struct conn *c, int code, const struct rule_actions *a, con
     if (body_out)
         sbuf_append(&h, b.data, b.len);
     x->final_code = code;
-    if (must_close(c))
+    if (exchange_must_close(c))
         c->close_after = 1;
     if (x->slow_head_ms) {
         /* slow-head: the head goes out bit by bit, then the rest. */
@@ -478,7 +470,6 @@ static const struct relay_events relay_events = {
     .take_faults = exchange_take_faults,
     .slow_head = exchange_slow_head,
     .rules_exchange = exchange_rules_exchange,
-    .connection_header = exchange_connection_header,
 };
 
 /* ---------- what conn.c hands over ---------- */

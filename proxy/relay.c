@@ -19,6 +19,7 @@
 #include "fault.h"
 #include "log.h"
 #include "options.h"
+#include "resp_head.h"
 #include "tunnel.h"
 
 /* Calls up go through what the owners handed down: c->client (conn.c) and
@@ -79,37 +80,6 @@ void relay_detach(struct conn *c, int reusable)
     }
 }
 
-/* ---------- writing heads (no printf on the request path) ---------- */
-
-static void put_field(struct sbuf *out, const char *name, const char *value)
-{
-    sbuf_puts(out, name);
-    sbuf_append(out, ": ", 2);
-    sbuf_puts(out, value);
-    sbuf_append(out, "\r\n", 2);
-}
-
-static void put_via(struct sbuf *out, const char *via)
-{
-    put_field(out, "Via", via);
-}
-
-static void put_length(struct sbuf *out, uint64_t n)
-{
-    sbuf_puts(out, "Content-Length: ");
-    sbuf_putu(out, n);
-    sbuf_append(out, "\r\n", 2);
-}
-
-static void put_status_line(struct sbuf *out, int status, const char *reason, size_t len)
-{
-    sbuf_puts(out, "HTTP/1.1 ");
-    sbuf_putu(out, (uint64_t)status);
-    sbuf_putc(out, ' ');
-    sbuf_append(out, reason, len);
-    sbuf_append(out, "\r\n", 2);
-}
-
 /* ---------- talking to the upstream ---------- */
 
 /* The upstream must show progress within --response-timeout. */
@@ -138,47 +108,25 @@ void relay_on_timeout(struct deadline *d)
     c->events->fail(c, 504, c->x.upc >= UPC_SENT ? "timeout" : "connect_timeout");
 }
 
+/* The head to forward (resp_head_build_request), kept for one retry. */
 static void build_request_head(struct conn *c)
 {
     struct exchange *x = &c->x;
-    struct http_head *h = &c->req;
-    struct sbuf *out = &x->req_head;
-    sbuf_reset(out);
-    sbuf_puts(out, x->method_name);
-    sbuf_putc(out, ' ');
-    if (x->target.form == TARGET_ABSOLUTE) {
-        if (x->target.path_only_len == 0)
-            sbuf_putc(out, '/');
-        sbuf_append(out, x->target.path, x->target.path_len);
-    } else {
-        sbuf_append(out, x->target.path, x->target.path_len);
-    }
-    sbuf_puts(out, " HTTP/1.1\r\n");
-    if (x->forward_mode || http_head_find(h, "Host", 0) < 0) {
-        /* Forward mode: Host names the target. An HTTP/1.0 request without
-         * Host gets the upstream's, since HTTP/1.1 requires one. */
-        char auth[300];
-        target_format_authority(x->up_host, x->up_port, 1, auth, sizeof auth);
-        sbuf_puts(out, "Host: ");
-        sbuf_puts(out, auth);
-        sbuf_puts(out, "\r\n");
-        http_head_remove(h, "Host");
-    }
-    http_head_drop_hop_by_hop(h, x->is_upgrade);
-    http_head_write(h, out);
-    put_via(out, c->env->via_value);
-    if (x->max_forwards > 0) {
-        sbuf_puts(out, "Max-Forwards: ");
-        sbuf_putu(out, (uint64_t)(x->max_forwards - 1));
-        sbuf_puts(out, "\r\n");
-    }
-    if (x->req_chunked)
-        sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
-    else if (c->parser.flags & F_CONTENT_LENGTH)
-        put_length(out, x->req_length);
-    if (x->is_upgrade)
-        sbuf_puts(out, "Connection: Upgrade\r\n");
-    sbuf_puts(out, "\r\n");
+    struct resp_head_request q = {
+        .method = x->method_name,
+        .target = &x->target,
+        .forward_mode = x->forward_mode,
+        .up_host = x->up_host,
+        .up_port = x->up_port,
+        .is_upgrade = x->is_upgrade,
+        .via = c->env->via_value,
+        .max_forwards = x->max_forwards,
+        .chunked = x->req_chunked,
+        .has_length = (c->parser.flags & F_CONTENT_LENGTH) != 0,
+        .length = x->req_length,
+    };
+    sbuf_reset(&x->req_head);
+    resp_head_build_request(&q, &c->req, &x->req_head);
 }
 
 /* Body bytes AT[0..LEN) of chunk CH to S, as one chunk when CHUNKED (both
@@ -716,27 +664,6 @@ static int apply_rules(struct conn *c, int *status, const char **reason, uint64_
     return 0;
 }
 
-/* Framing of an answer without a body to this client (HEAD, 1xx, 204, 304).
- * A HEAD answer says what a GET would have got, also when a rule rewrote the
- * status (set-status keeps the body); 304 may keep its length; 204 and 1xx
- * carry none (RFC 9110 §8.6). CL: the upstream's Content-Length or NULL. */
-static void put_bodiless_framing(struct conn *c, struct sbuf *out, int status, const char *cl,
-                                 int up_chunked)
-{
-    struct exchange *x = &c->x;
-    struct http_head *h = &c->resp;
-    int head_len = x->is_head && catalog_body(status) == CATALOG_BODY_ALLOWED;
-    int up_body = catalog_body(h->status) == CATALOG_BODY_ALLOWED;
-    x->out_mode = OUT_NONE;
-    x->resp_discard = 1;
-    if (head_len && !up_body)
-        sbuf_puts(out, "Content-Length: 0\r\n");
-    else if (cl && (head_len || (status == 304 && status == h->status)))
-        put_field(out, "Content-Length", cl);
-    else if (head_len && up_chunked && c->req.minor == 1)
-        sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
-}
-
 /* Validate the upstream's head, run response rules, then send (or hold). */
 static void on_response_head(struct conn *c)
 {
@@ -779,11 +706,7 @@ static void on_response_head(struct conn *c)
         x->msg = MSG_INTERIM;
         if (c->req.minor == 1) {
             struct sbuf out = {0};
-            put_status_line(&out, status, h->buf + h->reason, h->reason_len);
-            http_head_drop_hop_by_hop(h, 0);
-            http_head_write(h, &out);
-            put_via(&out, c->env->via_value);
-            sbuf_puts(&out, "\r\n");
+            resp_head_interim(h, c->env->via_value, &out);
             sender_copy(&c->out, out.data, out.len);
             sbuf_free(&out);
             c->client->flush(c);
@@ -818,81 +741,58 @@ static void on_response_head(struct conn *c)
     send_response_head(c);
 }
 
-/* The upstream's Content-Length as it wrote it (llhttp checked it is a
- * number), copied into buf before the fields are dropped or rewritten;
- * NULL when there is none. */
-static const char *copy_content_length(const struct http_head *h, char *buf, size_t size)
-{
-    size_t cl_len = 0;
-    const char *cl = http_head_get(h, "Content-Length", &cl_len);
-    if (!cl)
-        return NULL;
-    size_t n = cl_len < size - 1 ? cl_len : size - 1;
-    memcpy(buf, cl, n);
-    buf[n] = '\0';
-    return buf;
-}
-
-/* Status line, the kept fields, Via and the rule mark into out; the
- * Retry-After of an error answer is noted for the report's retry view. */
+/* Status line, the kept fields, Via and the rule mark into out
+ * (resp_head_put_fields); the Retry-After of an error answer is noted for
+ * the report's retry view. */
 static void put_head_fields(struct conn *c, struct sbuf *out, int status, const char *reason)
 {
     struct exchange *x = &c->x;
-    struct http_head *h = &c->resp;
-    if (status == h->status && !reason) {
-        put_status_line(out, status, h->buf + h->reason, h->reason_len);
-    } else {
-        const char *r = reason ? reason : catalog_reason(status);
-        put_status_line(out, status, r, strlen(r));
-    }
-    http_head_write(h, out);
-    put_via(out, c->env->via_value);
+    struct resp_head_fields f = {
+        .up = &c->resp,
+        .status = status,
+        .reason = reason,
+        .via = c->env->via_value,
+        .mark_faults = c->env->opts->mark_faults,
+        .mark = exchange_rule_name(x),
+    };
+    resp_head_put_fields(&f, out);
     if (status == 429 || status >= 500) /* for the report's retry view */
         x->retry_after_ms = http_retry_after_ms(out->data, out->len);
-    const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
-    if (c->env->opts->mark_faults && (rule || x->fault_rule))
-        put_field(out, "X-Statusproxy-Rule", rule ? rule_name(rule) : x->fault_rule);
 }
 
-/* Choose how the body goes to this client (none, empty, length, chunked,
- * close-delimited), write its framing fields and end the head. */
+/* Choose how the body goes to this client (resp_head_put_framing), write
+ * its framing fields and end the head; the exchange follows the choice. */
 static void put_client_framing(struct conn *c, struct sbuf *out, int status, int upgrade,
                                const char *cl, int up_chunked)
 {
+    static const enum body_out modes[] = {
+        [RESP_FRAMING_NONE] = OUT_NONE,
+        [RESP_FRAMING_LENGTH] = OUT_LENGTH,
+        [RESP_FRAMING_CHUNKED] = OUT_CHUNKED,
+        [RESP_FRAMING_CLOSE] = OUT_CLOSE,
+    };
     struct exchange *x = &c->x;
-    if (upgrade) {
-        sbuf_puts(out, "Connection: Upgrade\r\n\r\n");
-        x->out_mode = OUT_NONE;
-        return;
-    }
-    int up_has_body = !x->is_head && catalog_body(c->resp.status) == CATALOG_BODY_ALLOWED;
-    enum catalog_body kind = catalog_body(status);
-    if (x->is_head || kind == CATALOG_BODY_NONE) {
-        put_bodiless_framing(c, out, status, cl, up_chunked);
-    } else if (kind == CATALOG_BODY_EMPTY || !up_has_body) {
-        /* 205, or a status that needs a body where the upstream sent
-         * none (set-status 200 on a 204): an empty one. */
-        x->out_mode = OUT_NONE;
+    struct resp_head_framing_in in = {
+        .status = status,
+        .up_status = c->resp.status,
+        .is_head = x->is_head,
+        .upgrade = upgrade,
+        .cl = cl,
+        .up_chunked = up_chunked,
+        .client_minor = c->req.minor,
+        .client_keepalive = x->client_keepalive,
+        .close = exchange_must_close(c),
+        .req_done = x->req == REQ_DONE,
+    };
+    struct resp_head_framing_out r;
+    resp_head_put_framing(&in, out, &r);
+    x->out_mode = modes[r.framing];
+    if (r.discard)
         x->resp_discard = 1;
-        sbuf_puts(out, "Content-Length: 0\r\n");
-    } else if (cl && !up_chunked) {
-        x->out_mode = OUT_LENGTH;
-        put_field(out, "Content-Length", cl);
-    } else if (c->req.minor == 1) {
-        x->out_mode = OUT_CHUNKED;
-        sbuf_puts(out, "Transfer-Encoding: chunked\r\n");
-    } else {
-        x->out_mode = OUT_CLOSE;
+    if (r.close)
         c->close_after = 1;
-    }
-    if (x->req != REQ_DONE) {
-        /* The upstream answered before the request ended: what is left
-         * of the request body is dropped and the connection closed. */
-        c->close_after = 1;
+    if (r.drop_request)
         x->sink = SINK_DISCARD;
-    }
-    c->events->connection_header(c, out);
-    sbuf_puts(out, "\r\n");
 }
 
 /* Send the prepared head now, or hold it for a delay or until the reset. */
@@ -921,9 +821,8 @@ static void send_response_head(struct conn *c)
     uint64_t delay = x->delay_ms;
     int upgrade = status == 101;
     char clbuf[24];
-    const char *cl = copy_content_length(h, clbuf, sizeof clbuf);
+    const char *cl = resp_head_prepare(h, upgrade, clbuf, sizeof clbuf);
     int up_chunked = (c->rparser.flags & F_CHUNKED) != 0;
-    http_head_drop_hop_by_hop(h, upgrade);
     if (apply_rules(c, &status, &reason, &delay) != 0) {
         /* The answer the rule asks for cannot be built: say so, never drop
          * the header silently. */
