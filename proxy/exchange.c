@@ -19,7 +19,6 @@
 #include "catalog.h"
 #include "exchange.h"
 #include "fault.h"
-#include "log.h"
 #include "options.h"
 #include "resp_head.h"
 #include "tunnel.h"
@@ -28,7 +27,8 @@ static void on_abort_timer(uv_timer_t *t);
 
 /* ---------- synthesized answers ---------- */
 
-void exchange_connection_header(struct conn *c, struct sbuf *h)
+/* "Connection: close" / "keep-alive" for the answer being written, if any. */
+static void connection_header(struct conn *c, struct sbuf *h)
 {
     resp_head_put_connection(h, exchange_must_close(c), c->x.client_keepalive, c->req.minor);
 }
@@ -108,7 +108,7 @@ void exchange_answer(struct conn *c, int code, const struct rule_actions *a, con
     const char *rule = exchange_rule_name(x);
     if (c->env->opts->mark_faults && rule)
         sbuf_printf(&h, "X-Statusproxy-Rule: %s\r\n", rule);
-    exchange_connection_header(c, &h);
+    connection_header(c, &h);
     sbuf_puts(&h, "\r\n");
     if (code == 429 || code >= 500) /* for the report's retry view */
         x->retry_after_ms = http_retry_after_ms(h.data, h.len);
@@ -509,7 +509,6 @@ int exchange_request_rules(struct conn *c)
     }
     return 0;
 }
-
 
 void exchange_close(struct conn *c)
 {

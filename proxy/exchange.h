@@ -67,8 +67,6 @@ static inline void exchange_client_drained(struct conn *c)
  * "Name: value\r\n" lines or NULL. */
 void exchange_answer(struct conn *c, int code, const struct rule_actions *a,
                      const char *extra_headers, const char *body);
-/* "Connection: close" / "keep-alive" for the answer being written, if any. */
-void exchange_connection_header(struct conn *c, struct sbuf *h);
 /* The exchange cannot go on: answer CODE, or cut the answer already begun. */
 void exchange_fail(struct conn *c, int code, const char *error);
 /* Hand the finished exchange to the worker's recorder (once). */
