@@ -14,7 +14,8 @@
  * back for reuse. Routes (route.c) are computed here, once per record at
  * the start of each transaction, so the event loops never template paths;
  * each aggregate row also sums a duration histogram (histogram.c), stored
- * in its compact form and merged into the row by sp_hist_merge.
+ * in its compact form and merged into the row by sp_hist_merge. The scheme
+ * (http, https, tunnel) is a byte of each record, named only when written.
  * A failed transaction (the database locked by another
  * process, a full disk) is rolled back whole and retried, so a record is
  * written exactly once or, if closing gives up, counted as lost.
@@ -60,12 +61,16 @@ struct packed {
     int64_t retry_after_ms;
     uint64_t bytes_in;
     uint64_t bytes_out;
-    int32_t upstream_code;
-    int32_t final_code;
+    int16_t upstream_code;          /* -1: none; at most CODE_MAX (code_of) */
+    int16_t final_code;
     uint16_t size;                  /* bytes of the whole record, padding included */
     uint16_t len[NTEXT];
+    uint8_t scheme;                 /* enum audit_scheme; the header stays 64 bytes */
     char text[];
 };
+
+/* The header of every record: keep it to one 64-byte line. */
+_Static_assert(sizeof(struct packed) == 64, "struct packed grew");
 
 struct audit_batch {
     struct audit_batch *next;       /* in the queue or the free list */
@@ -138,16 +143,16 @@ struct audit {
  * the batches being written. */
 static const char sql_insert_raw[] =
     "INSERT INTO exchanges (start_ms, client, method, host, path, upstream_code, final_code,"
-    " rule, action, error, duration_us, bytes_in, bytes_out, route, retry_after_ms)"
+    " rule, action, error, duration_us, bytes_in, bytes_out, route, retry_after_ms, scheme)"
     " SELECT start_ms, client, method, host, path, upstream_code, final_code,"
-    " rule, action, error, duration_us, bytes_in, bytes_out, route, retry_after_ms"
+    " rule, action, error, duration_us, bytes_in, bytes_out, route, retry_after_ms, scheme"
     " FROM audit_pending";
 
 static const char sql_add_minute[] =
     "INSERT INTO minute_stats (minute, host, upstream_code, final_code, rule, count,"
-    " duration_us, bytes_in, bytes_out, route, hist)"
-    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-    " ON CONFLICT (minute, host, route, upstream_code, final_code, rule) DO UPDATE SET"
+    " duration_us, bytes_in, bytes_out, route, hist, scheme)"
+    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+    " ON CONFLICT (minute, host, scheme, route, upstream_code, final_code, rule) DO UPDATE SET"
     " count = count + excluded.count, duration_us = duration_us + excluded.duration_us,"
     " bytes_in = bytes_in + excluded.bytes_in, bytes_out = bytes_out + excluded.bytes_out,"
     " hist = sp_hist_merge(hist, excluded.hist)";
@@ -162,6 +167,12 @@ static const char sql_id_bounds[] = "SELECT min(id), max(id) FROM exchanges";
 static const char sql_id_probe[] =
     "SELECT id, start_ms FROM exchanges WHERE id >= ?1 ORDER BY id LIMIT 1";
 static const char sql_prune[] = "DELETE FROM exchanges WHERE id >= ?1 AND id < ?2";
+
+const char *audit_scheme_name(enum audit_scheme s)
+{
+    static const char *const names[AUDIT_SCHEME_COUNT] = {"http", "https", "tunnel"};
+    return (unsigned)s < AUDIT_SCHEME_COUNT ? names[s] : names[AUDIT_SCHEME_HTTP];
+}
 
 static int64_t minute_of(int64_t unix_ms)
 {
@@ -200,6 +211,14 @@ static void batch_clear(struct audit_batch *b)
     b->len = 0;
 }
 
+/* A status code as packed: -1 for none, and a value no status line can
+ * carry (more than three digits) kept as CODE_MAX, an invalid status still. */
+#define CODE_MAX 9999
+static int code_of(int code)
+{
+    return code < 0 ? -1 : code > CODE_MAX ? CODE_MAX : code;
+}
+
 /* Append a record whose strings are T[i] cut to LEN[i] bytes. */
 static size_t pack(struct audit_batch *b, const struct audit_entry *e,
                    const struct audit_text *const t[NTEXT], const size_t len[NTEXT])
@@ -222,9 +241,10 @@ static size_t pack(struct audit_batch *b, const struct audit_entry *e,
     p->retry_after_ms = e->retry_after_ms > 0 ? e->retry_after_ms : 0;
     p->bytes_in = e->bytes_in;
     p->bytes_out = e->bytes_out;
-    p->upstream_code = e->upstream_code >= 0 ? e->upstream_code : -1;
-    p->final_code = e->final_code >= 0 ? e->final_code : -1;
+    p->upstream_code = (int16_t)code_of(e->upstream_code);
+    p->final_code = (int16_t)code_of(e->final_code);
     p->size = (uint16_t)size;
+    p->scheme = (unsigned)e->scheme < AUDIT_SCHEME_COUNT ? (uint8_t)e->scheme : AUDIT_SCHEME_HTTP;
     char *o = p->text;
     for (int i = 0; i < NTEXT; i++) {
         p->len[i] = (uint16_t)len[i];
@@ -345,7 +365,7 @@ struct pending_cursor {
 enum {
     COL_START_MS, COL_CLIENT, COL_METHOD, COL_HOST, COL_PATH, COL_UPSTREAM_CODE, COL_FINAL_CODE,
     COL_RULE, COL_ACTION, COL_ERROR, COL_DURATION_US, COL_BYTES_IN, COL_BYTES_OUT, COL_ROUTE,
-    COL_RETRY_AFTER_MS
+    COL_RETRY_AFTER_MS, COL_SCHEME
 };
 
 static int pending_connect(sqlite3 *db, void *aux, int argc, const char *const *argv,
@@ -357,7 +377,7 @@ static int pending_connect(sqlite3 *db, void *aux, int argc, const char *const *
     int rc = sqlite3_declare_vtab(db, "CREATE TABLE x(start_ms, client, method, host, path,"
                                       " upstream_code, final_code, rule, action, error,"
                                       " duration_us, bytes_in, bytes_out, route,"
-                                      " retry_after_ms)");
+                                      " retry_after_ms, scheme)");
     if (rc != SQLITE_OK)
         return rc;
     struct pending_vtab *v = sqlite3_malloc(sizeof *v);
@@ -483,6 +503,9 @@ static int pending_column(sqlite3_vtab_cursor *c, sqlite3_context *ctx, int col)
         if (p->retry_after_ms > 0)
             sqlite3_result_int64(ctx, p->retry_after_ms);
         return SQLITE_OK;
+    case COL_SCHEME:
+        sqlite3_result_text(ctx, audit_scheme_name(p->scheme), -1, SQLITE_STATIC);
+        return SQLITE_OK;
     default: return SQLITE_OK;
     }
     if (t >= T_RULE && p->len[t] == 0)
@@ -603,7 +626,7 @@ static struct agg *agg_slot(struct audit *a, const struct packed *p, const char 
     int64_t minute = minute_of(p->start_ms);
     uint64_t h = mix(mix(mix(0, (uint64_t)minute),
                          (uint64_t)(uint32_t)p->upstream_code << 32 | (uint32_t)p->final_code),
-                     hlen << 16 | rlen_rule);
+                     hlen << 16 | rlen_rule | (uint64_t)p->scheme << 32);
     h = hash_bytes(hash_bytes(hash_bytes(h, host, hlen), rule, rlen_rule), route, rlen);
     if ((a->agg_nused + 1) * 2 > a->agg_cap)
         agg_grow(a);
@@ -614,7 +637,8 @@ static struct agg *agg_slot(struct audit *a, const struct packed *p, const char 
         if (!g->first)
             break;
         const struct packed *q = g->first;
-        if (g->hash == h && g->minute == minute && q->upstream_code == p->upstream_code &&
+        if (g->hash == h && g->minute == minute && q->scheme == p->scheme &&
+            q->upstream_code == p->upstream_code &&
             q->final_code == p->final_code && q->len[T_HOST] == hlen &&
             q->len[T_RULE] == rlen_rule && g->route_len == rlen &&
             memcmp(g->host, host, hlen) == 0 && memcmp(g->rule, rule, rlen_rule) == 0 &&
@@ -654,6 +678,7 @@ static int flush_minutes(struct audit *a)
         sqlite3_bind_text(st, 10, g->route, (int)g->route_len, SQLITE_STATIC);
         size_t n = hist_encode(a->agg_hists[g->order], a->hist_buf, HIST_MAX_ENCODED);
         sqlite3_bind_blob(st, 11, a->hist_buf, (int)n, SQLITE_STATIC);
+        sqlite3_bind_text(st, 12, audit_scheme_name(g->first->scheme), -1, SQLITE_STATIC);
         rc = run(st);
     }
     for (size_t k = 0; k < a->agg_nused; k++)
@@ -1039,7 +1064,7 @@ size_t audit_submit(struct audit *a, const struct audit_record *recs, size_t n)
             .start_ms = r->start_ms, .duration_us = r->duration_us,
             .upstream_code = r->upstream_code, .final_code = r->final_code,
             .bytes_in = r->bytes_in, .bytes_out = r->bytes_out,
-            .retry_after_ms = r->retry_after_ms,
+            .retry_after_ms = r->retry_after_ms, .scheme = r->scheme,
         };
         /* A record is outside data to the writer: never read past an array. */
         const struct audit_text t[NTEXT] = {

@@ -15,6 +15,14 @@ struct route_patterns;
 
 enum audit_mode { AUDIT_LOG_ALL, AUDIT_LOG_ERRORS, AUDIT_LOG_NONE };
 
+/* How the exchange reached the proxy (DESIGN §9): plain HTTP, HTTP inside
+ * TLS (a TLS listener or an intercepted CONNECT), or a blind CONNECT tunnel
+ * whose bytes the proxy never read. Zero is plain HTTP, so a record that
+ * does not say is what every exchange was before TLS. */
+enum audit_scheme { AUDIT_SCHEME_HTTP, AUDIT_SCHEME_HTTPS, AUDIT_SCHEME_TUNNEL, AUDIT_SCHEME_COUNT };
+/* "http", "https", "tunnel" (anything else reads as "http"). */
+const char *audit_scheme_name(enum audit_scheme s);
+
 /* One finished exchange as the proxy hands it over (audit_batch_add): numbers,
  * and strings by pointer and length, which need no terminator and are copied.
  * Strings longer than their column's limit (AUDIT_MAX_*) are cut there. */
@@ -48,6 +56,7 @@ struct audit_entry {
     struct audit_text error;   /* empty, or connect_refused, connect_timeout, dns, timeout,
                                   bad_response, client_closed, upstream_closed, ... */
     int64_t retry_after_ms;    /* the answer's Retry-After, in ms; 0: none */
+    enum audit_scheme scheme;  /* set by the caller from its transport */
 };
 
 /* The same exchange as a self-contained value, for tools and tests that build
@@ -68,6 +77,7 @@ struct audit_record {
     char action[128];
     char error[32];
     int64_t retry_after_ms;    /* 0: none */
+    enum audit_scheme scheme;
 };
 
 /* Records packed back to back (numbers, then the strings' bytes: about a

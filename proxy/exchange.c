@@ -167,6 +167,7 @@ void exchange_record(struct conn *c)
         .action = AUDIT_TEXT(action),
         .error = AUDIT_TEXT(x->error),
         .retry_after_ms = x->retry_after_ms,
+        .scheme = x->is_connect ? AUDIT_SCHEME_TUNNEL : AUDIT_SCHEME_HTTP,
     };
     c->env->hooks->record(c->env->owner, &e, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
 }
@@ -421,6 +422,7 @@ void exchange_rules_exchange(struct conn *c, struct rules_exchange *rx, int stat
     rx->request = &c->req;
     rx->client = (const struct sockaddr *)&c->peer;
     rx->status = status;
+    rx->scheme = x->is_connect ? AUDIT_SCHEME_TUNNEL : AUDIT_SCHEME_HTTP;
 }
 
 /* Timer callback: send the held abort answer (or the reset) of x.abort_*. */

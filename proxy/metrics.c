@@ -1,7 +1,8 @@
 /*
  * metrics — counters keyed by strings in small open-addressing maps.
- * The responses counter is keyed by "final\tupstream\trule" so that one map
- * serves every label set; labels are split again when rendering.
+ * The responses counter is keyed by "final\tupstream\tscheme\trule" so that
+ * one map serves every label set; labels are split again when rendering.
+ * The scheme multiplies the series by three at most (http, https, tunnel).
  */
 #include "metrics.h"
 
@@ -116,7 +117,7 @@ static size_t countmap_sorted(const struct countmap *m, size_t **order)
 }
 
 struct counters {
-    struct countmap responses; /* "final\tupstream\trule" */
+    struct countmap responses; /* "final\tupstream\tscheme\trule" */
     struct countmap errors;    /* upstream error names */
     struct countmap rules;     /* rule name -> hits */
     uint64_t buckets[NBUCKETS + 1];
@@ -157,6 +158,7 @@ struct last_response {
     int valid;
     unsigned grown;
     int final_code, upstream_code;
+    enum audit_scheme scheme;
     size_t rule_len;
     char rule[AUDIT_MAX_RULE + 1];
     size_t slot;
@@ -224,14 +226,17 @@ int metrics_is_upstream_error(const char *error)
     return is_upstream_error(error, strlen(error));
 }
 
-/* The responses slot for E's labels ("final\tupstream\trule"). */
+/* The responses slot for E's labels ("final\tupstream\tscheme\trule"). */
 static size_t response_slot(struct metrics_local *l, const struct audit_entry *e,
                             const char *rule, size_t rlen)
 {
     struct last_response *last = &l->last;
     int final_code = e->final_code >= 0 ? e->final_code : -1;
     int upstream_code = e->upstream_code >= 0 ? e->upstream_code : -1;
+    enum audit_scheme scheme = (unsigned)e->scheme < AUDIT_SCHEME_COUNT ? e->scheme
+                                                                        : AUDIT_SCHEME_HTTP;
     if (last->valid && last->grown == l->c.responses.grown && last->final_code == final_code &&
+        last->scheme == scheme &&
         last->upstream_code == upstream_code && last->rule_len == rlen &&
         memcmp(last->rule, rule, rlen) == 0)
         return last->slot;
@@ -243,10 +248,15 @@ static size_t response_slot(struct metrics_local *l, const struct audit_entry *e
     if (upstream_code >= 0)
         k += str_dec(key + k, (uint64_t)upstream_code);
     key[k++] = '\t';
+    const char *sname = audit_scheme_name(scheme);
+    size_t slen = strlen(sname);
+    memcpy(key + k, sname, slen);
+    k += slen;
+    key[k++] = '\t';
     memcpy(key + k, rule, rlen + 1);
     size_t slot = countmap_slot(&l->c.responses, key);
-    *last = (struct last_response){1, l->c.responses.grown, final_code, upstream_code, rlen,
-                                   "", slot};
+    *last = (struct last_response){1, l->c.responses.grown, final_code, upstream_code, scheme,
+                                   rlen, "", slot};
     memcpy(last->rule, rule, rlen + 1);
     return slot;
 }
@@ -304,16 +314,15 @@ void metrics_publish(struct metrics_local *l, struct metrics *m, unsigned upstre
     pthread_mutex_unlock(&m->lock);
 }
 
-/* Split "a\tb\tc" into three fields (pointers into BUF). */
-static void split3(char *buf, char **a, char **b, char **c)
+/* Split "f0\tf1\t...\tfN-1" into N fields (pointers into BUF); the last
+ * takes the rest. */
+static void split_key(char *buf, char **f, size_t n)
 {
-    *a = buf;
-    *b = strchr(buf, '\t');
-    **b = '\0';
-    (*b)++;
-    *c = strchr(*b, '\t');
-    **c = '\0';
-    (*c)++;
+    f[0] = buf;
+    for (size_t i = 1; i < n; i++) {
+        f[i] = strchr(f[i - 1], '\t');
+        *f[i]++ = '\0';
+    }
 }
 
 /* A Prometheus label value: backslash, quote and newline escaped. */
@@ -336,19 +345,20 @@ char *metrics_prometheus(struct metrics *m, uint64_t dropped_db)
     size_t *order;
     pthread_mutex_lock(&m->lock);
     sbuf_puts(&o, "# HELP statusproxy_responses_total Answers sent to clients, by final "
-                  "status, upstream status and the rule that acted.\n"
+                  "status, upstream status, the rule that acted and the scheme.\n"
                   "# TYPE statusproxy_responses_total counter\n");
     size_t n = countmap_sorted(&m->c.responses, &order);
     for (size_t i = 0; i < n; i++) {
         char key[160];
         snprintf(key, sizeof key, "%s", m->c.responses.keys[order[i]]);
-        char *fin, *up, *rule;
-        split3(key, &fin, &up, &rule);
-        int code = fin[0] ? atoi(fin) : -1;
+        char *f[4]; /* final, upstream, scheme, rule */
+        split_key(key, f, 4);
+        int code = f[0][0] ? atoi(f[0]) : -1;
         sbuf_printf(&o, "statusproxy_responses_total{code=\"%s\",class=\"%s\",upstream_code=\"%s\",rule=\"",
-                    fin, code >= 0 ? catalog_class_name(code) : "", up);
-        put_label(&o, rule);
-        sbuf_printf(&o, "\"} %llu\n", (unsigned long long)m->c.responses.values[order[i]]);
+                    f[0], code >= 0 ? catalog_class_name(code) : "", f[1]);
+        put_label(&o, f[3]);
+        sbuf_printf(&o, "\",scheme=\"%s\"} %llu\n", f[2],
+                    (unsigned long long)m->c.responses.values[order[i]]);
     }
     free(order);
     sbuf_puts(&o, "# HELP statusproxy_request_duration_seconds Time from request head to the "
@@ -424,7 +434,7 @@ static void json_counts(struct sbuf *o, const struct countmap *map)
 char *metrics_stats_json(struct metrics *m, uint64_t dropped_db)
 {
     struct sbuf o = {0};
-    struct countmap codes = {0}, classes = {0};
+    struct countmap codes = {0}, classes = {0}, schemes = {0};
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < m->c.responses.cap; i++) {
         const char *k = m->c.responses.keys[i];
@@ -436,6 +446,10 @@ char *metrics_stats_json(struct metrics *m, uint64_t dropped_db)
         countmap_add(&codes, code[0] ? code : "none", m->c.responses.values[i]);
         countmap_add(&classes, code[0] ? catalog_class_name(atoi(code)) : "none",
                      m->c.responses.values[i]);
+        char key[160], *f[4];
+        snprintf(key, sizeof key, "%s", k);
+        split_key(key, f, 4);
+        countmap_add(&schemes, f[2], m->c.responses.values[i]);
     }
     char since[32];
     time_format_iso(m->since_ms, since, sizeof since);
@@ -447,6 +461,8 @@ char *metrics_stats_json(struct metrics *m, uint64_t dropped_db)
     json_counts(&o, &codes);
     sbuf_puts(&o, ", \"classes\": ");
     json_counts(&o, &classes);
+    sbuf_puts(&o, ", \"schemes\": ");
+    json_counts(&o, &schemes);
     sbuf_puts(&o, ", \"upstream_errors\": ");
     json_counts(&o, &m->c.errors);
     sbuf_puts(&o, ", \"rules\": ");
@@ -463,5 +479,6 @@ char *metrics_stats_json(struct metrics *m, uint64_t dropped_db)
     pthread_mutex_unlock(&m->lock);
     countmap_free(&codes);
     countmap_free(&classes);
+    countmap_free(&schemes);
     return sbuf_steal(&o);
 }

@@ -34,7 +34,8 @@ void metrics_publish(struct metrics_local *l, struct metrics *m, unsigned upstre
 /* Prometheus text exposition of M; DROPPED_DB: records the audit writer
  * lost (added to those counted here). Caller frees. */
 char *metrics_prometheus(struct metrics *m, uint64_t dropped_db);
-/* {"since": ISO, "codes": {"200": n}, "classes": {...}, "upstream_errors": {...},
+/* {"since": ISO, "codes": {"200": n}, "classes": {...}, "schemes": {"http": n},
+ *  "upstream_errors": {...},
  *  "rules": {...}, "dropped": n, "requests": n, "active_connections": n}. Caller frees. */
 char *metrics_stats_json(struct metrics *m, uint64_t dropped_db);
 

@@ -502,12 +502,13 @@ enum {
     COL_RULE = 1 << 4,
     COL_ROUTE = 1 << 5,
     COL_HIST = 1 << 6,   /* the merged duration histogram (percentiles) */
+    COL_SCHEME = 1 << 7,
 };
 
 static const unsigned view_cols[] = {
     [REPORT_BY_CODE] = COL_FINAL | COL_HIST,
     [REPORT_BY_CLASS] = COL_FINAL,
-    [REPORT_BY_HOST] = COL_HOST | COL_FINAL | COL_HIST,
+    [REPORT_BY_HOST] = COL_HOST | COL_SCHEME | COL_FINAL | COL_HIST,
     [REPORT_BY_RULE] = COL_RULE | COL_HIST,
     [REPORT_BY_REWRITE] = COL_UPSTREAM | COL_FINAL | COL_RULE,
     [REPORT_BY_MINUTE] = COL_MINUTE | COL_FINAL,
@@ -519,7 +520,7 @@ static const unsigned assert_cols = COL_UPSTREAM | COL_FINAL | COL_HIST;
 
 static const unsigned html_parts[] = {
     COL_MINUTE | COL_FINAL,               /* class, minute and the chart */
-    COL_HOST | COL_FINAL | COL_HIST,      /* code, host */
+    COL_HOST | COL_SCHEME | COL_FINAL | COL_HIST, /* code, host */
     COL_UPSTREAM | COL_FINAL | COL_RULE | COL_HIST,  /* rule, rewrite */
     COL_HOST | COL_ROUTE | COL_FINAL | COL_HIST,     /* route */
 };
@@ -605,7 +606,7 @@ static void minute_bounds(const struct report_options *o, int64_t *lo, int64_t *
         *hi = o->until_ms / 1000 + (o->until_ms % 1000 > 0); /* minute * 1000 < until */
 }
 
-/* The query of SRC's aggregate rows in the range for COLS: the six key
+/* The query of SRC's aggregate rows in the range for COLS: the seven key
  * columns (NULL when not wanted; absent values as NULL), count and hist.
  * Malloc'd. */
 static char *part_query(sqlite3 *src, const struct report_options *o, unsigned cols)
@@ -616,6 +617,7 @@ static char *part_query(sqlite3 *src, const struct report_options *o, unsigned c
     } fields[] = {
         {COL_MINUTE, "minute"},
         {COL_HOST, "host"},
+        {COL_SCHEME, "scheme"},
         {COL_UPSTREAM, "NULLIF(upstream_code, -1)"},
         {COL_FINAL, "NULLIF(final_code, -1)"},
         {COL_RULE, "NULLIF(rule, '')"},
@@ -623,12 +625,17 @@ static char *part_query(sqlite3 *src, const struct report_options *o, unsigned c
     };
     /* A file older than schema 4 (read-only: never migrated here) has no
      * routes nor histograms: its rows count with route NULL and no durations. */
-    int v4 = db_version(src) >= 4;
+    int version = db_version(src), v4 = version >= 4;
     struct sbuf q = {0};
     sbuf_puts(&q, "SELECT ");
     for (size_t i = 0; i < ARRAY_LEN(fields); i++) {
         int want = cols & fields[i].col && (v4 || fields[i].col != COL_ROUTE);
-        sbuf_printf(&q, "%s, ", want ? fields[i].expr : "NULL");
+        /* Before schema 5 every exchange was cleartext HTTP (schema 5's
+         * migration says the same of the rows it converts). */
+        if (want && fields[i].col == COL_SCHEME && version < 5)
+            sbuf_puts(&q, "'http', ");
+        else
+            sbuf_printf(&q, "%s, ", want ? fields[i].expr : "NULL");
     }
     sbuf_printf(&q, "count, %s FROM minute_stats WHERE minute >= ?1 AND minute < ?2%s%s",
                 v4 && cols & COL_HIST ? "hist" : "NULL",
@@ -653,7 +660,7 @@ static int copy_part(sqlite3 *src, sqlite3 *mem, const struct report_options *o,
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(src));
         goto done;
     }
-    if (sqlite3_prepare_v2(mem, "INSERT INTO cells VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    if (sqlite3_prepare_v2(mem, "INSERT INTO cells VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                            -1, &ins, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "merging %s: %s", path, sqlite3_errmsg(mem));
         goto done;
@@ -666,12 +673,12 @@ static int copy_part(sqlite3 *src, sqlite3 *mem, const struct report_options *o,
         sqlite3_bind_text(sel, 4, o->route_glob, -1, SQLITE_STATIC);
     sqlite3_bind_int(ins, 1, part);
     while ((step = sqlite3_step(sel)) == SQLITE_ROW)
-        report_group_add(g, sel, 6);
+        report_group_add(g, sel, 7);
     if (step != SQLITE_DONE) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(src));
         goto done;
     }
-    if (report_group_flush(g, ins, 6) != 0) {
+    if (report_group_flush(g, ins, 7) != 0) {
         snprintf(err, errlen, "merging %s: %s", path, sqlite3_errmsg(mem));
         goto done;
     }
@@ -749,7 +756,7 @@ static sqlite3 *open_cells(char *err, size_t errlen)
     if (sqlite3_open_v2(":memory:", &mem, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL) !=
             SQLITE_OK ||
         sqlite3_exec(mem,
-                     "CREATE TABLE cells (part INTEGER NOT NULL, minute INTEGER, host TEXT,"
+                     "CREATE TABLE cells (part INTEGER NOT NULL, minute INTEGER, host TEXT, scheme TEXT,"
                      " upstream_code INTEGER, final_code INTEGER, rule TEXT, route TEXT,"
                      " count INTEGER NOT NULL, hist BLOB)",
                      NULL, NULL, NULL) != SQLITE_OK) {
@@ -792,10 +799,14 @@ static const char *const view_sql[] = {
         " sum(count) * 1.0 / ?1 AS share FROM cells WHERE part = ?3"
         " GROUP BY status_class(final_code)"
         " ORDER BY count DESC, class IS NULL, class LIMIT ?2",
+    /* One row per origin, scheme and host: the same host over http and
+     * https are two servers to a client, and a blind tunnel's 200s would
+     * hide the failures of the host's exchanges if they were summed. */
     [REPORT_BY_HOST] =
-        "SELECT host, count, \"1xx\", \"2xx\", \"3xx\", \"4xx\", \"5xx\"," PCTS
-        " FROM (SELECT host, sum(count) AS count," CLASS_SUMS ", sp_hist_sum(hist) AS h"
-        " FROM cells WHERE part = ?3 GROUP BY host) ORDER BY count DESC, host LIMIT ?2",
+        "SELECT host, scheme, count, \"1xx\", \"2xx\", \"3xx\", \"4xx\", \"5xx\"," PCTS
+        " FROM (SELECT host, scheme, sum(count) AS count," CLASS_SUMS ", sp_hist_sum(hist) AS h"
+        " FROM cells WHERE part = ?3 GROUP BY host, scheme)"
+        " ORDER BY count DESC, host, scheme LIMIT ?2",
     [REPORT_BY_RULE] =
         "SELECT rule, count," PCTS
         " FROM (SELECT rule, sum(count) AS count, sp_hist_sum(hist) AS h FROM cells"
@@ -1093,6 +1104,7 @@ void report_write_table(const struct report_result *r, struct sbuf *out)
         /* Columns of names stay left-aligned even when every value is absent. */
         if (strcmp(r->cols[c], "name") == 0 || strcmp(r->cols[c], "class") == 0 ||
             strcmp(r->cols[c], "host") == 0 || strcmp(r->cols[c], "rule") == 0 ||
+            strcmp(r->cols[c], "scheme") == 0 ||
             strcmp(r->cols[c], "minute") == 0)
             right[c] = 0;
     }

@@ -203,6 +203,8 @@ static int static_match(const struct rule *r, const struct rules_exchange *x)
     for (size_t i = 0; i < r->n_headers; i++)
         if (!header_matches(&r->headers[i], x->request))
             return 0;
+    if (has(r, RM_SCHEME) && x->scheme != r->scheme)
+        return 0;
     if (has(r, RM_CLIENT) && (!x->client || !cidr_contains(&r->client, x->client)))
         return 0;
     if (has(r, RM_STATUS) &&

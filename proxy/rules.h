@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "audit.h"
 #include "http.h"
 
 enum rules_phase { RULES_REQUEST, RULES_RESPONSE };
@@ -94,6 +95,7 @@ struct rules_exchange {
     const struct http_head *request; /* request header fields, for `header` */
     const struct sockaddr *client;   /* AF_INET or AF_INET6 (v4-mapped counts as v4) */
     int status;                /* the upstream's status; response phase only */
+    enum audit_scheme scheme;  /* http, https (inside TLS) or tunnel (a blind CONNECT) */
 };
 
 struct rules_verdict {

@@ -61,7 +61,7 @@ void rules_line_free(struct rules_line *line);
 enum rule_matcher {
     RM_METHOD, RM_HOST, RM_PATH, RM_HEADER, RM_CLIENT, RM_STATUS,
     RM_CHANCE, RM_EVERY, RM_AFTER, RM_LIMIT,
-    RM_DURING, RM_CYCLE, RM_RATE_LIMIT,
+    RM_DURING, RM_CYCLE, RM_RATE_LIMIT, RM_SCHEME,
     RM_COUNT
 };
 
@@ -96,6 +96,7 @@ struct rule {
     size_t n_headers;
     struct cidr client;
     uint64_t status_bits[RULES_STATUS_WORDS];
+    enum audit_scheme scheme;
 
     /* counting and chance matchers */
     double chance;            /* probability in [0, 1] */

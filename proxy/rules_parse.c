@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "catalog.h"
 #include "dist.h"
@@ -43,7 +44,7 @@ static const char *const matcher_words[RM_COUNT] = {
     [RM_HEADER] = "header", [RM_CLIENT] = "client", [RM_STATUS] = "status",
     [RM_CHANCE] = "chance", [RM_EVERY] = "every",   [RM_AFTER] = "after",
     [RM_LIMIT] = "limit",   [RM_DURING] = "during", [RM_CYCLE] = "cycle",
-    [RM_RATE_LIMIT] = "rate-limit",
+    [RM_RATE_LIMIT] = "rate-limit", [RM_SCHEME] = "scheme",
 };
 
 /* What each matcher's value looks like, for "missing value" messages. */
@@ -61,6 +62,7 @@ static const char *const matcher_expects[RM_COUNT] = {
     [RM_DURING] = "START..END or START.., e.g. 0s..30s",
     [RM_CYCLE] = "PERIOD on ON, e.g. 60s on 10s",
     [RM_RATE_LIMIT] = "N/DURATION, e.g. 10/1s, optionally followed by per-client",
+    [RM_SCHEME] = "http or https",
 };
 
 enum rule_action {
@@ -403,6 +405,27 @@ static void parse_client(struct parser *ps, struct draft *dr, const struct rules
     sbuf_printf(&dr->matchers, " client %s", text);
 }
 
+/* `scheme http|https` (DESIGN §9). Schemes are case-insensitive (RFC 3986
+ * §3.1): the normal form is lower case. A blind tunnel is refused: its
+ * bytes are never read, so only its CONNECT request could match, and
+ * `method CONNECT` says that already. */
+static void parse_scheme(struct parser *ps, struct draft *dr, const struct rules_token *v)
+{
+    if (strcasecmp(v->text, "http") == 0) {
+        dr->r->scheme = AUDIT_SCHEME_HTTP;
+    } else if (strcasecmp(v->text, "https") == 0) {
+        dr->r->scheme = AUDIT_SCHEME_HTTPS;
+    } else if (strcasecmp(v->text, "tunnel") == 0) {
+        ERR(ps, v, "'scheme tunnel' cannot be matched: a blind tunnel's bytes are never read "
+            "(match its CONNECT request with 'method CONNECT')");
+        return;
+    } else {
+        ERR(ps, v, "invalid scheme '%s' (expected http or https)", v->text);
+        return;
+    }
+    sbuf_printf(&dr->matchers, " scheme %s", dr->r->scheme == AUDIT_SCHEME_HTTPS ? "https" : "http");
+}
+
 static void set_bits(uint64_t *bits, int lo, int hi)
 {
     for (int c = lo; c <= hi; c++)
@@ -669,6 +692,7 @@ static void parse_matcher(struct parser *ps, struct draft *dr, enum rule_matcher
     case RM_DURING: parse_during(ps, dr, v); break;
     case RM_CYCLE: parse_cycle(ps, dr, v); break;
     case RM_RATE_LIMIT: parse_rate(ps, dr, v); break;
+    case RM_SCHEME: parse_scheme(ps, dr, v); break;
     case RM_COUNT: break;
     }
     /* Only a matcher that parsed counts, so that whole-rule checks never

@@ -3,7 +3,8 @@ from a list of exchanges, for the report tests to compare against.
 
 Each exchange is a dict with host, upstream, final, rule (None when absent)
 and minute ("YYYY-MM-DDTHH:MM:00Z"), and for percentiles (DESIGN §11)
-duration_us and route."""
+duration_us and route; scheme ("http" when absent, DESIGN §9) keys the host
+view together with the host."""
 
 import math
 from collections import Counter
@@ -116,15 +117,21 @@ def expected_rows(view, recs, names=None):
     if view in ("host", "minute"):
         rows = {}
         for r in recs:
-            k = r[view]
-            row = rows.setdefault(k, {view: k, "count": 0, "1xx": 0, "2xx": 0, "3xx": 0,
-                                      "4xx": 0, "5xx": 0})
+            if view == "host":
+                k = (r["host"], r.get("scheme", "http"))
+                first = {"host": k[0], "scheme": k[1]}
+            else:
+                k = r[view]
+                first = {view: k}
+            row = rows.setdefault(k, dict(first, **{"count": 0, "1xx": 0, "2xx": 0, "3xx": 0,
+                                                    "4xx": 0, "5xx": 0}))
             row["count"] += 1
             if klass(r["final"]) in CLASSES:
                 row[klass(r["final"])] += 1
         if view == "host":
-            rows = with_pcts(list(rows.values()), ("host",), recs, lambda r: (r["host"],))
-            return sorted(rows, key=lambda r: (-r["count"], r["host"]))
+            rows = with_pcts(list(rows.values()), ("host", "scheme"), recs,
+                             lambda r: (r["host"], r.get("scheme", "http")))
+            return sorted(rows, key=lambda r: (-r["count"], r["host"], r["scheme"]))
         return sorted(rows.values(), key=lambda r: r["minute"])
     if view == "rule":
         c = Counter(r["rule"] for r in recs if r["rule"])

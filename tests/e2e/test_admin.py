@@ -76,9 +76,9 @@ def wait_metrics(adm, pred, timeout=2.0):
     return last[0]
 
 
-def responses(m, code, upstream_code, rule, cls):
+def responses(m, code, upstream_code, rule, cls, scheme="http"):
     return metric(m, "statusproxy_responses_total", code=code, **{"class": cls},
-                  upstream_code=upstream_code, rule=rule)
+                  upstream_code=upstream_code, rule=rule, scheme=scheme)
 
 
 def test_metrics_match_traffic(rp, refused_port):
@@ -101,14 +101,14 @@ def test_metrics_match_traffic(rp, refused_port):
     assert metric(m, "statusproxy_faults_overflow_total") == 0
     n = traffic(rp, refused_port)
     m = wait_metrics(adm, lambda m: metric(m, "statusproxy_request_duration_seconds_count") == n)
-    got = {(l["code"], l["class"], l["upstream_code"], l["rule"]): v
+    got = {(l["code"], l["class"], l["upstream_code"], l["rule"], l["scheme"]): v
            for l, v in metric_samples(m, "statusproxy_responses_total")}
     assert got == {
-        ("200", "2xx", "200", ""): 3,
-        ("503", "5xx", "", "ab"): 2,
-        ("200", "2xx", "404", "hide"): 1,
-        ("201", "2xx", "201", "slow"): 1,
-        ("502", "5xx", "", ""): 1,
+        ("200", "2xx", "200", "", "http"): 3,
+        ("503", "5xx", "", "ab", "http"): 2,
+        ("200", "2xx", "404", "hide", "http"): 1,
+        ("201", "2xx", "201", "slow", "http"): 1,
+        ("502", "5xx", "", "", "http"): 1,
     }, got
     assert {l["rule"]: v for l, v in metric_samples(m, "statusproxy_rule_hits_total")} == \
         {"ab": 2, "hide": 1, "slow": 1}
@@ -141,8 +141,8 @@ def test_hits_count_both_rules_of_one_exchange(proxy_factory, backend, tmp_path)
     assert {l["rule"]: v for l, v in metric_samples(m, "statusproxy_rule_hits_total")} == \
         {"rq": 1, "rs": 1}
     assert {x["name"]: x["hits"] for x in adm.json("/rules")} == {"rq": 1, "rs": 1}
-    assert [(l["upstream_code"], l["rule"])
-            for l, _ in metric_samples(m, "statusproxy_responses_total")] == [("404", "rs")]
+    assert [(l["upstream_code"], l["rule"], l["scheme"])
+            for l, _ in metric_samples(m, "statusproxy_responses_total")] == [("404", "rs", "http")]
 
 
 def test_metrics_for_a_reset_use_empty_labels(proxy_factory, backend, tmp_path):
@@ -154,9 +154,9 @@ def test_metrics_for_a_reset_use_empty_labels(proxy_factory, backend, tmp_path):
                 pass
     adm = Admin(p)
     m = wait_metrics(adm, lambda m: metric(m, "statusproxy_request_duration_seconds_count") == 1)
-    got = {(l["code"], l["class"], l["upstream_code"], l["rule"]): v
+    got = {(l["code"], l["class"], l["upstream_code"], l["rule"], l["scheme"]): v
            for l, v in metric_samples(m, "statusproxy_responses_total")}
-    assert got == {("", "", "202", "rst"): 1}, got
+    assert got == {("", "", "202", "rst", "http"): 1}, got
     assert {l["rule"]: v for l, v in metric_samples(m, "statusproxy_rule_hits_total")} == \
         {"rst": 1}
 
@@ -194,11 +194,12 @@ def test_stats_json(rp, refused_port):
     assert s, adm.json("/stats")
     assert s["codes"] == {"200": 4, "201": 1, "503": 2, "502": 1}
     assert s["classes"] == {"2xx": 5, "5xx": 3}
+    assert s["schemes"] == {"http": 8}
     assert s["upstream_errors"] == {"connect_refused": 1}
     assert s["rules"] == {"ab": 2, "hide": 1, "slow": 1}
     assert s["dropped"] == 0
     assert isinstance(s["active_connections"], int)
-    assert set(s) >= {"since", "requests", "codes", "classes", "upstream_errors", "rules",
+    assert set(s) >= {"since", "requests", "codes", "classes", "schemes", "upstream_errors", "rules",
                       "dropped", "active_connections"}
 
 

@@ -483,7 +483,7 @@ def test_merge_two_proxy_runs(proxy_factory, backend, refused_port, statusproxy_
     assert_views(statusproxy_bin, [b.db, a.db], recs_a + recs_b, names)
     assert_views(statusproxy_bin, [a.db, b.db], recs_a + recs_b, names, "--since", "1h")
     merged = report(statusproxy_bin, [a.db, b.db], "--by", "host", "--host", "shop.*")
-    assert merged == [{"host": "shop.example", "count": 9, "1xx": 0, "2xx": 3, "3xx": 2,
+    assert merged == [{"host": "shop.example", "scheme": "http", "count": 9, "1xx": 0, "2xx": 3, "3xx": 2,
                        "4xx": 2, "5xx": 2, "p50_ms": ANY_MS, "p95_ms": ANY_MS,
                        "p99_ms": ANY_MS}]
 
@@ -957,7 +957,7 @@ def test_database_from_a_run_reported_after_stop(proxy_factory, backend, statusp
             assert c.exchange("GET", "/status/%d" % code, host="after.example").status == code
     stop_clean(p)
     assert scalar(p.db, "PRAGMA user_version") == latest()
-    want = [{"host": "after.example", "count": 3, "1xx": 0, "2xx": 2, "3xx": 0,
+    want = [{"host": "after.example", "scheme": "http", "count": 3, "1xx": 0, "2xx": 2, "3xx": 0,
              "4xx": 0, "5xx": 1, "p50_ms": ANY_MS, "p95_ms": ANY_MS, "p99_ms": ANY_MS}]
     assert report(statusproxy_bin, p.db, "--by", "host") == want
     m = cli(statusproxy_bin, "migrate", "--db", p.db)

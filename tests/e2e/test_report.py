@@ -365,7 +365,7 @@ def test_merge_databases(mixdb, split_dbs, names, work):
     doubled = report_json("--db", mixdb, "--db", mixdb, "--by", "host")
     # (Percentiles of the same durations twice are the same.)
     assert doubled == [dict(r, **{k: v * 2 for k, v in r.items()
-                                  if k != "host" and not k.endswith("_ms")})
+                                  if k not in ("host", "scheme") and not k.endswith("_ms")})
                        for r in expect("host", MIX)]
     # One bad file fails the whole report.
     p = run("report", "--db", a, "--db", work / "absent.db")
@@ -547,6 +547,45 @@ def test_html_empty_range(mixdb):
                                        "p95_ms", "p99_ms"]]
 
 
+def test_host_view_keyed_by_scheme(work):
+    # DESIGN §9: the same host over http, https and a blind tunnel are three
+    # rows of --by host, in every format.
+    spec = [("api.example", "http", 200, 5), ("api.example", "https", 503, 3),
+            ("api.example", "https", 200, 1), ("api.example", "tunnel", 200, 2),
+            ("web.example", "https", 404, 2)]
+    recs, lines = [], []
+    for host, scheme, code, n in spec:
+        for k in range(n):
+            i = len(recs)
+            recs.append({"host": host, "scheme": scheme, "upstream": code, "final": code,
+                         "rule": None, "minute": "2026-11-24T10:00:00Z", "duration_us": 1000 + i})
+            lines.append("\t".join([str(1795514400000 + i), "10.0.0.1",
+                                    "CONNECT" if scheme == "tunnel" else "GET", host, "/x",
+                                    str(code), str(code), "-", "-", "-", str(1000 + i), "1", "2",
+                                    "0", scheme]))
+    db = work / "schemes.db"
+    p = subprocess.run([str(FEED), "--db", str(db)], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    got = report_json("--db", db, "--by", "host")
+    assert got == expected_rows("host", recs)
+    assert [(r["host"], r["scheme"], r["count"]) for r in got] == [
+        ("api.example", "http", 5), ("api.example", "https", 4), ("api.example", "tunnel", 2),
+        ("web.example", "https", 2)]
+    rows = list(csv.reader(io.StringIO(report("--db", db, "--by", "host", "--format", "csv"))))
+    assert rows[0][:3] == ["host", "scheme", "count"]
+    assert rows[2][:3] == ["api.example", "https", "4"]
+    table = report("--db", db, "--by", "host").splitlines()
+    assert table[0].split()[:3] == ["HOST", "SCHEME", "COUNT"]
+    assert table[3].split()[:3] == ["api.example", "tunnel", "2"]
+    page = report("--db", db, "--format", "html")
+    head = re.search(r'id="by-host".*?<thead>(.*?)</thead>(.*?)</tbody>', page, re.S)
+    assert head and "<th>scheme</th>" in head.group(1)
+    assert re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", head.group(2)) == [
+        ("api.example", "http"), ("api.example", "https"), ("api.example", "tunnel"),
+        ("web.example", "https")]
+
+
 # --------------------------------------------------------- migrations
 
 
@@ -595,6 +634,68 @@ def test_migrate_version_1_keeps_rows(work, names):
             [("old.example", 503, "mask")]
         assert c.execute("SELECT sum(count) FROM minute_stats").fetchone()[0] == 4
     assert report_json("--db", db, "--by", "rewrite") == want
+
+
+def make_v4(path):
+    """A database as schema 4 left it (before schemes): one plain exchange and
+    one CONNECT in the raw rows, and their aggregates."""
+    c = sqlite3.connect(path)
+    # Schema 4 templates old raw rows with sp_route(); this file has none yet.
+    c.create_function("sp_route", 1, lambda p: p)
+    for m in MIGRATIONS[:4]:
+        c.executescript(m.read_text())
+    c.execute("PRAGMA application_id = %d" % APPLICATION_ID)
+    c.execute("PRAGMA user_version = 4")
+    for method, path, up, fin, dur in (("GET", "/a", 200, 200, 10),
+                                       ("CONNECT", "", None, 200, 5000)):
+        c.execute("INSERT INTO exchanges (start_ms, client, method, host, path, route,"
+                  " upstream_code, final_code, duration_us, bytes_in, bytes_out)"
+                  " VALUES (1795514400000, '127.0.0.1', ?, 'old.example', ?, ?, ?, ?, ?, 1, 2)",
+                  (method, path, path or "/", up, fin, dur))
+    c.execute("INSERT INTO minute_stats (minute, host, route, upstream_code, final_code, rule,"
+              " count, duration_us, bytes_in, bytes_out, hist) VALUES"
+              " (1795514400, 'old.example', '/a', 200, 200, '', 3, 30, 3, 6, NULL),"
+              " (1795514400, 'old.example', '/', -1, 200, '', 1, 5000, 1, 2, NULL)")
+    c.commit()
+    c.close()
+
+
+def test_migrate_version_4_adds_scheme(work):
+    # DESIGN §9: every exchange has a scheme. Rows written before it keep
+    # their values and read as http, except CONNECT raw rows: tunnels. The
+    # aggregates keep no method, so theirs read as http.
+    db = work / "v4.db"
+    make_v4(db)
+    want = [{"host": "old.example", "scheme": "http", "count": 4, "1xx": 0, "2xx": 4,
+             "3xx": 0, "4xx": 0, "5xx": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None}]
+    # Read-only, before migrating: the report says http too.
+    assert report_json("--db", db, "--by", "host") == want
+    before = digest(db)
+    p = run("migrate", "--db", db)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "schema version %d\n" % latest()
+    assert digest(db) != before
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT method, path, final_code, duration_us, scheme FROM exchanges"
+                         " ORDER BY id").fetchall() == \
+            [("GET", "/a", 200, 10, "http"), ("CONNECT", "", 200, 5000, "tunnel")]
+        assert c.execute("SELECT scheme, method FROM exchange_log ORDER BY id").fetchall() == \
+            [("http", "GET"), ("tunnel", "CONNECT")]
+        assert c.execute("SELECT scheme, host, route, count, duration_us FROM minute_stats"
+                         " ORDER BY route").fetchall() == \
+            [("http", "old.example", "/", 1, 5000), ("http", "old.example", "/a", 3, 30)]
+        assert c.execute("SELECT scheme, count FROM minute_log ORDER BY route").fetchall() == \
+            [("http", 1), ("http", 3)]
+    assert report_json("--db", db, "--by", "host") == want
+    # The writer goes on in the migrated file, the new scheme beside the old rows.
+    line = "\t".join(["1795514401000", "127.0.0.1", "GET", "old.example", "/a", "500", "500",
+                      "-", "-", "-", "2000", "1", "2", "0", "https"]) + "\n"
+    p = subprocess.run([str(FEED), "--db", str(db)], input=line, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    got = report_json("--db", db, "--by", "host")
+    assert [(r["host"], r["scheme"], r["count"], r["5xx"]) for r in got] == \
+        [("old.example", "http", 4, 0), ("old.example", "https", 1, 1)]
 
 
 def test_newer_database_refused_untouched(work):

@@ -9,9 +9,10 @@
  *
  * One record per line, fields separated by tabs; '#' starts a comment line:
  *   start client method host path upstream_code final_code
- *         [rule action error duration_us bytes_in bytes_out retry_after_ms]
+ *         [rule action error duration_us bytes_in bytes_out retry_after_ms scheme]
  * start is Unix milliseconds or an ISO 8601 UTC time; a code, rule, action or
- * error that is empty or "-" is absent. By default the tool waits for the
+ * error that is empty or "-" is absent; scheme is http (the default when
+ * empty or "-"), https or tunnel. By default the tool waits for the
  * writer whenever the queue could overflow, so nothing is lost; --no-wait
  * submits as fast as it reads, as the proxy does, and losses are counted.
  * Prints "fed N records, M dropped" and exits 0; 1 when the database cannot
@@ -27,7 +28,7 @@
 #include "util.h"
 
 #define BATCH 256
-#define MAX_FIELDS 14
+#define MAX_FIELDS 15
 
 static int parse_code(const char *s, int *out)
 {
@@ -118,6 +119,16 @@ static int parse_record(char *line, int64_t now_ms, struct audit_record *r, cons
     }
     r->duration_us = (int64_t)dur;
     r->retry_after_ms = (int64_t)retry_after;
+    r->scheme = AUDIT_SCHEME_COUNT;
+    if (!f[14][0] || strcmp(f[14], "-") == 0)
+        r->scheme = AUDIT_SCHEME_HTTP;
+    for (int s = 0; s < AUDIT_SCHEME_COUNT; s++)
+        if (strcmp(f[14], audit_scheme_name((enum audit_scheme)s)) == 0)
+            r->scheme = (enum audit_scheme)s;
+    if (r->scheme == AUDIT_SCHEME_COUNT) {
+        *why = "scheme: expected http, https or tunnel";
+        return -1;
+    }
     return 0;
 }
 

@@ -331,6 +331,48 @@ static void test_aggregates_per_minute_host_codes_rule(void)
     free(path);
 }
 
+/* The scheme (DESIGN §9) is a column of raw rows and part of the aggregates'
+ * key: the same host, codes and minute over http, https and a tunnel are
+ * three rows, also when they alternate within one batch. An out-of-range
+ * value reads as http. */
+static void test_scheme_in_rows_and_aggregates(void)
+{
+    char *path = new_db_path();
+    struct audit *a = open_audit(path, AUDIT_LOG_ALL, 0, 0);
+    int64_t m = 1795000020000 / 60000 * 60000;
+    struct audit_record r[6];
+    static const enum audit_scheme schemes[] = {AUDIT_SCHEME_HTTP, AUDIT_SCHEME_HTTPS,
+                                                AUDIT_SCHEME_HTTP, AUDIT_SCHEME_TUNNEL,
+                                                AUDIT_SCHEME_HTTPS, (enum audit_scheme)77};
+    for (size_t i = 0; i < ARRAY_LEN(r); i++) {
+        r[i] = rec(m + 1000 * (int64_t)i, "a.example", 200, 200, "", "");
+        r[i].scheme = schemes[i];
+    }
+    audit_submit(a, r, ARRAY_LEN(r));
+    audit_close(a);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchanges WHERE scheme = 'http'"), 3);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchanges WHERE scheme = 'https'"), 2);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchanges WHERE scheme = 'tunnel'"), 1);
+    char *sql = xasprintf("SELECT group_concat(scheme, ',') FROM (SELECT scheme FROM exchanges"
+                          " WHERE start_ms >= %lld ORDER BY start_ms)", (long long)m);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    CHECK(sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+          sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+          sqlite3_step(st) == SQLITE_ROW);
+    CHECK_STR((const char *)sqlite3_column_text(st, 0), "http,https,http,tunnel,https,http");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    free(sql);
+    CHECK_INT(query(path, "SELECT count(*) FROM minute_stats"), 3);
+    CHECK_INT(query(path, "SELECT count FROM minute_stats WHERE scheme = 'http'"), 3);
+    CHECK_INT(query(path, "SELECT count FROM minute_stats WHERE scheme = 'https'"), 2);
+    CHECK_INT(query(path, "SELECT count FROM minute_stats WHERE scheme = 'tunnel'"), 1);
+    CHECK_INT(query(path, "SELECT count(*) FROM exchange_log WHERE scheme = 'https'"), 2);
+    CHECK_INT(query(path, "SELECT sum(count) FROM minute_log WHERE scheme = 'http'"), 3);
+    free(path);
+}
+
 static void test_overflow_counted_and_stored(void)
 {
     char *path = new_db_path();
@@ -730,6 +772,7 @@ int main(int argc, char **argv)
     RUN(test_mode_none_keeps_aggregates_only);
     RUN(test_raw_row_fields);
     RUN(test_aggregates_per_minute_host_codes_rule);
+    RUN(test_scheme_in_rows_and_aggregates);
     RUN(test_overflow_counted_and_stored);
     RUN(test_lock_held_2s_loses_nothing);
     RUN(test_retention_prunes_old_raw_rows);

@@ -56,16 +56,16 @@ static void test_label_sets_counted_in_any_order(void)
     metrics_publish(l, m, 0);
     char *text = metrics_prometheus(m, 0);
     CHECK_INT(count_of(text, "statusproxy_responses_total{code=\"200\",class=\"2xx\","
-                             "upstream_code=\"200\",rule=\"\"}"),
+                             "upstream_code=\"200\",rule=\"\",scheme=\"http\"}"),
               6);
     CHECK_INT(count_of(text, "statusproxy_responses_total{code=\"503\",class=\"5xx\","
-                             "upstream_code=\"500\",rule=\"mask\"}"),
+                             "upstream_code=\"500\",rule=\"mask\",scheme=\"http\"}"),
               2);
     CHECK_INT(count_of(text, "statusproxy_responses_total{code=\"502\",class=\"5xx\","
-                             "upstream_code=\"\",rule=\"\"}"),
+                             "upstream_code=\"\",rule=\"\",scheme=\"http\"}"),
               1);
     CHECK_INT(count_of(text, "statusproxy_responses_total{code=\"200\",class=\"2xx\","
-                             "upstream_code=\"200\",rule=\"r42\"}"),
+                             "upstream_code=\"200\",rule=\"r42\",scheme=\"http\"}"),
               1);
     CHECK_INT(count_of(text, "statusproxy_rule_hits_total{rule=\"mask\"}"), 2);
     CHECK_INT(count_of(text, "statusproxy_rule_hits_total{rule=\"first\"}"), 1);
@@ -98,8 +98,44 @@ static void test_long_rule_name_cut_like_the_log(void)
     metrics_free(m);
 }
 
+/* Each scheme is its own series, also when exchanges of the same labels but
+ * another scheme come in a row (the last-slot shortcut must not merge
+ * them); /stats sums them per scheme. */
+static void test_scheme_label(void)
+{
+    struct metrics *m = metrics_new();
+    struct metrics_local *l = metrics_local_new();
+    struct audit_entry plain = exchange(200, 200, "", "");
+    struct audit_entry tls = plain, tunnel = exchange(200, -1, "", "");
+    tls.scheme = AUDIT_SCHEME_HTTPS;
+    tunnel.scheme = AUDIT_SCHEME_TUNNEL;
+    metrics_record(l, &plain, NULL);
+    metrics_record(l, &tls, NULL);
+    metrics_record(l, &tls, NULL);
+    metrics_record(l, &plain, NULL);
+    metrics_record(l, &tunnel, NULL);
+    metrics_publish(l, m, 0);
+    char *text = metrics_prometheus(m, 0);
+    CHECK_INT(count_of(text, "statusproxy_responses_total{code=\"200\",class=\"2xx\","
+                             "upstream_code=\"200\",rule=\"\",scheme=\"http\"}"),
+              2);
+    CHECK_INT(count_of(text, "statusproxy_responses_total{code=\"200\",class=\"2xx\","
+                             "upstream_code=\"200\",rule=\"\",scheme=\"https\"}"),
+              2);
+    CHECK_INT(count_of(text, "statusproxy_responses_total{code=\"200\",class=\"2xx\","
+                             "upstream_code=\"\",rule=\"\",scheme=\"tunnel\"}"),
+              1);
+    free(text);
+    char *json = metrics_stats_json(m, 0);
+    CHECK(strstr(json, "\"schemes\": {\"http\": 2, \"https\": 2, \"tunnel\": 1}") != NULL);
+    free(json);
+    metrics_local_free(l);
+    metrics_free(m);
+}
+
 int main(void)
 {
+    RUN(test_scheme_label);
     RUN(test_label_sets_counted_in_any_order);
     RUN(test_long_rule_name_cut_like_the_log);
     return unit_summary("metrics");

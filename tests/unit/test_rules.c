@@ -1409,8 +1409,35 @@ static void test_threads_share_one_set(void)
     rules_unref(rs);
 }
 
+/* `scheme` (DESIGN §9) selects on the exchange's scheme: a blind tunnel's
+ * CONNECT is neither http nor https. */
+static void test_scheme_matcher(void)
+{
+    struct rules *rs = load("rule tls scheme https => abort 503\n"
+                            "rule plain scheme HTTP path /p => abort 502\n"
+                            "rule any => abort 500\n",
+                            SEED);
+    CHECK(rs != NULL);
+    if (!rs)
+        return;
+    struct xch e;
+    xch_init(&e, "GET", "h.example", "/p");
+    CHECK_STR(match_name(rs, RULES_REQUEST, &e), "plain");
+    e.x.scheme = AUDIT_SCHEME_HTTPS;
+    CHECK_STR(match_name(rs, RULES_REQUEST, &e), "tls");
+    xch_free(&e);
+    xch_init(&e, "CONNECT", "h.example", "");
+    e.x.scheme = AUDIT_SCHEME_TUNNEL;
+    CHECK_STR(match_name(rs, RULES_REQUEST, &e), "any");
+    xch_free(&e);
+    rules_unref(rs);
+    ERR_AT("rule x scheme ftp => reset", 1, 15, "invalid scheme 'ftp'");
+    ERR_AT("rule x scheme tunnel => reset", 1, 15, "'scheme tunnel' cannot be matched");
+}
+
 int main(void)
 {
+    RUN(test_scheme_matcher);
     RUN(test_empty_file_and_comments);
     RUN(test_design_examples);
     RUN(test_rule_without_matchers);
