@@ -520,13 +520,14 @@ static void set_reading(struct admin_conn *ac, int want)
 static void parse_input(struct admin_conn *ac)
 {
     while (ac->in_pos < ac->in_len && !ac->closing && ac->unsent <= ADMIN_WRITE_HIGH) {
-        const char *p = ac->rbuf + ac->in_pos;
-        llhttp_errno_t err = llhttp_execute(&ac->parser, p, ac->in_len - ac->in_pos);
-        if (err == HPE_OK) {
+        size_t used;
+        enum http_pump_step step =
+            http_pump(&ac->parser, ac->rbuf + ac->in_pos, ac->in_len - ac->in_pos, &used);
+        if (step == HTTP_PUMP_ALL) {
             ac->in_pos = ac->in_len;
             break;
         }
-        if (err != HPE_PAUSED) {
+        if (step != HTTP_PUMP_PAUSED) {
             ac->keep_alive = 0;
             ac->in_pos = ac->in_len = 0;
             set_reading(ac, 0);
@@ -536,7 +537,7 @@ static void parse_input(struct admin_conn *ac)
                          "malformed request\n");
             return;
         }
-        ac->in_pos = (size_t)(llhttp_get_error_pos(&ac->parser) - ac->rbuf);
+        ac->in_pos += used;
         llhttp_resume(&ac->parser);
         if (ac->complete) {
             route(ac);

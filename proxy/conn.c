@@ -1,9 +1,11 @@
 /*
- * conn — the client side of a connection: reading and validating requests,
- * routing them, policy (access, loops, proxy authentication, Max-Forwards),
- * request rules and fault headers, answers the proxy writes itself,
- * pipelining, keep-alive, timeouts, closing, and recording each exchange.
- * The upstream side of an exchange is in relay.c.
+ * conn — the client connection: reading client bytes, the request parser,
+ * validating and routing requests, policy (access, loops, proxy
+ * authentication, Max-Forwards), writing to the client, pipelining,
+ * keep-alive, idle/header/linger timers and closing. It hands each parsed
+ * request (head, body pieces, end) to the exchange (exchange.c), which owns
+ * the rest of its life; exchange.c and relay.c call back only through
+ * conn_side (struct exchange_client_ops).
  *
  * A connection carries one exchange at a time. The request parser pauses at
  * the end of each request head (so the upstream can be chosen before any
@@ -24,18 +26,22 @@
 #include <string.h>
 
 #include "catalog.h"
-#include "conn_int.h"
-#include "fault.h"
+#include "exchange.h"
 #include "log.h"
+#include "options.h"
 #include "policy.h"
-#include "resp_head.h"
-#include "server.h"
 #include "tunnel.h"
-#include "units.h"
 
 static const llhttp_settings_t request_settings;
+static const struct exchange_client_ops conn_side;
 static void on_timer(struct deadline *d);
 static void on_client_read(struct transport *t, ssize_t nread, struct chunk *ch, void *owner);
+static void on_client_written(struct sender *s, int status);
+static void conn_update_reading(struct conn *c);
+static void conn_parse_requests(struct conn *c);
+static void conn_flush(struct conn *c);
+static void conn_close(struct conn *c, enum close_how how);
+static void conn_close_gracefully(struct conn *c);
 
 /* ---------- small helpers ---------- */
 
@@ -49,12 +55,6 @@ static const char *http_method_str(int method)
     return llhttp_method_name((llhttp_method_t)method);
 }
 
-void conn_set_error(struct conn *c, const char *error)
-{
-    if (!c->x.error[0])
-        str_copy(c->x.error, sizeof c->x.error, error);
-}
-
 /* ---------- reading from the client ---------- */
 
 /* A `hang` ends the connection without an answer, so requests pipelined
@@ -65,7 +65,7 @@ static int hang_drops_input(const struct conn *c)
     return c->phase == PH_EXCHANGE && c->x.brk == RULES_BREAK_HANG && c->x.req == REQ_DONE;
 }
 
-void conn_update_reading(struct conn *c)
+static void conn_update_reading(struct conn *c)
 {
     int want = c->phase != PH_CLOSED && (!c->in || hang_drops_input(c)) &&
                (c->phase != PH_TUNNEL || tunnel_wants_client(c->tunnel));
@@ -78,7 +78,7 @@ void conn_update_reading(struct conn *c)
     }
 }
 
-void conn_release_input(struct conn *c)
+static void conn_release_input(struct conn *c)
 {
     if (c->in) {
         c->prev_last = c->in->len ? c->in->data[c->in->len - 1] : c->prev_last;
@@ -93,9 +93,9 @@ static void arm_timer(struct conn *c, uint64_t ms)
     deadline_set(&c->timer, ms);
 }
 
-void conn_tunnel_active(struct conn *c)
+static void conn_tunnel_active(struct conn *c)
 {
-    arm_timer(c, c->w->opts->tunnel_idle_timeout_ms);
+    arm_timer(c, c->env->opts->tunnel_idle_timeout_ms);
 }
 
 /* The client went away (EOF or error) or a write to it failed. */
@@ -123,7 +123,7 @@ static void client_gone(struct conn *c, int status)
     /* Any other client gone while its answer is pending gave up on it: the
      * upstream is released (closed) and the exchange recorded as such. */
     if (c->phase == PH_EXCHANGE)
-        conn_set_error(c, "client_closed");
+        exchange_set_error(&c->x, "client_closed");
     conn_close(c, CLOSE_NOW);
 }
 
@@ -160,7 +160,7 @@ static int on_req_begin(llhttp_t *p)
         http_head_reset(&c->req);
         c->obs_fold = 0;
         if (c->nrequests > 0)
-            arm_timer(c, c->w->opts->header_timeout_ms);
+            arm_timer(c, c->env->opts->header_timeout_ms);
     }
     return 0;
 }
@@ -231,16 +231,15 @@ static int on_req_body(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     c->x.req_body_bytes += len;
-    uint64_t limit = c->w->opts->max_request_body;
+    uint64_t limit = c->env->opts->max_request_body;
     if (limit && c->x.req_body_bytes > limit) {
         /* A chunked body grew past --max-request-body: cut the exchange
          * (413 if no answer began) before this piece goes upstream. */
-        conn_set_error(c, "body_too_large");
+        exchange_set_error(&c->x, "body_too_large");
         c->parse_status = 413;
         return HPE_USER;
     }
-    if (c->x.sink == SINK_UPSTREAM && c->x.up)
-        relay_forward_body(c, at, len);
+    exchange_request_body(c, at, len);
     if (http_chunk_piece_done((p->flags & F_CHUNKED) != 0, p->content_length, at + len, c->in->data + c->in->len, &c->req_crlf) != 0) {
         c->parse_status = 400;
         return HPE_USER;
@@ -266,122 +265,6 @@ static const llhttp_settings_t request_settings = {
     .on_message_complete = on_req_done,
 };
 
-/* ---------- synthesized answers ---------- */
-
-/* Does this answer end the connection? HTTP/1.0 clients keep it only when they asked. */
-int conn_must_close(const struct conn *c)
-{
-    return c->close_after || !c->x.client_keepalive || c->w->stopping || c->client_eof;
-}
-
-void conn_put_connection_header(struct conn *c, struct sbuf *h)
-{
-    resp_head_put_connection(h, conn_must_close(c), c->x.client_keepalive, c->req.minor);
-}
-
-/* bad-chunk on an answer of ours: B becomes one chunk followed by a broken
- * chunk-size line; the connection closes after it. */
-static void break_chunked_body(struct conn *c, struct sbuf *b)
-{
-    struct sbuf out = {0};
-    sbuf_printf(&out, "%zx\r\n", b->len);
-    sbuf_append(&out, b->data, b->len);
-    sbuf_puts(&out, "\r\n" FAULT_BAD_CHUNK_LINE);
-    sbuf_free(b);
-    *b = out;
-    c->close_after = 1;
-    conn_set_error(c, "fault_bad_chunk");
-}
-
-static void on_slow_answer_done(uv_timer_t *t)
-{
-    struct conn *c = t->data;
-    struct exchange *x = &c->x;
-    if (c->phase != PH_EXCHANGE)
-        return;
-    sender_copy(&c->out, x->held_head.data, x->held_head.len);
-    sbuf_reset(&x->held_head);
-    x->resp = RESP_DONE;
-    conn_flush(c);
-    if (c->phase != PH_EXCHANGE)
-        return;
-    if (x->req != REQ_DONE)
-        conn_parse_requests(c);
-    conn_maybe_finish(c);
-}
-
-/* Answer the current request ourselves: CODE with the body of DESIGN §3
- * ("CODE Reason\n", text/plain) unless BODY or the rule's body says
- * otherwise. A answers for a rule (reason, body, headers) or is NULL.
- * EXTRA_HEADERS are complete "Name: value\r\n" lines or NULL. */
-void conn_answer(struct conn *c, int code, const struct rule_actions *a, const char *extra_headers,
-                   const char *body)
-{
-    struct exchange *x = &c->x;
-    const char *reason = (a && a->reason) ? a->reason : catalog_reason(code);
-    struct sbuf b = {0}, h = {0};
-    const char *ctype = x->answer_ctype ? x->answer_ctype : "text/plain";
-    if (a && a->body) {
-        sbuf_append(&b, a->body, a->body_len);
-        if (a->body_is_json)
-            ctype = "application/json";
-    } else if (body) {
-        sbuf_puts(&b, body);
-    } else {
-        sbuf_printf(&b, "%d %s\n", code, reason);
-    }
-    enum catalog_body kind = catalog_body(code);
-    int body_out = kind == CATALOG_BODY_ALLOWED && !x->is_head;
-    int broken = body_out && x->bad_chunk && c->req.minor == 1;
-    sbuf_printf(&h, "HTTP/1.1 %d %s\r\n", code, reason);
-    if (broken) {
-        sbuf_printf(&h, "Content-Type: %s\r\nTransfer-Encoding: chunked\r\n", ctype);
-        break_chunked_body(c, &b);
-    } else if (kind == CATALOG_BODY_ALLOWED) {
-        sbuf_printf(&h, "Content-Type: %s\r\nContent-Length: %zu\r\n", ctype, b.len);
-    } else if (kind == CATALOG_BODY_EMPTY) {
-        sbuf_puts(&h, "Content-Length: 0\r\n");
-    }
-    if (extra_headers)
-        sbuf_puts(&h, extra_headers);
-    if (a) {
-        for (size_t i = 0; i < a->n_set_headers; i++)
-            sbuf_printf(&h, "%s: %s\r\n", a->set_headers[i].name, a->set_headers[i].value);
-        if (a->retry_after_auto)
-            sbuf_printf(&h, "Retry-After: %llu\r\n", (unsigned long long)x->retry_after_s);
-    }
-    const char *rule = x->has_resp_v ? rule_name(x->resp_v.rule)
-                       : x->has_req_v ? rule_name(x->req_v.rule)
-                                      : x->fault_rule;
-    if (c->w->opts->mark_faults && rule)
-        sbuf_printf(&h, "X-Statusproxy-Rule: %s\r\n", rule);
-    conn_put_connection_header(c, &h);
-    sbuf_puts(&h, "\r\n");
-    if (code == 429 || code >= 500) /* for the report's retry view */
-        x->retry_after_ms = http_retry_after_ms(h.data, h.len);
-    size_t head_len = h.len;
-    if (body_out)
-        sbuf_append(&h, b.data, b.len);
-    x->final_code = code;
-    x->resp_head_sent = 1;
-    if (conn_must_close(c))
-        c->close_after = 1;
-    if (x->slow_head_ms) {
-        /* slow-head: the head goes out bit by bit, then the rest. */
-        sbuf_free(&x->held_head);
-        x->held_head = h;
-        x->slow_len = head_len;
-        x->resp = RESP_HOLD;
-        sbuf_free(&b);
-        conn_slow_head(c, on_slow_answer_done);
-        return;
-    }
-    sender_copy(&c->out, h.data, h.len);
-    sbuf_free(&h);
-    sbuf_free(&b);
-    x->resp = RESP_DONE;
-    conn_flush(c);
-}
 
 /* ---------- closing ---------- */
 
@@ -408,41 +291,31 @@ static void closed_one(struct conn *c)
 {
     if (--c->pending_closes > 0)
         return;
-    struct worker *w = c->w;
+    struct conn_env *env = c->env;
     http_head_free(&c->req);
     http_head_free(&c->resp);
-    sbuf_free(&c->x.req_head);
-    sbuf_free(&c->x.held_head);
-    free(c->x.pace.items);
+    exchange_free(c);
     free(c);
-    worker_conn_closed(w);
+    env->hooks->closed(env->owner);
 }
 
-void conn_close(struct conn *c, enum close_how how)
+static void conn_close(struct conn *c, enum close_how how)
 {
     if (c->phase == PH_CLOSED)
         return;
-    if (c->x.active) {
-        if (!c->x.error[0] && c->x.resp != RESP_DONE)
-            conn_set_error(c, "client_closed");
-        conn_record(c);
-    }
+    exchange_close(c);
     if (c->tunnel) {
         tunnel_free(c->tunnel);
         c->tunnel = NULL;
     }
-    relay_detach(c, 0);
+    exchange_release(c);
     conn_release_input(c);
-    relay_pace_clear(&c->x.pace);
-    rules_unref(c->x.rules);
-    c->x.rules = NULL;
     c->phase = PH_CLOSED;
     sender_discard(&c->out);
-    struct worker *w = c->w;
     if (c->prev)
         c->prev->next = c->next;
     else
-        w->conns = c->next;
+        c->env->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     c->prev = c->next = NULL;
@@ -472,7 +345,7 @@ static void on_shutdown(struct transport *t, int status, void *arg)
 }
 
 /* Close after everything queued to the client is written. */
-void conn_close_gracefully(struct conn *c)
+static void conn_close_gracefully(struct conn *c)
 {
     if (c->phase == PH_CLOSED || c->phase == PH_LINGER)
         return;
@@ -486,7 +359,7 @@ void conn_close_gracefully(struct conn *c)
 
 void conn_abort(struct conn *c)
 {
-    conn_set_error(c, "shutdown");
+    exchange_set_error(&c->x, "shutdown");
     conn_close(c, CLOSE_NOW);
 }
 
@@ -501,19 +374,19 @@ void conn_shutdown(struct conn *c)
 
 /* ---------- writing to the client ---------- */
 
-void conn_flush(struct conn *c)
+static void conn_flush(struct conn *c)
 {
     if (c->phase == PH_CLOSED)
         return;
     int rc = sender_flush(&c->out);
     if (rc != 0) {
-        conn_set_error(c, "client_closed");
+        exchange_set_error(&c->x, "client_closed");
         conn_close(c, CLOSE_NOW);
         return;
     }
-    if (c->x.up && !c->hold_upstream && c->out.inflight > WRITE_HIGH) {
-        c->hold_upstream = 1;
-        relay_update_reading(c);
+    if (c->x.up && c->resp_flow == FLOW_OPEN && c->out.inflight > WRITE_HIGH) {
+        c->resp_flow = FLOW_HELD;
+        exchange_client_held(c);
     }
 }
 
@@ -527,150 +400,18 @@ static void on_client_written(struct sender *s, int status)
         return;
     }
     if (status != 0) {
-        conn_set_error(c, "client_closed");
+        exchange_set_error(&c->x, "client_closed");
         conn_close(c, CLOSE_NOW);
         return;
     }
-    if (c->hold_upstream && c->out.inflight < WRITE_LOW) {
-        c->hold_upstream = 0;
-        relay_parse_responses(c);
+    if (c->resp_flow == FLOW_HELD && c->out.inflight < WRITE_LOW) {
+        c->resp_flow = FLOW_OPEN;
+        exchange_client_drained(c);
         if (c->phase == PH_CLOSED)
             return;
     }
     if (c->phase == PH_EXCHANGE)
-        conn_maybe_finish(c);
-}
-
-/* ---------- recording ---------- */
-
-void conn_record(struct conn *c)
-{
-    struct exchange *x = &c->x;
-    if (!x->active)
-        return;
-    x->active = 0;
-    if (x->fault_slot) {
-        x->fault_slot = 0;
-        fault_release();
-    }
-    const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
-    const char *rname = rule ? rule_name(rule) : x->fault_rule ? x->fault_rule : "";
-    const char *action = rule ? rule_actions_text(rule) : x->fault_rule ? x->fault_action : "";
-    const struct audit_entry e = {
-        .start_ms = x->start_ms,
-        .duration_us = (int64_t)(time_mono_us() - x->start_us),
-        .upstream_code = x->upstream_code,
-        .final_code = x->final_code,
-        .bytes_in = x->bytes_in + (c->tunnel ? tunnel_client_bytes(c->tunnel) : 0),
-        .bytes_out = c->out.total + sender_queued(&c->out) - x->out_start,
-        .client = AUDIT_TEXT(c->peer_ip),
-        .method = AUDIT_TEXT(x->method_name),
-        .host = AUDIT_TEXT(x->rec_host),
-        .path = {x->path ? x->path : "", x->path ? x->path_len : 0},
-        .rule = AUDIT_TEXT(rname),
-        .action = AUDIT_TEXT(action),
-        .error = AUDIT_TEXT(x->error),
-        .retry_after_ms = x->retry_after_ms,
-        .scheme = x->is_connect ? AUDIT_SCHEME_TUNNEL : AUDIT_SCHEME_HTTP,
-    };
-    worker_record(c->w, &e, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
-}
-
-/* ---------- exchange lifecycle ---------- */
-
-static void exchange_begin(struct conn *c)
-{
-    struct exchange *x = &c->x;
-    /* The head buffers and the pace queue keep their memory across exchanges. */
-    struct sbuf keep = x->req_head, keep_held = x->held_head;
-    struct pace pace = x->pace;
-    uint64_t bytes_in = x->bytes_in;
-    memset(x, 0, sizeof *x);
-    sbuf_reset(&keep);
-    sbuf_reset(&keep_held);
-    x->req_head = keep;
-    x->held_head = keep_held;
-    pace.n = pace.head = pace.bytes = 0;
-    pace.budget = 0;
-    pace.bps = 0;
-    x->pace = pace;
-    x->active = 1;
-    x->bytes_in = bytes_in;
-    x->start_us = time_mono_us();
-    x->start_ms = time_now_ms();
-    x->out_start = c->out.total + sender_queued(&c->out);
-    x->upstream_code = -1;
-    x->final_code = -1;
-    x->truncate_left = -1;
-    x->max_forwards = -1;
-    x->resp = RESP_WAIT;
-    x->req = REQ_BODY;
-    x->sink = SINK_UPSTREAM;
-    if (c->w->rules)
-        x->rules = rules_ref(c->w->rules);
-}
-
-/* The exchange is over when the answer is complete and the request was read
- * (or will not be: the connection closes). Then record it and move on to the
- * next request, which may already wait in the read chunk. */
-void conn_maybe_finish(struct conn *c)
-{
-    struct exchange *x = &c->x;
-    if (c->phase != PH_EXCHANGE || !x->active)
-        return;
-    if (x->resp != RESP_DONE || x->pace.n || (x->req != REQ_DONE && !c->close_after))
-        return;
-    deadline_clear(&c->xtimer);
-    uv_timer_stop(&c->ptimer);
-    int reusable = x->resp_keepalive && x->req == REQ_DONE && x->sink == SINK_UPSTREAM &&
-                   !x->error[0] && x->resp_complete;
-    relay_detach(c, reusable);
-    conn_record(c);
-    rules_unref(x->rules);
-    x->rules = NULL;
-    x->bytes_in = 0;
-    c->nrequests++;
-    /* RFC 9112 §9.6: after an answer that said "Connection: close" (the
-     * client asked, or it is HTTP/1.0 without keep-alive), close. */
-    if (c->close_after || c->stop_requested || !x->client_keepalive || c->client_eof) {
-        conn_close_gracefully(c);
-        return;
-    }
-    c->phase = PH_IDLE;
-    llhttp_resume(&c->parser);
-    c->kick = 1;
-    arm_timer(c, c->w->opts->idle_timeout_ms);
-    conn_parse_requests(c);
-    if (c->phase != PH_CLOSED)
-        conn_update_reading(c);
-}
-
-/* The exchange cannot go on: answer CODE if nothing was sent yet, else cut
- * the client's connection so that it sees an incomplete answer. */
-void conn_fail(struct conn *c, int code, const char *error)
-{
-    struct exchange *x = &c->x;
-    conn_set_error(c, error);
-    deadline_clear(&c->xtimer);
-    relay_detach(c, 0);
-    if (x->resp_head_sent) {
-        conn_close(c, CLOSE_NOW);
-        return;
-    }
-    if (x->req != REQ_DONE) {
-        /* The rest of the request body has nowhere to go. */
-        x->sink = SINK_DISCARD;
-        if (x->expect_continue || x->req_has_body)
-            c->close_after = 1;
-    }
-    conn_answer(c, code, NULL, NULL, NULL);
-    if (c->phase != PH_EXCHANGE)
-        return;
-    /* The parser may still owe the request's end (or body bytes to drop);
-     * drive it, which also finishes the exchange and moves on. */
-    if (x->req != REQ_DONE)
-        conn_parse_requests(c);
-    conn_maybe_finish(c);
+        exchange_maybe_finish(c);
 }
 
 /* Check the head llhttp accepted against what a proxy must refuse.
@@ -690,15 +431,15 @@ static void refuse_request(struct conn *c, int status, const char *why)
 {
     c->close_after = 1;
     c->x.sink = SINK_DISCARD;
-    conn_set_error(c, "bad_request");
+    exchange_set_error(&c->x, "bad_request");
     if (why == policy_no_upstream_help) {
         char *body = xasprintf("%d %s\n%s", status, catalog_reason(status), why);
-        conn_answer(c, status, NULL, NULL, body);
+        exchange_answer(c, status, NULL, NULL, body);
         free(body);
         return;
     }
     char *extra = why ? xasprintf("X-Statusproxy-Error: %s\r\n", why) : NULL;
-    conn_answer(c, status, NULL, extra, NULL);
+    exchange_answer(c, status, NULL, extra, NULL);
     free(extra);
 }
 
@@ -754,7 +495,7 @@ static int route_request(struct conn *c, const char **why)
     _Static_assert(sizeof x->up_host == POLICY_HOST_SIZE && sizeof x->rec_host == POLICY_HOST_SIZE,
                    "policy_route writes POLICY_HOST_SIZE bytes");
     int status = policy_route(h->buf + h->target, h->target_len, x->is_connect, hv, hlen,
-                              c->w->opts, &r, why);
+                              c->env->opts, &r, why);
     if (status)
         return status;
     x->forward_mode = r.forward_mode;
@@ -779,7 +520,7 @@ static void answer_trace(struct conn *c)
     http_head_write(h, &b);
     sbuf_puts(&b, "\r\n");
     c->x.answer_ctype = "message/http";
-    conn_answer(c, 200, NULL, NULL, b.data);
+    exchange_answer(c, 200, NULL, NULL, b.data);
     sbuf_free(&b);
 }
 
@@ -789,9 +530,9 @@ static int check_policy(struct conn *c)
 {
     struct exchange *x = &c->x;
     struct policy_request q = {
-        .client_allowed = worker_client_allowed(c->w, (const struct sockaddr *)&c->peer),
+        .client_allowed = c->env->hooks->client_allowed(c->env->owner, (const struct sockaddr *)&c->peer),
         .req = &c->req,
-        .via_token = c->w->via_token,
+        .via_token = c->env->via_token,
         .forward_mode = x->forward_mode,
         .is_connect = x->is_connect,
         .is_options = x->method == HTTP_OPTIONS,
@@ -800,7 +541,7 @@ static int check_policy(struct conn *c)
         .up_port = x->up_port,
     };
     struct policy_decision d;
-    policy_access(&q, c->w->opts, &d);
+    policy_access(&q, c->env->opts, &d);
     if (d.strip_proxy_auth)
         http_head_remove(&c->req, "Proxy-Authorization");
     if (d.strip_max_forwards)
@@ -819,199 +560,11 @@ static int check_policy(struct conn *c)
     if (d.close)
         c->close_after = 1;
     if (d.error)
-        conn_set_error(c, d.error);
-    conn_answer(c, d.code, NULL, d.extra_headers, NULL);
+        exchange_set_error(&c->x, d.error);
+    exchange_answer(c, d.code, NULL, d.extra_headers, NULL);
     return 1;
 }
 
-/* X-Statusproxy-Abort / X-Statusproxy-Delay (only with --fault-headers). */
-static void read_fault_headers(struct conn *c)
-{
-    struct exchange *x = &c->x;
-    size_t len;
-    const char *v = http_head_get(&c->req, "X-Statusproxy-Abort", &len);
-    if (v && len == 3) {
-        int code = (v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0');
-        if (v[0] >= '2' && v[0] <= '5' && v[1] >= '0' && v[1] <= '9' && v[2] >= '0' &&
-            v[2] <= '9') {
-            x->abort_code = code;
-            x->fault_rule = "fault-header";
-            snprintf(x->fault_action, sizeof x->fault_action, "abort %d", code);
-        }
-    }
-    v = http_head_get(&c->req, "X-Statusproxy-Delay", &len);
-    uint64_t ms;
-    char d[48];
-    if (v && fault_header_delay(v, len, &ms, d, sizeof d) == 0 &&
-        (x->fault_slot || !ms || (x->fault_slot = fault_acquire()))) {
-        x->delay_ms = ms;
-        x->fault_rule = "fault-header";
-        size_t used = strlen(x->fault_action);
-        snprintf(x->fault_action + used, sizeof x->fault_action - used, "%s%s", used ? " " : "", d);
-    }
-    v = http_head_get(&c->req, "X-Statusproxy-Fault", &len);
-    enum rules_break brk;
-    int bad_chunk;
-    if (v && !x->abort_code && fault_header_kind(v, len, &brk, &bad_chunk) == 0 &&
-        (brk != RULES_BREAK_HANG || x->fault_slot || (x->fault_slot = fault_acquire()))) {
-        x->brk = brk;
-        x->brk_arg = brk == RULES_BREAK_GARBAGE ? FAULT_GARBAGE_DEFAULT : 0;
-        x->bad_chunk = bad_chunk;
-        x->fault_rule = "fault-header";
-        size_t used = strlen(x->fault_action);
-        snprintf(x->fault_action + used, sizeof x->fault_action - used, "%s%.*s", used ? " " : "",
-                 (int)(len < 16 ? len : 16), v);
-    }
-}
-
-int conn_take_faults(struct conn *c, const struct rules_verdict *v)
-{
-    struct exchange *x = &c->x;
-    const struct rule_actions *a = v->actions;
-    int holds = v->delay_ms || a->brk == RULES_BREAK_HANG || a->throttle_bps || a->slow_head_ms;
-    if (holds && !x->fault_slot) {
-        if (!fault_acquire())
-            return 0;
-        x->fault_slot = 1;
-    }
-    if (a->brk) {
-        x->brk = a->brk;
-        x->brk_arg = a->brk == RULES_BREAK_HANG ? a->hang_ms : a->garbage_bytes;
-    }
-    x->bad_chunk |= a->bad_chunk;
-    if (a->slow_head_ms)
-        x->slow_head_ms = a->slow_head_ms;
-    if (v->retry_after_s)
-        x->retry_after_s = v->retry_after_s;
-    return 1;
-}
-
-static void on_slow_tick(uv_timer_t *t)
-{
-    struct conn *c = t->data;
-    struct exchange *x = &c->x;
-    if (c->phase != PH_EXCHANGE)
-        return;
-    uint64_t elapsed = uv_now(t->loop) - x->slow_start_ms;
-    if (elapsed >= x->slow_head_ms) {
-        /* Time is up: drop what was sent from the held head; DONE sends the rest. */
-        memmove(x->held_head.data, x->held_head.data + x->slow_sent,
-                x->held_head.len - x->slow_sent);
-        x->held_head.len -= x->slow_sent;
-        x->slow_sent = 0;
-        x->slow_head_ms = 0;
-        x->slow_done(t);
-        return;
-    }
-    size_t due = fault_slow_due(x->slow_len, x->slow_head_ms, elapsed);
-    if (due > x->slow_sent) {
-        sender_copy(&c->out, x->held_head.data + x->slow_sent, due - x->slow_sent);
-        x->slow_sent = due;
-        conn_flush(c);
-        if (c->phase != PH_EXCHANGE)
-            return;
-    }
-    uint64_t tick = fault_slow_tick_ms(x->slow_len, x->slow_head_ms);
-    if (elapsed + tick > x->slow_head_ms)
-        tick = x->slow_head_ms - elapsed;
-    uv_timer_start(t, on_slow_tick, tick, 0);
-}
-
-void conn_slow_head(struct conn *c, uv_timer_cb done)
-{
-    struct exchange *x = &c->x;
-    x->slow_done = done;
-    x->slow_start_ms = uv_now(c->ptimer.loop);
-    x->slow_sent = 0;
-    if (x->slow_len > x->held_head.len)
-        x->slow_len = x->held_head.len;
-    on_slow_tick(&c->ptimer);
-}
-
-/* hang [DURATION] is over: close without a byte. */
-static void on_hang_end(uv_timer_t *t)
-{
-    struct conn *c = t->data;
-    if (c->phase != PH_EXCHANGE)
-        return;
-    conn_record(c);
-    conn_close_gracefully(c);
-}
-
-/* hang, empty or garbage instead of the answer (DESIGN §10). The records
- * carry no final code and the fault's own error. */
-static void break_answer(struct conn *c)
-{
-    struct exchange *x = &c->x;
-    x->final_code = -1;
-    x->sink = SINK_DISCARD;
-    if (x->brk == RULES_BREAK_HANG) {
-        conn_set_error(c, "fault_hang");
-        /* Without a duration, until the client leaves (client_gone records it). */
-        if (x->brk_arg)
-            uv_timer_start(&c->ptimer, on_hang_end, x->brk_arg, 0);
-        conn_update_reading(c);
-        return;
-    }
-    if (x->brk == RULES_BREAK_GARBAGE) {
-        uint8_t *junk = xmalloc(x->brk_arg);
-        fault_garbage(junk, x->brk_arg);
-        sender_copy(&c->out, junk, x->brk_arg);
-        free(junk);
-        conn_set_error(c, "fault_garbage");
-    } else {
-        conn_set_error(c, "fault_empty");
-    }
-    conn_flush(c);
-    if (c->phase != PH_EXCHANGE)
-        return;
-    conn_record(c);
-    conn_close_gracefully(c);
-}
-
-void conn_rules_exchange(struct conn *c, struct rules_exchange *rx, int status)
-{
-    struct exchange *x = &c->x;
-    rx->method = x->method_name;
-    rx->method_len = strlen(x->method_name);
-    rx->host = x->rec_host;
-    rx->host_len = strlen(x->rec_host);
-    rx->path = x->path ? x->path : "";
-    rx->path_len = x->path_len;
-    rx->request = &c->req;
-    rx->client = (const struct sockaddr *)&c->peer;
-    rx->status = status;
-    rx->scheme = x->is_connect ? AUDIT_SCHEME_TUNNEL : AUDIT_SCHEME_HTTP;
-}
-
-void conn_on_abort_timer(uv_timer_t *t)
-{
-    struct conn *c = t->data;
-    struct exchange *x = &c->x;
-    if (x->do_reset) {
-        conn_close(c, CLOSE_RESET);
-        return;
-    }
-    if (x->brk) {
-        break_answer(c);
-        return;
-    }
-    conn_answer(c, x->abort_code, x->abort_actions, NULL, NULL);
-    conn_maybe_finish(c);
-}
-
-/* Answer now (or after the delay) without contacting the upstream. */
-static void abort_request(struct conn *c)
-{
-    struct exchange *x = &c->x;
-    x->sink = SINK_DISCARD;
-    /* With Expect: 100-continue the client holds its body back: do not wait
-     * for it, close after the answer (RFC 9110 §10.1.1). */
-    if (x->expect_continue && x->req_has_body)
-        c->close_after = 1;
-    x->resp = RESP_HOLD;
-    uv_timer_start(&c->ptimer, conn_on_abort_timer, x->delay_ms, 0);
-}
 
 static void on_request_head(struct conn *c)
 {
@@ -1052,38 +605,19 @@ static void on_request_head(struct conn *c)
             c->close_after = 1;
         return;
     }
-    uint64_t limit = c->w->opts->max_request_body;
+    uint64_t limit = c->env->opts->max_request_body;
     if (limit && !x->req_chunked && x->req_length > limit) {
-        conn_set_error(c, "body_too_large");
+        exchange_set_error(&c->x, "body_too_large");
         refuse_request(c, 413, "request body over --max-request-body");
         return;
     }
-    if (c->w->opts->fault_headers)
-        read_fault_headers(c);
-    if (x->rules && !x->abort_code && !x->brk) {
-        struct rules_exchange rx;
-        conn_rules_exchange(c, &rx, 0);
-        x->has_req_v = rules_match(x->rules, RULES_REQUEST, &rx, &x->req_v);
-        while (x->has_req_v && !conn_take_faults(c, &x->req_v))
-            x->has_req_v = rules_match_next(x->rules, RULES_REQUEST, &rx, &x->req_v);
-        if (x->has_req_v) {
-            const struct rule_actions *a = x->req_v.actions;
-            if (a->abort_code || a->brk) {
-                x->abort_code = a->abort_code;
-                x->abort_actions = a;
-                x->delay_ms = x->req_v.delay_ms;
-            }
-        }
-    }
-    if (x->abort_code || x->brk) {
-        abort_request(c);
+    if (exchange_request_rules(c))
         return;
-    }
     if (!body_ahead_ok(c)) {
         refuse_request(c, 400, "malformed request body");
         return;
     }
-    relay_start(c);
+    exchange_forward(c);
 }
 
 /* ---------- the request side: parsing pump ---------- */
@@ -1100,7 +634,7 @@ static int can_parse_request(struct conn *c)
             return 0;
         if (x->sink == SINK_DISCARD)
             return 1;
-        return x->up && x->up_ready && !c->hold_client;
+        return x->up && x->upc >= UPC_SENT && c->req_flow == FLOW_OPEN;
     default:
         return 0;
     }
@@ -1108,14 +642,10 @@ static int can_parse_request(struct conn *c)
 
 static void on_request_done(struct conn *c)
 {
-    struct exchange *x = &c->x;
-    x->req = REQ_DONE;
-    if (x->sink == SINK_UPSTREAM && x->up && x->req_chunked)
-        sender_static(upstream_sender(x->up), "0\r\n\r\n", 5);
-    conn_maybe_finish(c);
+    c->x.req = REQ_DONE;
+    exchange_request_end(c);
 }
 
-/* A request that llhttp refused: answer and close. */
 /* Answer CODE to a connection that has no request under way (a head that
  * could not be parsed or did not come in time, a connection over the limit),
  * record it with ERROR, and close. */
@@ -1129,9 +659,9 @@ static void answer_and_close(struct conn *c, int code, const char *error, const 
     c->x.req = REQ_DONE;
     c->x.sink = SINK_DISCARD;
     c->close_after = 1;
-    conn_set_error(c, error);
-    conn_answer(c, code, NULL, extra, NULL);
-    conn_maybe_finish(c);
+    exchange_set_error(&c->x, error);
+    exchange_answer(c, code, NULL, extra, NULL);
+    exchange_maybe_finish(c);
 }
 
 static void request_parse_error(struct conn *c, llhttp_errno_t err)
@@ -1142,14 +672,12 @@ static void request_parse_error(struct conn *c, llhttp_errno_t err)
     if (c->phase == PH_EXCHANGE) {
         /* The body was malformed (e.g. a bad chunk size): the exchange
          * cannot be completed; cut it. */
-        conn_set_error(c, "bad_request");
-        if (!c->x.resp_head_sent && c->x.resp != RESP_HOLD) {
-            relay_detach(c, 0);
+        exchange_set_error(&c->x, "bad_request");
+        if (c->x.resp == RESP_WAIT) {
             c->close_after = 1;
             c->x.sink = SINK_DISCARD;
             c->x.req = REQ_DONE;
-            conn_answer(c, status, NULL, NULL, NULL);
-            conn_maybe_finish(c);
+            exchange_fail(c, status, "bad_request");
             return;
         }
         conn_close(c, CLOSE_NOW);
@@ -1179,7 +707,7 @@ static int head_too_large(struct conn *c, size_t used)
 /* Feed pending client bytes to the request parser while the state allows.
  * After a pause llhttp may have more to do without any new byte (a request
  * without a body completes right after its head), hence the "kick". */
-void conn_parse_requests(struct conn *c)
+static void conn_parse_requests(struct conn *c)
 {
     for (;;) {
         size_t len = c->in ? c->in->len - c->in_pos : 0;
@@ -1194,20 +722,20 @@ void conn_parse_requests(struct conn *c)
         c->kick = 0;
         c->event = EV_NONE;
         int in_head = c->phase == PH_IDLE || c->phase == PH_HEAD;
-        llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
-        size_t used = len;
-        if (err == HPE_PAUSED) {
-            used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        size_t used;
+        enum http_pump_step step = http_pump(&c->parser, data, len, &used);
+        if (step == HTTP_PUMP_PAUSED) {
+            /* At the end of a request the parser stays paused until the
+             * answer is out (next_request resumes it). */
             c->kick = 1;
             if (c->event != EV_DONE)
                 llhttp_resume(&c->parser);
-        } else if (err == HPE_PAUSED_UPGRADE) {
+        } else if (step == HTTP_PUMP_UPGRADE) {
             /* After an Upgrade request that was not upgraded, HTTP goes on. */
-            used = (size_t)(llhttp_get_error_pos(&c->parser) - data);
             llhttp_resume_after_upgrade(&c->parser);
             c->kick = 1;
-        } else if (err != HPE_OK) {
-            request_parse_error(c, err);
+        } else if (step == HTTP_PUMP_ERROR) {
+            request_parse_error(c, llhttp_get_errno(&c->parser));
             return;
         }
         c->in_pos += used;
@@ -1226,8 +754,8 @@ void conn_parse_requests(struct conn *c)
     }
     if (c->phase == PH_CLOSED || c->phase == PH_TUNNEL)
         return;
-    if (c->phase == PH_EXCHANGE && c->x.up && c->x.sink == SINK_UPSTREAM) {
-        relay_flush_upstream(c);
+    if (c->phase == PH_EXCHANGE) {
+        exchange_push_request(c);
         if (c->phase == PH_CLOSED)
             return;
     }
@@ -1235,6 +763,31 @@ void conn_parse_requests(struct conn *c)
         conn_release_input(c);
     conn_update_reading(c);
 }
+
+/* The exchange is over and the connection stays open: the next request
+ * may already wait in the read chunk. */
+static void next_request(struct conn *c)
+{
+    c->phase = PH_IDLE;
+    llhttp_resume(&c->parser);
+    c->kick = 1;
+    arm_timer(c, c->env->opts->idle_timeout_ms);
+    conn_parse_requests(c);
+    if (c->phase != PH_CLOSED)
+        conn_update_reading(c);
+}
+
+/* What the exchange and the relay may ask of the client connection. */
+static const struct exchange_client_ops conn_side = {
+    .flush = conn_flush,
+    .close = conn_close,
+    .close_gracefully = conn_close_gracefully,
+    .update_reading = conn_update_reading,
+    .parse_requests = conn_parse_requests,
+    .release_input = conn_release_input,
+    .tunnel_active = conn_tunnel_active,
+    .next_request = next_request,
+};
 
 /* ---------- timers and accepting ---------- */
 
@@ -1258,7 +811,7 @@ static void on_timer(struct deadline *d)
         break;
     case PH_TUNNEL:
         /* No byte either way for --tunnel-idle-timeout (DESIGN §12). */
-        conn_set_error(c, "tunnel_idle");
+        exchange_set_error(&c->x, "tunnel_idle");
         conn_close(c, CLOSE_NOW);
         break;
     default:
@@ -1271,33 +824,33 @@ static const struct transport_ops client_ops = {
     .on_closed = on_client_closed,
 };
 
-int conn_accept(struct worker *w, uv_stream_t *server)
+int conn_accept(struct conn_env *env, uv_stream_t *server)
 {
     struct conn *c = xcalloc(1, sizeof *c);
-    c->w = w;
-    c->id = ++w->next_conn_id;
-    tcp_transport_init(&c->tcp, &w->loop, &client_ops, c);
+    c->env = env;
+    c->id = ++env->next_conn_id;
+    tcp_transport_init(&c->tcp, env->loop, &client_ops, c);
     /* A TLS listener (issue 10) wraps this transport and points c->tr and
      * c->out.tr at the wrapper; nothing below reads the socket directly. */
     c->tr = &c->tcp.base;
-    deadline_init(&w->loop, &c->timer, on_timer, c);
-    deadline_init(&w->loop, &c->xtimer, relay_on_timeout, c);
-    uv_timer_init(&w->loop, &c->ptimer);
+    deadline_init(env->loop, &c->timer, on_timer, c);
+    exchange_init(c, env->loop);
+    uv_timer_init(env->loop, &c->ptimer);
     c->ptimer.data = c;
     int rc = uv_accept(server, (uv_stream_t *)tcp_transport_handle(&c->tcp));
     /* From here on the connection is on the worker's list and closes
      * through conn_close, even when accepting failed. */
-    c->next = w->conns;
-    if (w->conns)
-        w->conns->prev = c;
-    w->conns = c;
-    int total = worker_conn_opened(w);
+    c->next = env->conns;
+    if (env->conns)
+        env->conns->prev = c;
+    env->conns = c;
+    int total = env->hooks->opened(env->owner);
     http_head_init(&c->req, REQ_HEAD_LIMIT);
     http_head_init(&c->resp, RESP_HEAD_LIMIT);
     sender_init(&c->out, c->tr, on_client_written);
     llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
     c->parser.data = c;
-    c->x.upstream_code = c->x.final_code = -1;
+    c->client = &conn_side;
     if (rc != 0) {
         conn_close(c, CLOSE_NOW);
         return rc;
@@ -1315,8 +868,8 @@ int conn_accept(struct worker *w, uv_stream_t *server)
         uv_ip4_name((struct sockaddr_in *)&c->peer, c->peer_ip, sizeof c->peer_ip);
     uv_tcp_nodelay(tcp_transport_handle(&c->tcp), 1);
     c->phase = PH_IDLE;
-    arm_timer(c, w->opts->header_timeout_ms);
-    if (total > w->opts->max_connections) {
+    arm_timer(c, env->opts->header_timeout_ms);
+    if (total > env->opts->max_connections) {
         /* Over the limit: a short answer instead of silence. */
         answer_and_close(c, 503, "max_connections", "Retry-After: 1\r\n");
         return 0;

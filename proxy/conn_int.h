@@ -1,8 +1,10 @@
 /*
- * conn_int.h — what conn.c (the client side of a connection) and relay.c
- * (the upstream side of its exchanges) share: the connection and exchange
- * structs and the functions each half calls in the other. Private to those
- * two files; everyone else uses conn.h.
+ * conn_int.h — what conn.c (the client connection), exchange.c (the life of
+ * an exchange) and relay.c (its upstream side) share: the connection and
+ * exchange structs, the exchange's states with their transitions, the
+ * callback structs through which the lower files reach the upper ones, and
+ * relay.c's functions. Private to those three files; everyone else uses
+ * conn.h. Calls go down only: conn -> exchange -> relay.
  */
 #ifndef STATUSPROXY_CONN_INT_H
 #define STATUSPROXY_CONN_INT_H
@@ -31,11 +33,67 @@
 #define PACE_QUEUE_MAX (64 * 1024)
 
 enum phase { PH_IDLE, PH_HEAD, PH_EXCHANGE, PH_TUNNEL, PH_LINGER, PH_CLOSED };
+enum close_how { CLOSE_NOW, CLOSE_RESET };
+
+/*
+ * The states of one exchange, one enum per direction (the connection's own
+ * is enum phase above, see conn.c). Every transition is a named function;
+ * each callback checks the state it expects and ignores one it does not (or
+ * fails the exchange with 502 "internal" where going on would be wrong).
+ *
+ *   from             -> to               by (file)                  when
+ * Life, x->life:
+ *   EX_NONE/RECORDED -> EX_OPEN          exchange_begin (exchange)  a request head, or an
+ *                                                                   answer without one
+ *   EX_OPEN          -> EX_RECORDED      exchange_record (exchange) finished, cut or closed
+ * Request, x->req and x->sink:
+ *   REQ_BODY         -> REQ_DONE         on_request_done (conn)     llhttp: message complete
+ *                                        answer_and_close, request_parse_error (conn)
+ *   SINK_UPSTREAM    -> SINK_DISCARD     on_request_head, refuse_request, answer_and_close,
+ *                                        request_parse_error (conn); abort_request,
+ *                                        break_answer, exchange_fail (exchange);
+ *                                        put_client_framing (relay: answered before
+ *                                        the request ended)
+ * Upstream connection, x->upc (x->up_origin: UPC_FRESH, UPC_POOLED, UPC_RETRIED):
+ *   UPC_NONE         -> UPC_CONNECTING   relay_start (relay)        upstream chosen
+ *   UPC_CONNECTING   -> UPC_SENT         send_request (relay)       connected, or reused
+ *   UPC_SENT         -> UPC_ANSWERING    on_up_read (relay)         first response byte
+ *   UPC_CONNECTING/SENT -> UPC_CONNECTING retry_on_fresh_connection a pooled connection
+ *                                        (relay)                    failed: once, UPC_RETRIED
+ * Upstream message, x->msg (the response parser, relay):
+ *   MSG_HEAD         -> MSG_INTERIM      on_response_head           a 1xx; its end is owed
+ *   MSG_INTERIM      -> MSG_HEAD         relay_parse_responses      the 1xx ended
+ *   MSG_HEAD         -> MSG_BODY         on_response_head           a final head, or 101
+ *   MSG_BODY         -> MSG_COMPLETE     on_response_done; relay_parse_responses while
+ *                                        the answer is held (finished when released)
+ *   any              -> MSG_CUT          truncate_reached           cut: not reusable
+ * Answer to the client, x->resp:
+ *   RESP_WAIT        -> RESP_HOLD        abort_request, replace_answer (exchange);
+ *                                        release_or_hold_head (relay) a delay or reset
+ *   RESP_WAIT/HOLD   -> RESP_SLOW        exchange_answer (exchange); release_response_head
+ *                                        (relay)                    slow-head trickles
+ *   RESP_WAIT/HOLD/SLOW -> RESP_BODY     release_response_head (relay) head out, body next
+ *   RESP_WAIT/HOLD   -> RESP_DONE        exchange_answer (exchange) our own answer, whole
+ *   RESP_SLOW        -> RESP_DONE        on_slow_answer_done (exchange)
+ *   RESP_WAIT/BODY   -> RESP_DONE        on_response_done, truncate_reached,
+ *                                        handle_upstream_eof, start_tunnel (relay)
+ *   The head is (partly) on the wire in RESP_SLOW, RESP_BODY and RESP_DONE:
+ *   exchange_head_sent.
+ * Backpressure, one per direction (c->req_flow, c->resp_flow):
+ *   req_flow  FLOW_OPEN -> FLOW_HELD     relay_flush_upstream       upstream queue > WRITE_HIGH
+ *             FLOW_HELD -> FLOW_OPEN     on_up_written              ... < WRITE_LOW
+ *   resp_flow FLOW_OPEN -> FLOW_HELD     conn_flush                 client queue > WRITE_HIGH
+ *             FLOW_HELD -> FLOW_OPEN     on_client_written          ... < WRITE_LOW
+ */
+enum exchange_life { EX_NONE, EX_OPEN, EX_RECORDED };
 enum req_state { REQ_BODY, REQ_DONE };
 enum req_sink { SINK_UPSTREAM, SINK_DISCARD };
-enum resp_state { RESP_WAIT, RESP_HOLD, RESP_BODY, RESP_DONE };
+enum upc_state { UPC_NONE, UPC_CONNECTING, UPC_SENT, UPC_ANSWERING };
+enum upc_origin { UPC_FRESH, UPC_POOLED, UPC_RETRIED };
+enum msg_state { MSG_HEAD, MSG_INTERIM, MSG_BODY, MSG_COMPLETE, MSG_CUT };
+enum resp_state { RESP_WAIT, RESP_HOLD, RESP_SLOW, RESP_BODY, RESP_DONE };
+enum flow { FLOW_OPEN, FLOW_HELD };
 enum body_out { OUT_NONE, OUT_LENGTH, OUT_CHUNKED, OUT_CLOSE };
-enum close_how { CLOSE_NOW, CLOSE_RESET };
 
 /* Parser events: a callback records what happened and pauses llhttp. */
 enum { EV_NONE = 0, EV_HEAD = 1, EV_DONE = 2 };
@@ -57,7 +115,7 @@ struct pace {
 };
 
 struct exchange {
-    int active;
+    enum exchange_life life;
     uint64_t start_us;
     int64_t start_ms;
     uint64_t out_start;          /* c->out.total when the exchange began */
@@ -105,29 +163,66 @@ struct exchange {
 
     /* upstream and response */
     struct upstream *up;
-    int up_reused, up_ready, retried;
-    int up_seen;                 /* any response byte arrived */
-    int up_eof;                  /* a pending EOF/error from the upstream (0: none) */
+    enum upc_state upc;
+    enum upc_origin up_origin;
+    int up_eof;                  /* an EOF/error status held until the pending bytes are parsed (0: none) */
     struct sbuf req_head;        /* the forwarded head, kept for one retry */
     int upstream_code;           /* -1: none */
     int final_code;              /* -1: none */
+    enum msg_state msg;
     enum resp_state resp;
-    int resp_head_sent;
-    int resp_interim;            /* the response being parsed is 1xx */
-    int resp_skip_body;          /* llhttp was told there is no body (HEAD) */
-    int done_pending;            /* the message ended while its head was held */
-    int resp_complete;           /* upstream message complete */
-    int resp_discard;            /* upstream body is dropped */
+    int resp_discard;            /* upstream body is dropped (framing chose so) */
     int resp_keepalive;          /* upstream connection reusable afterwards */
     enum body_out out_mode;
     int64_t truncate_left;       /* -1: no truncate */
     int truncated;               /* truncate dropped body bytes */
-    int do_reset;
+    int do_reset;                /* a reset action: close with RST instead of the head */
     struct pace pace;
     struct sbuf held_head;       /* the answer's head, while held by a delay */
     const char *answer_ctype;    /* Content-Type of a synthesized body; NULL: text/plain */
     char error[32];
     int64_t retry_after_ms;      /* the answer's Retry-After (429, 5xx); 0: none */
+};
+
+struct conn;
+
+/* What the client connection does for the layers below it (conn.c fills it
+ * in at accept time): the exchange and the relay reach conn.c only through
+ * these. */
+struct exchange_client_ops {
+    /* Submit what is queued to the client; closes the connection on failure. */
+    void (*flush)(struct conn *c);
+    void (*close)(struct conn *c, enum close_how how);
+    /* Close once everything queued to the client is written. */
+    void (*close_gracefully)(struct conn *c);
+    /* Start or stop reading from the client as the state asks. */
+    void (*update_reading)(struct conn *c);
+    /* Feed pending client bytes to the request parser while the state allows. */
+    void (*parse_requests)(struct conn *c);
+    void (*release_input)(struct conn *c);
+    /* A byte went through the tunnel: push its idle deadline back. */
+    void (*tunnel_active)(struct conn *c);
+    /* The exchange is over and the connection stays: wait for the next request. */
+    void (*next_request)(struct conn *c);
+};
+
+/* What the relay reports to the exchange that owns it (exchange.c fills it
+ * in): relay.c reaches exchange.c only through these. */
+struct relay_events {
+    /* The exchange cannot go on: answer CODE, or cut the answer already begun. */
+    void (*fail)(struct conn *c, int code, const char *error);
+    /* The answer may be complete: finish the exchange if both sides are done. */
+    void (*maybe_finish)(struct conn *c);
+    /* Hand the finished (or cut) exchange to the recorder, once. */
+    void (*record)(struct conn *c);
+    /* A response rule replaces the answer: send x.abort_* after DELAY ms. */
+    void (*replace_answer)(struct conn *c, uint64_t delay_ms);
+    /* See exchange_take_faults. */
+    int (*take_faults)(struct conn *c, const struct rules_verdict *v);
+    /* See exchange_slow_head. */
+    void (*slow_head)(struct conn *c, uv_timer_cb done);
+    /* What the rule matchers see of the exchange (STATUS: upstream's). */
+    void (*rules_exchange)(struct conn *c, struct rules_exchange *rx, int status);
 };
 
 struct conn {
@@ -136,7 +231,9 @@ struct conn {
     struct deadline timer;       /* idle / header timeout, linger */
     struct deadline xtimer;      /* upstream connect and response timeout */
     uv_timer_t ptimer;           /* delay and throttle pacing */
-    struct worker *w;
+    struct conn_env *env;        /* the worker's, handed over at accept */
+    const struct exchange_client_ops *client; /* up into conn.c */
+    const struct relay_events *events;        /* up from relay.c into exchange.c */
     struct conn *prev, *next;    /* worker's list */
     uint64_t id;
     struct sockaddr_storage peer;
@@ -148,8 +245,8 @@ struct conn {
     int client_eof;              /* the client half-closed */
     int stop_requested;          /* the worker is stopping */
     int nrequests;
-    int hold_client;             /* client parsing blocked by upstream backpressure */
-    int hold_upstream;           /* upstream reading blocked by client backpressure */
+    enum flow req_flow;          /* client parsing held by upstream backpressure */
+    enum flow resp_flow;         /* upstream reading held by client backpressure */
 
     llhttp_t parser;             /* requests */
     llhttp_t rparser;            /* responses of the current exchange */
@@ -171,47 +268,40 @@ struct conn {
     struct exchange x;
 };
 
-/* ---- conn.c: the client side ---- */
-
 /* Record ERROR for the exchange unless one is recorded already. */
-void conn_set_error(struct conn *c, const char *error);
-/* Submit what is queued to the client; closes the connection on failure. */
-void conn_flush(struct conn *c);
-void conn_close(struct conn *c, enum close_how how);
-/* Close once everything queued to the client is written (lingering close). */
-void conn_close_gracefully(struct conn *c);
-/* A byte went through the tunnel: push its idle deadline back. */
-void conn_tunnel_active(struct conn *c);
-/* Start or stop reading from the client as the state asks. */
-void conn_update_reading(struct conn *c);
-void conn_release_input(struct conn *c);
-/* Feed pending client bytes to the request parser while the state allows. */
-void conn_parse_requests(struct conn *c);
-/* Answer CODE ourselves (see conn.c); A: the rule's actions or NULL. */
-void conn_answer(struct conn *c, int code, const struct rule_actions *a, const char *extra_headers,
-                 const char *body);
+static inline void exchange_set_error(struct exchange *x, const char *error)
+{
+    if (!x->error[0])
+        str_copy(x->error, sizeof x->error, error);
+}
+
+/* The rule an exchange is recorded and marked under: the response rule,
+ * else the request rule; NULL when no rule acted (a fault header may have:
+ * x->fault_rule). */
+static inline const struct rule *exchange_rule(const struct exchange *x)
+{
+    return x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
+}
+
+/* Its name, for the record and X-Statusproxy-Rule; NULL when none acted. */
+static inline const char *exchange_rule_name(const struct exchange *x)
+{
+    const struct rule *r = exchange_rule(x);
+    return r ? rule_name(r) : x->fault_rule;
+}
+
 /* Does the answer being written end the connection? HTTP/1.0 clients keep
  * it only when they asked. */
-int conn_must_close(const struct conn *c);
-/* "Connection: close" / "keep-alive" for the answer being written, if any. */
-void conn_put_connection_header(struct conn *c, struct sbuf *h);
-/* The exchange cannot go on: answer CODE, or cut the answer already begun. */
-void conn_fail(struct conn *c, int code, const char *error);
-/* Finish the exchange if both sides are done; go on with the next request. */
-void conn_maybe_finish(struct conn *c);
-/* Hand the finished exchange to the worker's recorder (once). */
-void conn_record(struct conn *c);
-/* What the rule matchers see of the current exchange (STATUS: upstream's). */
-void conn_rules_exchange(struct conn *c, struct rules_exchange *rx, int status);
-/* Timer callback: send the held abort answer (or the reset) of x.abort_*. */
-void conn_on_abort_timer(uv_timer_t *t);
-/* Take the DESIGN §10 faults of verdict V into the exchange; 0 when the
- * blast-radius cap says skip it (the caller then goes on with the rules
- * after V, as if V had not matched), else 1. */
-int conn_take_faults(struct conn *c, const struct rules_verdict *v);
-/* Send x.held_head[0..x.slow_len) spread over x.slow_head_ms, using the
- * pacing timer; then DONE runs (on the timer) and sends what is left. */
-void conn_slow_head(struct conn *c, uv_timer_cb done);
+static inline int exchange_must_close(const struct conn *c)
+{
+    return c->close_after || !c->x.client_keepalive || c->env->stopping || c->client_eof;
+}
+
+/* Is the answer's head (or part of it) on the wire? */
+static inline int exchange_head_sent(const struct exchange *x)
+{
+    return x->resp == RESP_SLOW || x->resp == RESP_BODY || x->resp == RESP_DONE;
+}
 
 /* ---- relay.c: the upstream side ---- */
 
@@ -219,6 +309,8 @@ void conn_slow_head(struct conn *c, uv_timer_cb done);
 void relay_start(struct conn *c);
 /* Queue a request body piece (in c->in) for the upstream, re-framed. */
 void relay_forward_body(struct conn *c, const char *at, size_t len);
+/* The chunked request body ended: its last chunk for the upstream. */
+void relay_end_body(struct conn *c);
 /* Submit what is queued to the upstream. */
 void relay_flush_upstream(struct conn *c);
 /* Feed pending upstream bytes to the response parser while the state allows. */

@@ -602,3 +602,11 @@ int64_t http_retry_after_ms(const char *head, size_t len)
     }
     return 0;
 }
+
+size_t http_chunk_line(char *line, size_t len)
+{
+    size_t n = str_hex(line, len);
+    line[n++] = '\r';
+    line[n++] = '\n';
+    return n;
+}

@@ -8,6 +8,7 @@
 #ifndef STATUSPROXY_HTTP_H
 #define STATUSPROXY_HTTP_H
 
+#include <llhttp.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -123,6 +124,43 @@ int http_chunk_crlf(const char *p, const char *end, int *pending);
  * AFTER..END (and beyond, through *PENDING). Returns 0 or -1. */
 int http_chunk_piece_done(int chunked, uint64_t chunk_left, const char *after, const char *end,
                           int *pending);
+
+/* A chunk-size line for LEN bytes of data ("HEX\r\n") into LINE (at
+ * least HTTP_CHUNK_LINE_MAX bytes); returns its length. */
+#define HTTP_CHUNK_LINE_MAX 24
+size_t http_chunk_line(char *line, size_t len);
+/* The last chunk with no trailer: the end of a chunked body. */
+#define HTTP_LAST_CHUNK "0\r\n\r\n"
+
+/* One step of feeding bytes to an llhttp parser whose callbacks pause it
+ * at the events its owner handles (request parser, response parser, admin
+ * API). The caller decides what to do after a pause (resume now, or stay
+ * paused until its answer is out). */
+enum http_pump_step {
+    HTTP_PUMP_ALL,     /* every byte parsed, no pause */
+    HTTP_PUMP_PAUSED,  /* a callback paused the parser after *USED bytes */
+    HTTP_PUMP_UPGRADE, /* the parser stopped at an upgrade after *USED bytes */
+    HTTP_PUMP_ERROR,   /* malformed input: llhttp_get_error_reason says why */
+};
+/* Feed DATA[0..LEN) to P; *USED: the bytes consumed. Inline: it runs for
+ * every read on both sides of every exchange. */
+static inline enum http_pump_step http_pump(llhttp_t *p, const char *data, size_t len,
+                                            size_t *used)
+{
+    llhttp_errno_t err = llhttp_execute(p, data, len);
+    *used = len;
+    switch (err) {
+    case HPE_OK:
+        return HTTP_PUMP_ALL;
+    case HPE_PAUSED:
+    case HPE_PAUSED_UPGRADE:
+        *used = (size_t)(llhttp_get_error_pos(p) - data);
+        return err == HPE_PAUSED ? HTTP_PUMP_PAUSED : HTTP_PUMP_UPGRADE;
+    default:
+        *used = 0;
+        return HTTP_PUMP_ERROR;
+    }
+}
 
 /* The Retry-After of a serialized answer head HEAD[0..len) ("Name: value"
  * lines), in ms, when it is delay-seconds (RFC 9110 §10.2.3); 0 when absent

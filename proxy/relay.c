@@ -15,11 +15,15 @@
 
 #include "catalog.h"
 #include "conn_int.h"
+#include "dest.h"
 #include "fault.h"
 #include "log.h"
+#include "options.h"
 #include "resp_head.h"
-#include "server.h"
 #include "tunnel.h"
+
+/* Calls up go through what the owners handed down: c->client (conn.c) and
+ * c->events (exchange.c); this file calls neither directly. */
 
 static const llhttp_settings_t response_settings;
 static const struct upstream_ops up_ops;
@@ -81,7 +85,7 @@ void relay_detach(struct conn *c, int reusable)
 /* The upstream must show progress within --response-timeout. */
 static void arm_response_timeout(struct conn *c)
 {
-    deadline_set(&c->xtimer, c->w->opts->response_timeout_ms);
+    deadline_set(&c->xtimer, c->env->opts->response_timeout_ms);
 }
 
 void relay_on_timeout(struct deadline *d)
@@ -89,10 +93,10 @@ void relay_on_timeout(struct deadline *d)
     struct conn *c = d->data;
     if (c->phase != PH_EXCHANGE)
         return;
-    if (c->hold_upstream) {
+    if (c->resp_flow == FLOW_HELD) {
         /* The upstream is not read because the client stopped reading:
          * the client is the slow side, not the upstream. */
-        conn_fail(c, 504, "client_timeout");
+        c->events->fail(c, 504, "client_timeout");
         return;
     }
     if (c->up_in && c->up_pos < c->up_in->len) {
@@ -101,7 +105,7 @@ void relay_on_timeout(struct deadline *d)
         arm_response_timeout(c);
         return;
     }
-    conn_fail(c, 504, c->x.up_ready ? "timeout" : "connect_timeout");
+    c->events->fail(c, 504, c->x.upc >= UPC_SENT ? "timeout" : "connect_timeout");
 }
 
 /* The head to forward (resp_head_build_request), kept for one retry. */
@@ -115,7 +119,7 @@ static void build_request_head(struct conn *c)
         .up_host = x->up_host,
         .up_port = x->up_port,
         .is_upgrade = x->is_upgrade,
-        .via = c->w->via_value,
+        .via = c->env->via_value,
         .max_forwards = x->max_forwards,
         .chunked = x->req_chunked,
         .has_length = (c->parser.flags & F_CONTENT_LENGTH) != 0,
@@ -125,20 +129,29 @@ static void build_request_head(struct conn *c)
     resp_head_build_request(&q, &c->req, &x->req_head);
 }
 
-void relay_forward_body(struct conn *c, const char *at, size_t len)
+/* Body bytes AT[0..LEN) of chunk CH to S, as one chunk when CHUNKED (both
+ * directions re-frame the same way). */
+static void send_body_piece(struct sender *s, int chunked, struct chunk *ch, const char *at,
+                            size_t len)
 {
-    struct sender *s = upstream_sender(c->x.up);
-    if (c->x.req_chunked) {
-        char line[24];
-        size_t n = str_hex(line, len);
-        line[n++] = '\r';
-        line[n++] = '\n';
-        sender_copy(s, line, n);
-        sender_ref(s, c->in, at, len);
+    if (chunked) {
+        char line[HTTP_CHUNK_LINE_MAX];
+        sender_copy(s, line, http_chunk_line(line, len));
+        sender_ref(s, ch, at, len);
         sender_static(s, "\r\n", 2);
     } else {
-        sender_ref(s, c->in, at, len);
+        sender_ref(s, ch, at, len);
     }
+}
+
+void relay_forward_body(struct conn *c, const char *at, size_t len)
+{
+    send_body_piece(upstream_sender(c->x.up), c->x.req_chunked, c->in, at, len);
+}
+
+void relay_end_body(struct conn *c)
+{
+    sender_static(upstream_sender(c->x.up), HTTP_LAST_CHUNK, sizeof HTTP_LAST_CHUNK - 1);
 }
 
 void relay_flush_upstream(struct conn *c)
@@ -149,11 +162,11 @@ void relay_flush_upstream(struct conn *c)
     struct sender *s = upstream_sender(x->up);
     if (sender_flush(s) != 0) {
         if (!retry_on_fresh_connection(c))
-            conn_fail(c, 502, "upstream_closed");
+            c->events->fail(c, 502, "upstream_closed");
         return;
     }
     if (s->inflight > WRITE_HIGH)
-        c->hold_client = 1;
+        c->req_flow = FLOW_HELD;
 }
 
 /* The upstream is ready: send the head, then let the body flow. */
@@ -161,7 +174,7 @@ static void send_request(struct conn *c)
 {
     struct exchange *x = &c->x;
     struct sender *s = upstream_sender(x->up);
-    x->up_ready = 1;
+    x->upc = UPC_SENT;
     sender_copy(s, x->req_head.data, x->req_head.len);
     relay_flush_upstream(c);
     if (c->phase != PH_EXCHANGE)
@@ -172,24 +185,25 @@ static void send_request(struct conn *c)
     http_head_reset(&c->resp);
     arm_response_timeout(c);
     if (x->req == REQ_BODY) {
-        conn_parse_requests(c);
+        c->client->parse_requests(c);
         if (c->phase == PH_CLOSED)
             return;
-        conn_update_reading(c);
+        c->client->update_reading(c);
     }
 }
 
 static void on_tunnel_reading(void *owner)
 {
-    conn_update_reading(owner);
+    struct conn *c = owner;
+    c->client->update_reading(c);
 }
 
 static void on_tunnel_finished(void *owner, const char *error)
 {
     struct conn *c = owner;
     if (error)
-        conn_set_error(c, error);
-    conn_close(c, CLOSE_NOW);
+        exchange_set_error(&c->x, error);
+    c->client->close(c, CLOSE_NOW);
 }
 
 static const struct tunnel_ops tunnel_ops = {
@@ -203,13 +217,12 @@ static void start_tunnel(struct conn *c)
 {
     struct exchange *x = &c->x;
     deadline_clear(&c->xtimer);
-    x->resp_head_sent = 1;
     x->resp = RESP_DONE;
     c->phase = PH_TUNNEL;
     c->tunnel = tunnel_new(&c->out, x->up, &tunnel_ops, c);
     x->up = NULL; /* the tunnel owns it now */
-    conn_tunnel_active(c);
-    conn_flush(c);
+    c->client->tunnel_active(c);
+    c->client->flush(c);
     if (c->phase != PH_TUNNEL)
         return;
     if (c->up_in) {
@@ -224,20 +237,29 @@ static void start_tunnel(struct conn *c)
     tunnel_resume_upstream(c->tunnel);
     if (c->in)
         tunnel_from_client(c->tunnel, c->in, c->in_pos);
-    conn_release_input(c);
+    c->client->release_input(c);
     if (c->phase == PH_TUNNEL)
-        conn_update_reading(c);
+        c->client->update_reading(c);
 }
 
 static void on_up_connect(struct upstream *u, int status, void *owner)
 {
     struct conn *c = owner;
     struct exchange *x = &c->x;
+    if (c->phase != PH_EXCHANGE || x->upc != UPC_CONNECTING || u != x->up) {
+        /* Only the connection this exchange waits for may report; never
+         * send a request on anything else. */
+        LOG(LOG_WARN, "c%llu upstream connect reported in an unexpected state",
+            (unsigned long long)c->id);
+        if (c->phase == PH_EXCHANGE)
+            c->events->fail(c, 502, "internal");
+        return;
+    }
     if (status == RELAY_EDEST_DENIED || status == RELAY_EDEST_SELF) {
         int self = status == RELAY_EDEST_SELF;
         LOG(LOG_INFO, "c%llu refused %s:%d: %s", (unsigned long long)c->id, x->up_host,
             x->up_port, self ? "it reaches this proxy's own listener" : "address in --deny-dest");
-        conn_fail(c, self ? 508 : 403, self ? "loop" : "dest_denied");
+        c->events->fail(c, self ? 508 : 403, self ? "loop" : "dest_denied");
         return;
     }
     if (status == UPSTREAM_ETLS) {
@@ -246,13 +268,13 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
         LOG(LOG_INFO, "c%llu upstream %s:%d: TLS handshake failed (%s): %s",
             (unsigned long long)c->id, x->up_host, x->up_port, kind ? kind : "tls_handshake",
             upstream_tls_reason(u));
-        conn_fail(c, 502, kind ? kind : "tls_handshake");
+        c->events->fail(c, 502, kind ? kind : "tls_handshake");
         return;
     }
     if (status != 0) {
         LOG(LOG_DEBUG, "c%llu upstream %s:%d: %s", (unsigned long long)c->id, x->up_host,
             x->up_port, uv_strerror(status));
-        conn_fail(c, status == UPSTREAM_ETIMEDOUT ? 504 : 502, uv_error_name(status));
+        c->events->fail(c, status == UPSTREAM_ETIMEDOUT ? 504 : 502, uv_error_name(status));
         return;
     }
     if (x->is_connect) {
@@ -269,19 +291,27 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
  * for gateway requests; forward-mode requests go as they were asked. */
 static struct tls_engine_config *up_tls(const struct conn *c)
 {
-    return c->x.forward_mode ? NULL : c->w->opts->upstream_tls;
+    return c->x.forward_mode ? NULL : c->env->opts->upstream_tls;
 }
 
 void relay_start(struct conn *c)
 {
     struct exchange *x = &c->x;
+    if (x->upc != UPC_NONE) {
+        LOG(LOG_WARN, "c%llu relay started twice", (unsigned long long)c->id);
+        c->events->fail(c, 502, "internal");
+        return;
+    }
     if (!x->is_connect)
         build_request_head(c);
-    x->up = upstream_acquire(c->w->pool, up_tls(c), x->up_host, x->up_port,
-                             x->is_connect || x->is_upgrade, &up_ops, c, &x->up_reused);
+    int reused = 0;
+    x->upc = UPC_CONNECTING;
+    x->up = upstream_acquire(c->env->pool, up_tls(c), x->up_host, x->up_port,
+                             x->is_connect || x->is_upgrade, &up_ops, c, &reused);
+    x->up_origin = reused ? UPC_POOLED : UPC_FRESH;
     deadline_set(&c->xtimer,
-                 u64_add_sat(c->w->opts->connect_timeout_ms, c->w->opts->response_timeout_ms));
-    if (x->up_reused)
+                 u64_add_sat(c->env->opts->connect_timeout_ms, c->env->opts->response_timeout_ms));
+    if (reused)
         send_request(c);
 }
 
@@ -292,13 +322,14 @@ void relay_start(struct conn *c)
 static int retry_on_fresh_connection(struct conn *c)
 {
     struct exchange *x = &c->x;
-    if (!x->up_reused || x->retried || x->up_seen || x->req_has_body || x->is_upgrade)
+    if (x->up_origin != UPC_POOLED || x->upc == UPC_ANSWERING || x->req_has_body || x->is_upgrade)
         return 0;
-    x->retried = 1;
+    x->up_origin = UPC_RETRIED;
     relay_detach(c, 0);
-    x->up_ready = 0;
-    x->up = upstream_acquire(c->w->pool, up_tls(c), x->up_host, x->up_port, 1, &up_ops, c,
-                             &x->up_reused);
+    x->upc = UPC_CONNECTING;
+    int reused = 0; /* a fresh connection is asked for */
+    x->up = upstream_acquire(c->env->pool, up_tls(c), x->up_host, x->up_port, 1, &up_ops, c,
+                             &reused);
     return 1;
 }
 
@@ -315,18 +346,18 @@ static void on_up_written(struct upstream *u, int status, void *owner)
     if (status != 0) {
         if (retry_on_fresh_connection(c))
             return;
-        conn_fail(c, 502, "upstream_closed");
+        c->events->fail(c, 502, "upstream_closed");
         return;
     }
     struct sender *s = upstream_sender(c->x.up);
-    if (c->hold_client && s->inflight < WRITE_LOW) {
-        c->hold_client = 0;
+    if (c->req_flow == FLOW_HELD && s->inflight < WRITE_LOW) {
+        c->req_flow = FLOW_OPEN;
         if (c->x.req == REQ_BODY) {
             /* Progress on the request body counts as upstream activity. */
             arm_response_timeout(c);
-            conn_parse_requests(c);
+            c->client->parse_requests(c);
             if (c->phase != PH_CLOSED)
-                conn_update_reading(c);
+                c->client->update_reading(c);
         }
     }
 }
@@ -336,7 +367,7 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
     struct conn *c = owner;
     UNUSED(u);
     if (c->phase == PH_TUNNEL) {
-        conn_tunnel_active(c);
+        c->client->tunnel_active(c);
         if (nread < 0)
             tunnel_upstream_eof(c->tunnel, (int)nread);
         else
@@ -361,10 +392,10 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
          * read slip through anyway, this exchange fails, not the process. */
         chunk_unref(ch);
         LOG(LOG_WARN, "c%llu upstream read while bytes were pending", (unsigned long long)c->id);
-        conn_fail(c, 502, "internal");
+        c->events->fail(c, 502, "internal");
         return;
     }
-    c->x.up_seen = 1;
+    c->x.upc = UPC_ANSWERING;
     c->up_in = ch;
     c->up_pos = 0;
     arm_response_timeout(c);
@@ -378,7 +409,7 @@ static int check_dest(const struct sockaddr *sa, void *owner)
     struct conn *c = owner;
     if (!c->x.forward_mode)
         return 0;
-    switch (dest_check(c->w->dest, sa)) {
+    switch (dest_check(c->env->dest, sa)) {
     case DEST_DENIED: return RELAY_EDEST_DENIED;
     case DEST_SELF: return RELAY_EDEST_SELF;
     default: return 0;
@@ -444,7 +475,6 @@ static int on_resp_headers_done(llhttp_t *p)
      * then handled together with the end of the message. */
     if ((c->x.is_head && status >= 200) || (status / 100 == 1 && status != 101) ||
         status == 204 || status == 304) {
-        c->x.resp_skip_body = 1;
         return 1;
     }
     return HPE_PAUSED;
@@ -482,17 +512,7 @@ static const llhttp_settings_t response_settings = {
 
 static void emit_body(struct conn *c, struct chunk *ch, const char *at, size_t len)
 {
-    if (c->x.out_mode == OUT_CHUNKED) {
-        char line[24];
-        size_t n = str_hex(line, len);
-        line[n++] = '\r';
-        line[n++] = '\n';
-        sender_copy(&c->out, line, n);
-        sender_ref(&c->out, ch, at, len);
-        sender_static(&c->out, "\r\n", 2);
-    } else {
-        sender_ref(&c->out, ch, at, len);
-    }
+    send_body_piece(&c->out, c->x.out_mode == OUT_CHUNKED, ch, at, len);
 }
 
 static void pace_push(struct pace *pc, struct chunk *ch, const char *at, size_t len)
@@ -517,14 +537,14 @@ static void truncate_reached(struct conn *c)
     /* The answer is cut here: the client sees a short body and a close. */
     struct exchange *x = &c->x;
     if (x->truncated)
-        conn_set_error(c, "truncated");
+        exchange_set_error(&c->x, "truncated");
     x->resp = RESP_DONE;
-    x->resp_complete = 0;
+    x->msg = MSG_CUT;
     relay_pace_clear(&x->pace);
     deadline_clear(&c->xtimer);
     relay_detach(c, 0);
-    conn_record(c);
-    conn_close_gracefully(c);
+    c->events->record(c);
+    c->client->close_gracefully(c);
 }
 
 static void send_body_to_client(struct conn *c, struct chunk *ch, const char *at, size_t len)
@@ -544,7 +564,7 @@ static void send_body_to_client(struct conn *c, struct chunk *ch, const char *at
         /* One good chunk, then a broken size line; the caller closes. */
         emit_body(c, ch, at, len);
         sender_static(&c->out, FAULT_BAD_CHUNK_LINE, sizeof FAULT_BAD_CHUNK_LINE - 1);
-        conn_set_error(c, "fault_bad_chunk");
+        exchange_set_error(&c->x, "fault_bad_chunk");
         x->truncate_left = 0;
         return;
     }
@@ -565,6 +585,10 @@ static void on_pace_tick(uv_timer_t *t)
     struct conn *c = t->data;
     struct exchange *x = &c->x;
     struct pace *pc = &x->pace;
+    if (c->phase != PH_EXCHANGE || (x->resp != RESP_BODY && x->resp != RESP_DONE)) {
+        uv_timer_stop(t); /* nothing of this exchange's body is paced any more */
+        return;
+    }
     uint64_t now = time_mono_us();
     pc->budget += (double)pc->bps * (double)(now - pc->last_us) / 1e6;
     pc->last_us = now;
@@ -586,7 +610,7 @@ static void on_pace_tick(uv_timer_t *t)
         uv_timer_stop(&c->ptimer);
         pc->budget = 0;
     }
-    conn_flush(c);
+    c->client->flush(c);
     if (c->phase != PH_EXCHANGE)
         return;
     if (x->truncate_left == 0 && pc->n == 0) {
@@ -598,11 +622,11 @@ static void on_pace_tick(uv_timer_t *t)
         if (c->phase != PH_EXCHANGE)
             return;
     }
-    if (pc->n == 0 && x->resp_complete) {
+    if (pc->n == 0 && x->msg == MSG_COMPLETE) {
         if (x->out_mode == OUT_CHUNKED)
-            sender_static(&c->out, "0\r\n\r\n", 5);
-        conn_flush(c);
-        conn_maybe_finish(c);
+            sender_static(&c->out, HTTP_LAST_CHUNK, sizeof HTTP_LAST_CHUNK - 1);
+        c->client->flush(c);
+        c->events->maybe_finish(c);
     }
 }
 
@@ -669,51 +693,51 @@ static void on_response_head(struct conn *c)
     x->upstream_code = status;
     if (status < 100 || status > 599) {
         /* Not a status at all: the client gets 502, the record keeps it. */
-        conn_fail(c, 502, "invalid_status");
+        c->events->fail(c, 502, "invalid_status");
         return;
     }
     if (h->major != 1) {
-        conn_fail(c, 502, "bad_response");
+        c->events->fail(c, 502, "bad_response");
         return;
     }
     for (uint32_t i = 0; i < h->nfields; i++) {
         const struct http_field *f = &h->fields[i];
         if (!http_is_token(h->buf + f->name, f->name_len) ||
             !http_is_field_value(h->buf + f->value, f->value_len)) {
-            conn_fail(c, 502, "bad_response");
+            c->events->fail(c, 502, "bad_response");
             return;
         }
     }
     if (status < 200) {
-        x->resp_interim = 1;
         if (status == 101) {
             if (!x->is_upgrade) {
-                conn_fail(c, 502, "bad_response");
+                c->events->fail(c, 502, "bad_response");
                 return;
             }
-            x->resp_interim = 0;
+            x->msg = MSG_BODY;
             send_response_head(c);
             return;
         }
         /* 1xx: relayed to HTTP/1.1 clients before the final answer; never
-         * to HTTP/1.0 clients (RFC 9110 §15.2). */
+         * to HTTP/1.0 clients (RFC 9110 §15.2). Its end is owed. */
+        x->msg = MSG_INTERIM;
         if (c->req.minor == 1) {
             struct sbuf out = {0};
-            resp_head_interim(h, c->w->via_value, &out);
+            resp_head_interim(h, c->env->via_value, &out);
             sender_copy(&c->out, out.data, out.len);
             sbuf_free(&out);
-            conn_flush(c);
+            c->client->flush(c);
         }
         return;
     }
-    x->resp_interim = 0;
+    x->msg = MSG_BODY;
     x->resp_keepalive = llhttp_should_keep_alive(&c->rparser);
     /* Response rules see the upstream's status. */
     if (x->rules && rules_has_phase(x->rules, RULES_RESPONSE)) {
         struct rules_exchange rx;
-        conn_rules_exchange(c, &rx, status);
+        c->events->rules_exchange(c, &rx, status);
         x->has_resp_v = rules_match(x->rules, RULES_RESPONSE, &rx, &x->resp_v);
-        while (x->has_resp_v && !conn_take_faults(c, &x->resp_v))
+        while (x->has_resp_v && !c->events->take_faults(c, &x->resp_v))
             x->has_resp_v = rules_match_next(x->rules, RULES_RESPONSE, &rx, &x->resp_v);
     }
     if (x->has_resp_v && (x->resp_v.actions->abort_code || x->resp_v.actions->brk)) {
@@ -724,10 +748,9 @@ static void on_response_head(struct conn *c)
         x->abort_code = a->abort_code;
         x->abort_actions = a;
         x->delay_ms = x->resp_v.delay_ms;
-        x->resp = RESP_HOLD;
         if (x->req != REQ_DONE)
             c->close_after = 1;
-        uv_timer_start(&c->ptimer, conn_on_abort_timer, x->delay_ms, 0);
+        c->events->replace_answer(c, x->delay_ms);
         return;
     }
     if (x->bad_chunk) /* without a length, the body goes chunked to HTTP/1.1 clients */
@@ -741,14 +764,13 @@ static void on_response_head(struct conn *c)
 static void put_head_fields(struct conn *c, struct sbuf *out, int status, const char *reason)
 {
     struct exchange *x = &c->x;
-    const struct rule *rule = x->has_resp_v ? x->resp_v.rule : x->has_req_v ? x->req_v.rule : NULL;
     struct resp_head_fields f = {
         .up = &c->resp,
         .status = status,
         .reason = reason,
-        .via = c->w->via_value,
-        .mark_faults = c->w->opts->mark_faults,
-        .mark = rule ? rule_name(rule) : x->fault_rule,
+        .via = c->env->via_value,
+        .mark_faults = c->env->opts->mark_faults,
+        .mark = exchange_rule_name(x),
     };
     resp_head_put_fields(&f, out);
     if (status == 429 || status >= 500) /* for the report's retry view */
@@ -776,7 +798,7 @@ static void put_client_framing(struct conn *c, struct sbuf *out, int status, int
         .up_chunked = up_chunked,
         .client_minor = c->req.minor,
         .client_keepalive = x->client_keepalive,
-        .close = conn_must_close(c),
+        .close = exchange_must_close(c),
         .req_done = x->req == REQ_DONE,
     };
     struct resp_head_framing_out r;
@@ -821,7 +843,7 @@ static void send_response_head(struct conn *c)
     if (apply_rules(c, &status, &reason, &delay) != 0) {
         /* The answer the rule asks for cannot be built: say so, never drop
          * the header silently. */
-        conn_fail(c, 502, "header_overflow");
+        c->events->fail(c, 502, "header_overflow");
         return;
     }
     x->final_code = status;
@@ -838,22 +860,21 @@ static void release_response_head(struct conn *c)
     struct exchange *x = &c->x;
     if (x->do_reset) {
         sbuf_reset(&x->held_head);
-        conn_set_error(c, "reset");
+        exchange_set_error(&c->x, "reset");
         x->final_code = -1;
-        conn_close(c, CLOSE_RESET);
+        c->client->close(c, CLOSE_RESET);
         return;
     }
     if (x->slow_head_ms) {
         /* slow-head: the head trickles out, then this runs again for the rest. */
-        x->resp = RESP_HOLD;
+        x->resp = RESP_SLOW;
         x->slow_len = x->held_head.len;
         deadline_clear(&c->xtimer);
-        conn_slow_head(c, on_ptimer_release);
+        c->events->slow_head(c, on_ptimer_release);
         return;
     }
     sender_copy(&c->out, x->held_head.data, x->held_head.len);
     sbuf_reset(&x->held_head);
-    x->resp_head_sent = 1;
     x->resp = RESP_BODY;
     if (c->resp.status == 101)
         start_tunnel(c);
@@ -862,13 +883,13 @@ static void release_response_head(struct conn *c)
 static void on_ptimer_release(uv_timer_t *t)
 {
     struct conn *c = t->data;
-    if (c->phase != PH_EXCHANGE)
+    if (c->phase != PH_EXCHANGE || (c->x.resp != RESP_HOLD && c->x.resp != RESP_SLOW))
         return;
     release_response_head(c);
-    if (c->phase != PH_EXCHANGE || c->x.resp == RESP_HOLD)
+    if (c->phase != PH_EXCHANGE || c->x.resp == RESP_HOLD || c->x.resp == RESP_SLOW)
         return;
-    if (c->x.done_pending) {
-        c->x.done_pending = 0;
+    if (c->x.msg == MSG_COMPLETE) {
+        /* The message ended while its head was held. */
         on_response_done(c);
         return;
     }
@@ -885,27 +906,27 @@ static void on_response_done(struct conn *c)
         truncate_reached(c); /* the broken framing is out: no last chunk */
         return;
     }
-    x->resp_complete = 1;
+    x->msg = MSG_COMPLETE;
     if (x->pace.n) {
         x->resp = RESP_DONE;
         return; /* the pace timer finishes the answer */
     }
     if (x->out_mode == OUT_CHUNKED)
-        sender_static(&c->out, "0\r\n\r\n", 5);
+        sender_static(&c->out, HTTP_LAST_CHUNK, sizeof HTTP_LAST_CHUNK - 1);
     x->resp = RESP_DONE;
-    conn_flush(c);
+    c->client->flush(c);
     if (c->phase != PH_EXCHANGE)
         return;
     if (x->out_mode == OUT_CLOSE)
         c->close_after = 1;
-    conn_maybe_finish(c);
+    c->events->maybe_finish(c);
 }
 
 static int can_parse_response(struct conn *c)
 {
     struct exchange *x = &c->x;
-    return c->phase == PH_EXCHANGE && x->up && x->resp != RESP_HOLD && x->resp != RESP_DONE &&
-           !c->hold_upstream && x->pace.bytes < PACE_QUEUE_MAX && x->truncate_left != 0;
+    return c->phase == PH_EXCHANGE && x->up && x->resp != RESP_HOLD && x->resp != RESP_SLOW &&
+           x->resp != RESP_DONE && c->resp_flow == FLOW_OPEN && x->pace.bytes < PACE_QUEUE_MAX && x->truncate_left != 0;
 }
 
 static void after_parsing(struct conn *c);
@@ -923,22 +944,21 @@ void relay_parse_responses(struct conn *c)
             break;
         const char *data = c->up_in ? c->up_in->data + c->up_pos : "";
         if (c->resp_crlf && http_chunk_crlf(data, data + len, &c->resp_crlf) != 0) {
-            conn_fail(c, 502, "bad_response");
+            c->events->fail(c, 502, "bad_response");
             return;
         }
         c->up_kick = 0;
         c->revent = 0;
-        llhttp_errno_t err = llhttp_execute(&c->rparser, data, len);
-        size_t used = len;
-        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-            used = (size_t)(llhttp_get_error_pos(&c->rparser) - data);
+        size_t used;
+        enum http_pump_step step = http_pump(&c->rparser, data, len, &used);
+        if (step == HTTP_PUMP_PAUSED || step == HTTP_PUMP_UPGRADE) {
             c->up_kick = 1;
-            if (err == HPE_PAUSED)
+            if (step == HTTP_PUMP_PAUSED) /* after 101 the tunnel takes over */
                 llhttp_resume(&c->rparser);
-        } else if (err != HPE_OK) {
+        } else if (step == HTTP_PUMP_ERROR) {
             LOG(LOG_DEBUG, "c%llu bad response from %s:%d: %s", (unsigned long long)c->id,
                 x->up_host, x->up_port, llhttp_get_error_reason(&c->rparser));
-            conn_fail(c, 502, "bad_response");
+            c->events->fail(c, 502, "bad_response");
             return;
         }
         c->up_pos += used;
@@ -950,18 +970,18 @@ void relay_parse_responses(struct conn *c)
         if (x->truncated && !x->pace.n) {
             /* Cut before the message's end, even when that end came in the
              * same read: the client must not see a complete answer. */
-            conn_flush(c);
+            c->client->flush(c);
             if (c->phase == PH_EXCHANGE)
                 truncate_reached(c);
             return;
         }
         if (c->revent & EV_DONE) {
-            if (x->resp_interim) {
-                x->resp_interim = 0;
+            if (x->msg == MSG_INTERIM) {
+                x->msg = MSG_HEAD;
                 continue;
             }
-            if (x->resp == RESP_HOLD) {
-                x->done_pending = 1; /* finished once the held head is out */
+            if (x->resp == RESP_HOLD || x->resp == RESP_SLOW) {
+                x->msg = MSG_COMPLETE; /* finished once the held head is out */
                 break;
             }
             if (c->resp.status == 101)
@@ -973,7 +993,7 @@ void relay_parse_responses(struct conn *c)
                 break;
         }
         if (x->truncate_left == 0 && !x->pace.n) {
-            conn_flush(c);
+            c->client->flush(c);
             if (c->phase == PH_EXCHANGE)
                 truncate_reached(c);
             return;
@@ -988,7 +1008,7 @@ void relay_parse_responses(struct conn *c)
 static void after_parsing(struct conn *c)
 {
     struct exchange *x = &c->x;
-    conn_flush(c);
+    c->client->flush(c);
     if (c->phase != PH_EXCHANGE)
         return;
     if (c->up_in && (c->up_pos >= c->up_in->len || x->resp == RESP_DONE)) {
@@ -1012,7 +1032,7 @@ void relay_update_reading(struct conn *c)
 {
     if (!c->x.up)
         return;
-    if (!c->up_in && !c->hold_upstream)
+    if (!c->up_in && c->resp_flow == FLOW_OPEN)
         upstream_resume(c->x.up);
     else
         upstream_pause(c->x.up);
@@ -1035,21 +1055,21 @@ static void handle_upstream_eof(struct conn *c, int status)
             return;
         }
     }
-    if (!x->up_seen && retry_on_fresh_connection(c))
+    if (x->upc != UPC_ANSWERING && retry_on_fresh_connection(c))
         return;
     const char *error = status == UV_EOF ? "upstream_closed" : "upstream_reset";
-    if (x->resp_head_sent) {
+    if (exchange_head_sent(x)) {
         /* Mid-body: the client must see an incomplete answer, never a
          * clean short one: close without the terminating chunk. */
-        conn_set_error(c, error);
+        exchange_set_error(&c->x, error);
         x->resp = RESP_DONE;
         relay_detach(c, 0);
-        conn_flush(c);
+        c->client->flush(c);
         if (c->phase == PH_CLOSED)
             return;
-        conn_record(c);
-        conn_close_gracefully(c);
+        c->events->record(c);
+        c->client->close_gracefully(c);
         return;
     }
-    conn_fail(c, 502, x->up_seen ? "bad_response" : error);
+    c->events->fail(c, 502, x->upc == UPC_ANSWERING ? "bad_response" : error);
 }

@@ -90,15 +90,18 @@ static void flush_records(struct worker *w)
         metrics_add_dropped(w->stats, lost);
 }
 
-void worker_record(struct worker *w, const struct audit_entry *e, const char *also_rule)
+/* conn_hooks: the worker's side of its connections' env (conn.h). */
+static void worker_record(void *owner, const struct audit_entry *e, const char *also_rule)
 {
+    struct worker *w = owner;
     metrics_record(w->stats, e, also_rule);
     if (audit_batch_add(w->batch, e) == RECORD_BATCH)
         flush_records(w);
 }
 
-int worker_client_allowed(const struct worker *w, const struct sockaddr *sa)
+static int worker_client_allowed(void *owner, const struct sockaddr *sa)
 {
+    const struct worker *w = owner;
     const struct server *srv = w->srv;
     for (size_t i = 0; i < srv->n_allow; i++)
         if (cidr_contains(&srv->allow[i], sa))
@@ -151,14 +154,14 @@ static void on_worker_closed(uv_handle_t *h)
 /* Stop when the last connection is gone: close the loop's own handles. */
 static void worker_try_finish(struct worker *w)
 {
-    if (!w->stopping || w->nconns > 0)
+    if (!w->env.stopping || w->nconns > 0)
         return;
     flush_records(w);
     metrics_publish(w->stats, w->srv->metrics, 0);
     if (uv_is_closing((uv_handle_t *)&w->wake))
         return;
-    upstream_pool_close(w->pool);
-    w->pool = NULL;
+    upstream_pool_close(w->env.pool);
+    w->env.pool = NULL;
     pthread_mutex_lock(&w->srv->rules_lock);
     w->wake_closed = 1; /* no more uv_async_send from the main thread */
     pthread_mutex_unlock(&w->srv->rules_lock);
@@ -170,19 +173,28 @@ static void worker_try_finish(struct worker *w)
     uv_async_send(&w->srv->finished);
 }
 
-int worker_conn_opened(struct worker *w)
+static int worker_conn_opened(void *owner)
 {
+    struct worker *w = owner;
     w->nconns++;
     return atomic_fetch_add(&w->srv->nconns, 1) + 1;
 }
 
-void worker_conn_closed(struct worker *w)
+static void worker_conn_closed(void *owner)
 {
+    struct worker *w = owner;
     atomic_fetch_sub(&w->srv->nconns, 1);
     w->nconns--;
     metrics_set_connections(w->stats, w->nconns);
     worker_try_finish(w);
 }
+
+static const struct conn_hooks conn_hooks = {
+    .opened = worker_conn_opened,
+    .closed = worker_conn_closed,
+    .record = worker_record,
+    .client_allowed = worker_client_allowed,
+};
 
 /* Are file descriptors about to run out? The lowest free descriptor is
  * about the number in use (the kernel hands out the lowest first). */
@@ -217,7 +229,7 @@ static void pause_accepting(struct worker *w)
 
 static void accept_one(struct worker *w)
 {
-    int rc = conn_accept(w, (uv_stream_t *)&w->listener);
+    int rc = conn_accept(&w->env, (uv_stream_t *)&w->listener);
     if (rc != 0)
         LOG(LOG_DEBUG, "accept: %s", uv_strerror(rc));
     metrics_set_connections(w->stats, w->nconns);
@@ -226,7 +238,7 @@ static void accept_one(struct worker *w)
 static void on_accept_retry(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    if (w->stopping)
+    if (w->env.stopping)
         return;
     if (fds_short(w, 2 * FD_RESERVE)) { /* resume with room to spare: no flapping */
         pause_accepting(w);
@@ -263,13 +275,13 @@ static void on_tick(uv_timer_t *t)
 {
     struct worker *w = t->data;
     flush_records(w);
-    metrics_publish(w->stats, w->srv->metrics, upstream_pool_live(w->pool));
+    metrics_publish(w->stats, w->srv->metrics, upstream_pool_live(w->env.pool));
 }
 
 static void on_stop_grace_over(uv_timer_t *t)
 {
     struct worker *w = t->data;
-    for (struct conn *c = w->conns, *next; c; c = next) {
+    for (struct conn *c = w->env.conns, *next; c; c = next) {
         next = conn_next(c);
         conn_abort(c);
     }
@@ -285,17 +297,17 @@ static void on_wake(uv_async_t *a)
     int stop = srv->stopping;
     pthread_mutex_unlock(&srv->rules_lock);
     if (fresh) {
-        rules_unref(w->rules);
-        w->rules = fresh;
+        rules_unref(w->env.rules);
+        w->env.rules = fresh;
     }
-    if (stop == 2 && w->stopping) {
+    if (stop == 2 && w->env.stopping) {
         on_stop_grace_over(&w->stop_timer);
         return;
     }
-    if (stop && !w->stopping) {
-        w->stopping = 1;
+    if (stop && !w->env.stopping) {
+        w->env.stopping = 1;
         uv_close((uv_handle_t *)&w->listener, on_worker_closed);
-        for (struct conn *c = w->conns, *next; c; c = next) {
+        for (struct conn *c = w->env.conns, *next; c; c = next) {
             next = conn_next(c);
             conn_shutdown(c);
         }
@@ -309,8 +321,8 @@ static void worker_main(void *arg)
     struct worker *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
     flush_records(w);
-    rules_unref(w->rules);
-    w->rules = NULL;
+    rules_unref(w->env.rules);
+    w->env.rules = NULL;
     chunk_trim();
     sender_trim();
 }
@@ -626,7 +638,10 @@ static int open_workers(struct server *srv)
         w->srv = srv;
         w->id = i;
         w->nworkers = srv->nworkers;
-        w->opts = opts;
+        w->env.opts = opts;
+        w->env.loop = &w->loop;
+        w->env.hooks = &conn_hooks;
+        w->env.owner = w;
         uv_loop_init(&w->loop);
         w->stats = metrics_local_new();
         int rc = open_listener(&w->loop, &w->listener, &opts->listen);
@@ -655,11 +670,11 @@ static void init_workers(struct server *srv)
     const struct run_options *opts = srv->opts;
     for (int i = 0; i < srv->nworkers; i++) {
         struct worker *w = &srv->workers[i];
-        w->via_value = srv->via_value;
-        w->via_token = srv->via_token;
-        w->dest = &srv->dest;
-        w->rules = srv->current ? rules_ref(srv->current) : NULL;
-        w->pool = upstream_pool_new(&w->loop, opts->connect_timeout_ms, opts->idle_timeout_ms);
+        w->env.via_value = srv->via_value;
+        w->env.via_token = srv->via_token;
+        w->env.dest = &srv->dest;
+        w->env.rules = srv->current ? rules_ref(srv->current) : NULL;
+        w->env.pool = upstream_pool_new(&w->loop, opts->connect_timeout_ms, opts->idle_timeout_ms);
         w->batch = audit_batch_new();
         uv_async_init(&w->loop, &w->wake, on_wake);
         w->wake.data = w;
@@ -689,12 +704,12 @@ static int start_workers(struct server *srv)
     }
     for (int j = i; j < srv->nworkers; j++) {
         struct worker *w = &srv->workers[j];
-        w->stopping = 1;
+        w->env.stopping = 1;
         uv_close((uv_handle_t *)&w->listener, on_worker_closed);
         worker_try_finish(w);
         uv_run(&w->loop, UV_RUN_DEFAULT);
-        rules_unref(w->rules);
-        w->rules = NULL;
+        rules_unref(w->env.rules);
+        w->env.rules = NULL;
     }
     return i;
 }

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "audit.h"
+#include "conn.h"
 #include "dest.h"
 #include "options.h"
 #include "rules.h"
@@ -18,7 +19,7 @@
 struct conn;
 struct server;
 
-/* Per-thread state. Fields are read by conn.c on the worker's own thread. */
+/* Per-thread state. Connections see only its env (conn.h). */
 struct worker {
     struct server *srv;
     int id;
@@ -33,33 +34,11 @@ struct worker {
     uv_timer_t accept_timer;     /* retries accepting while out of fds */
     int accept_paused;           /* out of file descriptors: not accepting */
     int accept_pending;          /* libuv holds an accepted connection for us */
-    const struct run_options *opts;
-    struct rules *rules;         /* current set, one reference; NULL when none */
-    struct upstream_pool *pool;
-    const char *via_value;       /* "1.1 HOST:PORT (statusproxy)" */
-    const char *via_token;       /* "HOST:PORT", this proxy's received-by */
-    const struct dest_policy *dest; /* where forward mode may connect (dest_check) */
-    struct conn *conns;          /* live client connections */
+    struct conn_env env;         /* what its connections need: options, rules, pool, list */
     unsigned nconns;
-    uint64_t next_conn_id;
-    int stopping;
     struct audit_batch *batch;   /* records not yet handed to the writer */
     struct metrics_local *stats; /* counters published to the main thread */
 };
-
-/* Record one finished exchange (called by conn.c on the worker's thread;
- * E's strings are copied). ALSO_RULE: a request rule that acted besides the
- * recorded response rule, or NULL. */
-void worker_record(struct worker *w, const struct audit_entry *e, const char *also_rule);
-/* Is the client address allowed by --allow? */
-int worker_client_allowed(const struct worker *w, const struct sockaddr *sa);
-/* A client connection opened: counts it on the worker and across all
- * workers (--max-connections is one global limit, whatever the spread of
- * SO_REUSEPORT). Returns the number open in the whole process, this one
- * included. */
-int worker_conn_opened(struct worker *w);
-/* A connection closed; lets a stopping worker finish. */
-void worker_conn_closed(struct worker *w);
 
 /* Run the proxy until SIGTERM/SIGINT. Returns the process exit status
  * (0 after a clean stop, 1 when it could not start; the reason is logged). */

@@ -270,9 +270,57 @@ static void test_retry_after(void)
     CHECK_INT(http_retry_after_ms(h4, strlen(h4) - 1), 0); /* cut before the value */
 }
 
+static int pump_pause(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED;
+}
+
+/* http_pump: a callback's pause reports the bytes used up to it; the rest
+ * parses after a resume; garbage is an error; an Upgrade stops the parser. */
+static void test_pump_steps(void)
+{
+    llhttp_settings_t st;
+    llhttp_settings_init(&st);
+    st.on_headers_complete = pump_pause;
+    llhttp_t p;
+    llhttp_init(&p, HTTP_REQUEST, &st);
+    const char req[] = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET";
+    size_t head = strlen("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n");
+    size_t used = 99;
+    CHECK_INT(http_pump(&p, req, sizeof req - 1, &used), HTTP_PUMP_PAUSED);
+    CHECK_INT(used, head);
+    llhttp_resume(&p);
+    CHECK_INT(http_pump(&p, req + used, sizeof req - 1 - used, &used), HTTP_PUMP_ALL);
+    CHECK_INT(used, sizeof req - 1 - head);
+
+    llhttp_init(&p, HTTP_REQUEST, &st);
+    CHECK_INT(http_pump(&p, "\x01\x02 nonsense\r\n", 13, &used), HTTP_PUMP_ERROR);
+    CHECK_INT(used, 0);
+
+    llhttp_settings_init(&st);
+    llhttp_init(&p, HTTP_REQUEST, &st);
+    const char up[] = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\nRAW";
+    CHECK_INT(http_pump(&p, up, sizeof up - 1, &used), HTTP_PUMP_UPGRADE);
+    CHECK_INT(used, sizeof up - 1 - 3);
+}
+
+static void test_chunk_line(void)
+{
+    char line[HTTP_CHUNK_LINE_MAX];
+    size_t n = http_chunk_line(line, 0x1a2b);
+    CHECK_INT(n, 6);
+    CHECK(memcmp(line, "1a2b\r\n", 6) == 0);
+    n = http_chunk_line(line, 0);
+    CHECK_INT(n, 3);
+    CHECK(memcmp(line, "0\r\n", 3) == 0);
+}
+
 int main(void)
 {
     RUN(test_empty_first_piece_has_an_arena);
+    RUN(test_pump_steps);
+    RUN(test_chunk_line);
     RUN(test_retry_after);
     RUN(test_pieces_join_and_trim);
     RUN(test_empty_value);
