@@ -61,7 +61,7 @@ char *xasprintf(const char *fmt, ...)
     return sbuf_steal(&b);
 }
 
-static void sbuf_reserve(struct sbuf *b, size_t extra)
+void sbuf_grow(struct sbuf *b, size_t extra)
 {
     size_t need = b->len + extra + 1;
     if (need <= b->cap)
@@ -73,36 +73,17 @@ static void sbuf_reserve(struct sbuf *b, size_t extra)
     b->cap = cap;
 }
 
-void sbuf_append(struct sbuf *b, const char *s, size_t n)
-{
-    sbuf_reserve(b, n);
-    if (n)
-        memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
-void sbuf_puts(struct sbuf *b, const char *s)
-{
-    sbuf_append(b, s, strlen(s));
-}
-
 void sbuf_putu(struct sbuf *b, uint64_t v)
 {
     char tmp[24];
     sbuf_append(b, tmp, str_dec(tmp, v));
 }
 
-void sbuf_putc(struct sbuf *b, char c)
-{
-    sbuf_append(b, &c, 1);
-}
-
 void sbuf_vprintf(struct sbuf *b, const char *fmt, va_list ap)
 {
     /* Format into the spare room; only a text that does not fit is
      * formatted a second time, after growing. */
-    sbuf_reserve(b, 64);
+    sbuf_grow(b, 64);
     va_list ap2;
     va_copy(ap2, ap);
     size_t room = b->cap - b->len;
@@ -113,7 +94,7 @@ void sbuf_vprintf(struct sbuf *b, const char *fmt, va_list ap)
         return;
     }
     if ((size_t)n >= room) {
-        sbuf_reserve(b, (size_t)n);
+        sbuf_grow(b, (size_t)n);
         vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     }
     b->len += (size_t)n;

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
@@ -34,9 +35,27 @@ struct sbuf {
     char *data;
     size_t len, cap;
 };
-void sbuf_append(struct sbuf *b, const char *s, size_t n);
-void sbuf_puts(struct sbuf *b, const char *s);
-void sbuf_putc(struct sbuf *b, char c);
+/* Make room for EXTRA more bytes and the NUL (the appends' slow path). */
+void sbuf_grow(struct sbuf *b, size_t extra);
+/* The appends are inline: a head is a dozen of them per exchange, and with a
+ * string constant the compiler folds strlen and the copy. */
+static inline void sbuf_append(struct sbuf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap)
+        sbuf_grow(b, n);
+    if (n)
+        memcpy(b->data + b->len, s, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+static inline void sbuf_puts(struct sbuf *b, const char *s)
+{
+    sbuf_append(b, s, strlen(s));
+}
+static inline void sbuf_putc(struct sbuf *b, char c)
+{
+    sbuf_append(b, &c, 1);
+}
 /* Append V in decimal (cheaper than sbuf_printf on hot paths). */
 void sbuf_putu(struct sbuf *b, uint64_t v);
 void sbuf_printf(struct sbuf *b, const char *fmt, ...) PRINTF_LIKE(2, 3);
