@@ -21,11 +21,13 @@ int policy_route(const char *tgt, size_t tlen, int is_connect, const char *host,
 {
     if (target_parse(tgt, tlen, is_connect, r->target, why) != 0)
         return 400;
-    char host_hdr[POLICY_HOST_SIZE];
-    host_hdr[0] = '\0';
+    /* The Host header is parsed straight into rec_host (it is what a
+     * gateway records); forward mode overwrites it below. */
     int host_port = 80;
+    r->rec_host[0] = '\0';
     if (host && hlen &&
-        target_parse_authority(host, hlen, host_hdr, sizeof host_hdr, &host_port, 80) != 0) {
+        target_parse_authority(host, hlen, r->rec_host, POLICY_HOST_SIZE, &host_port, 80) != 0) {
+        r->rec_host[0] = '\0';
         *why = "malformed Host header";
         return 400;
     }
@@ -52,7 +54,8 @@ int policy_route(const char *tgt, size_t tlen, int is_connect, const char *host,
     r->forward_mode = 0;
     str_copy(r->up_host, POLICY_HOST_SIZE, o->upstream_host);
     r->up_port = o->upstream_port;
-    str_copy(r->rec_host, POLICY_HOST_SIZE, host_hdr[0] ? host_hdr : o->upstream_host);
+    if (!r->rec_host[0])
+        str_copy(r->rec_host, POLICY_HOST_SIZE, o->upstream_host);
     r->path = t->path;
     r->path_len = t->path_only_len;
     return 0;
