@@ -490,7 +490,7 @@ static int route_request(struct conn *c, const char **why)
     struct exchange *x = &c->x;
     struct http_head *h = &c->req;
     size_t hlen = 0;
-    const char *hv = http_head_get(h, "Host", &hlen);
+    const char *hv = http_head_get_known(h, HTTP_F_HOST, &hlen);
     struct policy_route r = {.target = &x->target, .up_host = x->up_host, .rec_host = x->rec_host};
     _Static_assert(sizeof x->up_host == POLICY_HOST_SIZE && sizeof x->rec_host == POLICY_HOST_SIZE,
                    "policy_route writes POLICY_HOST_SIZE bytes");

@@ -296,6 +296,20 @@ const char *http_head_get(const struct http_head *h, const char *name, size_t *l
     return h->buf + h->fields[i].value;
 }
 
+int http_head_find_known(const struct http_head *h, enum http_known k)
+{
+    return find_known(h, k, 0);
+}
+
+const char *http_head_get_known(const struct http_head *h, enum http_known k, size_t *len)
+{
+    int i = find_known(h, k, 0);
+    if (i < 0)
+        return NULL;
+    *len = h->fields[i].value_len;
+    return h->buf + h->fields[i].value;
+}
+
 static int remove_name(struct http_head *h, const char *name, size_t nlen)
 {
     enum http_known k = classify(name, nlen);

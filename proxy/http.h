@@ -92,6 +92,10 @@ static inline const char *http_head_str(const struct http_head *h, uint32_t off)
 int http_head_find(const struct http_head *h, const char *name, int from);
 /* Value of the first field named NAME, or NULL; *len gets its length. */
 const char *http_head_get(const struct http_head *h, const char *name, size_t *len);
+/* The same for a field of known kind K (not HTTP_F_OTHER), without
+ * classifying a name first: for the hot paths (Host, Content-Length). */
+int http_head_find_known(const struct http_head *h, enum http_known k);
+const char *http_head_get_known(const struct http_head *h, enum http_known k, size_t *len);
 /* Mark every field named NAME removed; returns how many were. */
 int http_head_remove(struct http_head *h, const char *name);
 /* Does any field named NAME contain TOKEN in its comma-separated list? */

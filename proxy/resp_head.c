@@ -62,7 +62,7 @@ const char *resp_head_prepare(struct http_head *h, int upgrade, char *buf, size_
     /* Copied first: dropping hop-by-hop fields removes Content-Length
      * (the proxy re-frames), but the answer may keep its value. */
     size_t cl_len = 0;
-    const char *cl = http_head_get(h, "Content-Length", &cl_len);
+    const char *cl = http_head_get_known(h, HTTP_F_CONTENT_LENGTH, &cl_len);
     if (cl) {
         size_t n = cl_len < size - 1 ? cl_len : size - 1;
         memcpy(buf, cl, n);
@@ -171,7 +171,7 @@ void resp_head_build_request(const struct resp_head_request *q, struct http_head
         sbuf_putc(out, '/');
     sbuf_append(out, t->path, t->path_len);
     sbuf_puts(out, " HTTP/1.1\r\n");
-    if (q->forward_mode || http_head_find(h, "Host", 0) < 0) {
+    if (q->forward_mode || http_head_find_known(h, HTTP_F_HOST) < 0) {
         /* Forward mode: Host names the target. An HTTP/1.0 request without
          * Host gets the upstream's, since HTTP/1.1 requires one. */
         char auth[300];

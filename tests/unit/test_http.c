@@ -105,6 +105,30 @@ static void test_known_names(void)
     http_head_free(&h);
 }
 
+/* Lookups by known kind agree with lookups by name: first live field of
+ * that kind, removed ones skipped, none when absent. */
+static void test_known_lookups(void)
+{
+    struct http_head h;
+    http_head_init(&h, 1024);
+    add(&h, "Hosts", "a");
+    add(&h, "hOsT", "first");
+    add(&h, "Host", "second");
+    size_t len = 0;
+    const char *v = http_head_get_known(&h, HTTP_F_HOST, &len);
+    CHECK(v != NULL && len == 5 && memcmp(v, "first", 5) == 0);
+    CHECK_INT(http_head_find_known(&h, HTTP_F_HOST), 1);
+    CHECK_INT(http_head_find_known(&h, HTTP_F_HOST), http_head_find(&h, "Host", 0));
+    CHECK(http_head_get_known(&h, HTTP_F_CONTENT_LENGTH, &len) == NULL);
+    CHECK_INT(http_head_find_known(&h, HTTP_F_CONTENT_LENGTH), -1);
+    h.fields[1].removed = 1;
+    v = http_head_get_known(&h, HTTP_F_HOST, &len);
+    CHECK(v != NULL && len == 6 && memcmp(v, "second", 6) == 0);
+    CHECK_INT(http_head_remove(&h, "host"), 1);
+    CHECK_INT(http_head_find_known(&h, HTTP_F_HOST), -1);
+    http_head_free(&h);
+}
+
 static const char *written(const struct http_head *h)
 {
     static struct sbuf out;
@@ -327,6 +351,7 @@ int main(void)
     RUN(test_limit);
     RUN(test_remove_and_tokens);
     RUN(test_known_names);
+    RUN(test_known_lookups);
     RUN(test_drop_hop_by_hop);
     RUN(test_drop_hop_by_hop_many_names_is_linear);
     RUN(test_check_request_hosts_and_te);
