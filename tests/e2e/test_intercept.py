@@ -168,6 +168,37 @@ def test_curl_get_and_post_recorded_https(proxy_factory, proxy_ca, origin_ca, or
                    ("POST", "localhost", "/sink", 200, 200, "https", None)], got
 
 
+def test_http2_client_gets_http11_by_alpn(proxy_factory, proxy_ca, origin_ca, origin):
+    p = start_proxy(proxy_factory, proxy_ca, origin_ca, [origin.port])
+    rc, status, head, body, err = curl(p, "https://localhost:%d/status/200?body=h1" % origin.port,
+                                       proxy_ca / "ca.pem", extra=["--http2", "-v"])
+    assert (rc, status, body) == (0, 200, b"h1"), err
+    assert head.startswith("HTTP/1.1 200"), head
+    assert "ALPN: server accepted http/1.1" in err or "ALPN, server accepted to use http/1.1" \
+        in err, err
+
+
+def test_ip_connect_gets_an_ip_san(proxy_factory, proxy_ca, origin_ca, origins):
+    o = origins("127.0.0.1")
+    p = start_proxy(proxy_factory, proxy_ca, origin_ca, [o.port])
+    rc, status, _, body, err = curl(p, "https://127.0.0.1:%d/status/200?body=ip" % o.port,
+                                    proxy_ca / "ca.pem")
+    assert (rc, status, body) == (0, 200, b"ip"), err
+    row = rows_of(p.db, 1)[0]
+    assert (row["host"], row["scheme"], row["final_code"]) == ("127.0.0.1", "https", 200)
+
+
+def test_deny_dest_applies_to_intercepted_origins(proxy_factory, proxy_ca, origin_ca, origin):
+    p = start_proxy(proxy_factory, proxy_ca, origin_ca, [origin.port],
+                    args=["--deny-dest", "127.0.0.0/8", "--deny-dest", "::1/128"])
+    rc, status, _, _, err = curl(p, "https://localhost:%d/status/200" % origin.port,
+                                 proxy_ca / "ca.pem")
+    assert (rc, status) == (0, 403), err
+    row = rows_of(p.db, 1)[0]
+    assert (row["final_code"], row["error"], row["scheme"]) == (403, "dest_denied", "https")
+    assert origin.connections == 0
+
+
 def test_urllib_with_ssl_context(proxy_factory, proxy_ca, origin_ca, origin):
     p = start_proxy(proxy_factory, proxy_ca, origin_ca, [origin.port])
     opener = urllib.request.build_opener(
