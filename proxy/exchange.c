@@ -159,8 +159,12 @@ void exchange_drop(struct conn *c)
         x->fault_slot = 0;
         fault_release();
     }
+    rules_unref(x->rules);
+    x->rules = NULL;
     x->life = EX_NONE;
     x->bytes_in = 0;
+    /* The connection served a request: idle timing as for keep-alive. */
+    c->nrequests++;
 }
 
 void exchange_record(struct conn *c)
