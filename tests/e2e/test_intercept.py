@@ -27,7 +27,7 @@ import pytest
 
 from backend import Backend, det_chunks, det_sha256
 from helpers import SANITIZER_MARKS, is_sanitized, wait_exchanges, wait_until
-from rules_support import write_rules
+from rules_support import get, metric_samples, parse_prometheus, write_rules
 
 from pathlib import Path
 
@@ -166,6 +166,34 @@ def test_curl_get_and_post_recorded_https(proxy_factory, proxy_ca, origin_ca, or
     # The CONNECT itself is not recorded: the exchanges inside are.
     assert got == [("GET", "localhost", "/status/201", 201, 201, "https", None),
                    ("POST", "localhost", "/sink", 200, 200, "https", None)], got
+
+
+def test_metrics_count_intercepted_answers_as_https(proxy_factory, proxy_ca, origin_ca, origin):
+    p = start_proxy(proxy_factory, proxy_ca, origin_ca, [origin.port])
+    for code in (200, 503):
+        rc, status, _, _, err = curl(p, "https://localhost:%d/status/%d" % (origin.port, code),
+                                     proxy_ca / "ca.pem")
+        assert (rc, status) == (0, code), err
+
+    def samples():
+        m = parse_prometheus(get(p.admin_port, "/metrics").body.decode())
+        got = {(l["code"], l["scheme"]): v
+               for l, v in metric_samples(m, "statusproxy_responses_total")}
+        return got if sum(got.values()) >= 2 else None
+    assert wait_until(samples, timeout=5) == {("200", "https"): 1, ("503", "https"): 1}
+
+
+def test_gateway_to_https_upstream_is_recorded_https(proxy_factory, origin_ca, origin, tmp_path):
+    """The scheme rule: https when either side of the exchange is TLS."""
+    rules = write_rules(str(tmp_path), "rule tls scheme https path /status/500 => set-status 299\n")
+    p = proxy_factory(upstream="https://localhost:%d" % origin.port,
+                      args=["--upstream-ca", str(origin_ca / "ca.pem"), "--rules", rules])
+    with p.conn() as c:
+        assert c.exchange("GET", "/status/200").status == 200
+        assert c.exchange("GET", "/status/500").status == 299
+    rows = rows_of(p.db, 2)
+    assert [(r["path"], r["final_code"], r["scheme"], r["rule"]) for r in rows] == \
+        [("/status/200", 200, "https", None), ("/status/500", 299, "https", "tls")]
 
 
 def test_http2_client_gets_http11_by_alpn(proxy_factory, proxy_ca, origin_ca, origin):
