@@ -387,6 +387,50 @@ def test_keepalive_inside_uses_one_origin_connection(proxy_factory, proxy_ca, or
     assert len(rows_of(p.db, 6)) == 6
 
 
+def tls_tunnel(proxy, origin, cafile, host="localhost"):
+    """A TLS socket to ORIGIN through PROXY's CONNECT, verified with CAFILE."""
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    s.sendall(b"CONNECT %s:%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (host.encode(), origin.port,
+                                                                host.encode()))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return tls_context(cafile).wrap_socket(s, server_hostname=host)
+
+
+def recv_exact(s, n):
+    out = b""
+    while len(out) < n:
+        d = s.recv(n - len(out))
+        assert d, "closed after %d of %d bytes" % (len(out), n)
+        out += d
+    return out
+
+
+def test_websocket_inside_interception(proxy_factory, proxy_ca, origin_ca, origin):
+    """A 101 inside the decrypted tunnel becomes a tunnel between the two TLS
+    connections: frames both ways, recorded as one https exchange."""
+    from backend import ws_frame
+    p = start_proxy(proxy_factory, proxy_ca, origin_ca, [origin.port])
+    t = tls_tunnel(p, origin, proxy_ca / "ca.pem")
+    t.sendall(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+              b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+              b"Sec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += t.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    t.sendall(ws_frame(0x1, b"hello", b"\x01\x02\x03\x04"))
+    assert recv_exact(t, 7) == b"\x81\x05hello"
+    t.sendall(ws_frame(0x8, b"\x03\xe8", b"\x01\x02\x03\x04"))
+    assert recv_exact(t, 4) == b"\x88\x02\x03\xe8"
+    t.close()
+    row = rows_of(p.db, 1)[0]
+    assert (row["path"], row["final_code"], row["scheme"]) == ("/ws", 101, "https"), row
+    assert [op for op, _ in origin.ws_frames] == [0x1, 0x8]
+
+
 # -- bodies and abrupt ends -----------------------------------------------------------
 
 # Sizes: 256 MiB plain; ASan is ~10x slower on a loaded 2-core machine.
