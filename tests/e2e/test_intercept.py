@@ -357,6 +357,18 @@ def test_client_speaking_garbage_is_closed(proxy_factory, proxy_ca, origin_ca, o
         ("CONNECT", None, "tls_handshake", "https"), row
 
 
+def test_client_silent_after_connect_times_out(proxy_factory, proxy_ca, origin_ca, origin):
+    p = start_proxy(proxy_factory, proxy_ca, origin_ca, [origin.port],
+                    args=["--header-timeout", "500ms"])
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+    s.sendall(b"CONNECT localhost:%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % origin.port)
+    assert s.recv(100).startswith(b"HTTP/1.1 200")
+    assert s.recv(100) == b""  # closed by the proxy, no ClientHello came
+    s.close()
+    row = rows_of(p.db, 1)[0]
+    assert (row["method"], row["final_code"], row["error"]) == ("CONNECT", None, "tls_handshake")
+
+
 def test_origin_failing_verification_is_502_tls_verify(proxy_factory, proxy_ca, origin):
     # No --upstream-ca, and an empty system store: the origin's CA is unknown.
     p = start_proxy(proxy_factory, proxy_ca, None, [origin.port],
