@@ -19,6 +19,9 @@
  *   PH_HEAD     receiving a request head (header timeout, then 408)
  *   PH_EXCHANGE a request is being answered
  *   PH_TUNNEL   CONNECT or 101: bytes relayed both ways (tunnel.c)
+ *   PH_HANDSHAKE an intercepted CONNECT was answered 200: the client's TLS
+ *               handshake with a minted certificate (header timeout); then
+ *               PH_IDLE, with every request going to the CONNECT authority
  *   PH_LINGER   answer sent, write side shut; draining input before close
  *   PH_CLOSED   handles are closing; freed after the last close callback
  */
@@ -27,13 +30,17 @@
 
 #include "catalog.h"
 #include "exchange.h"
+#include "intercept.h"
 #include "log.h"
 #include "options.h"
 #include "policy.h"
+#include "transport_tls.h"
 #include "tunnel.h"
 
 static const llhttp_settings_t request_settings;
 static const struct exchange_client_ops conn_side;
+static const struct transport_ops client_ops;
+static void next_request(struct conn *c);
 static void on_timer(struct deadline *d);
 static void on_client_read(struct transport *t, ssize_t nread, struct chunk *ch, void *owner);
 static void on_client_written(struct sender *s, int status);
@@ -110,6 +117,15 @@ static void client_gone(struct conn *c, int status)
     }
     if (c->phase == PH_TUNNEL) {
         tunnel_client_eof(c->tunnel, status);
+        return;
+    }
+    if (c->phase == PH_HANDSHAKE) {
+        /* The client refused our certificate (an alert: tls_client) or did
+         * not speak TLS / left mid-handshake (tls_handshake): the CONNECT is
+         * recorded as one exchange with that error and no codes. */
+        const char *kind = transport_error_name(c->tr);
+        exchange_set_error(&c->x, kind ? kind : "tls_handshake");
+        conn_close(c, CLOSE_NOW);
         return;
     }
     if (c->phase == PH_EXCHANGE && eof && c->x.req == REQ_DONE && !c->x.client_keepalive &&
@@ -366,7 +382,7 @@ void conn_abort(struct conn *c)
 void conn_shutdown(struct conn *c)
 {
     c->stop_requested = 1;
-    if (c->phase == PH_IDLE)
+    if (c->phase == PH_IDLE || c->phase == PH_HANDSHAKE)
         conn_close(c, CLOSE_NOW);
     else if (c->phase == PH_EXCHANGE || c->phase == PH_HEAD)
         c->close_after = 1;
@@ -494,8 +510,11 @@ static int route_request(struct conn *c, const char **why)
     struct policy_route r = {.target = &x->target, .up_host = x->up_host, .rec_host = x->rec_host};
     _Static_assert(sizeof x->up_host == POLICY_HOST_SIZE && sizeof x->rec_host == POLICY_HOST_SIZE,
                    "policy_route writes POLICY_HOST_SIZE bytes");
-    int status = policy_route(h->buf + h->target, h->target_len, x->is_connect, hv, hlen,
-                              c->env->opts, &r, why);
+    int status = c->icpt == ICPT_OPEN
+                     ? policy_route_intercepted(h->buf + h->target, h->target_len, hv, hlen,
+                                                c->icpt_host, c->icpt_port, &r, why)
+                     : policy_route(h->buf + h->target, h->target_len, x->is_connect, hv, hlen,
+                                    c->env->opts, &r, why);
     if (status)
         return status;
     x->forward_mode = r.forward_mode;
@@ -566,6 +585,58 @@ static int check_policy(struct conn *c)
 }
 
 
+/* A CONNECT to an intercepted host passed every check: answer 200, then
+ * wrap the client's transport in TLS with a certificate minted for its SNI
+ * (else the CONNECT host). The CONNECT exchange stays open, unrecorded,
+ * until the handshake ends: dropped when it succeeds (the requests inside
+ * are recorded), recorded with tls_client/tls_handshake when it fails. */
+static void start_interception(struct conn *c)
+{
+    static const char established[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
+    struct exchange *x = &c->x;
+    x->sink = SINK_DISCARD;
+    sender_static(&c->out, established, sizeof established - 1);
+    conn_flush(c);
+    if (c->phase == PH_CLOSED)
+        return;
+    if (c->reading) {
+        transport_read_stop(c->tr);
+        c->reading = 0;
+    }
+    str_copy(c->icpt_host, sizeof c->icpt_host, x->up_host);
+    c->icpt_port = x->up_port;
+    c->icpt = ICPT_HANDSHAKE;
+    c->phase = PH_HANDSHAKE;
+    struct transport *t = tls_transport_new(&c->tcp.base, c->env->loop,
+                                            c->env->opts->intercept_server, x->up_host, 0,
+                                            &client_ops, c);
+    c->tr = t;
+    c->out.tr = t;
+    /* A ClientHello sent right behind the CONNECT head is TLS's, not ours. */
+    if (c->in && c->in_pos < c->in->len)
+        tls_transport_preload(t, c->in->data + c->in_pos, c->in->len - c->in_pos);
+    conn_release_input(c);
+    arm_timer(c, c->env->opts->header_timeout_ms);
+    conn_update_reading(c);
+}
+
+/* The client completed the TLS handshake: HTTP starts over inside it. */
+static void on_client_tls_ready(struct transport *t, void *owner)
+{
+    struct conn *c = owner;
+    UNUSED(t);
+    if (c->phase != PH_HANDSHAKE)
+        return;
+    c->icpt = ICPT_OPEN;
+    exchange_drop(c);
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    c->parser.data = c;
+    c->head_bytes = 0;
+    c->req_crlf = 0;
+    c->prev_last = 0;
+    next_request(c);
+}
+
 static void on_request_head(struct conn *c)
 {
     struct exchange *x = &c->x;
@@ -615,6 +686,10 @@ static void on_request_head(struct conn *c)
         return;
     if (!body_ahead_ok(c)) {
         refuse_request(c, 400, "malformed request body");
+        return;
+    }
+    if (x->is_connect && c->env->opts->intercept_server && intercept_wanted(c->env->opts, x->up_host)) {
+        start_interception(c);
         return;
     }
     exchange_forward(c);
@@ -752,7 +827,7 @@ static void conn_parse_requests(struct conn *c)
                 return;
         }
     }
-    if (c->phase == PH_CLOSED || c->phase == PH_TUNNEL)
+    if (c->phase == PH_CLOSED || c->phase == PH_TUNNEL || c->phase == PH_HANDSHAKE)
         return;
     if (c->phase == PH_EXCHANGE) {
         exchange_push_request(c);
@@ -809,6 +884,11 @@ static void on_timer(struct deadline *d)
     case PH_LINGER:
         conn_close(c, CLOSE_NOW);
         break;
+    case PH_HANDSHAKE:
+        /* The intercepted client did not finish its handshake in time. */
+        exchange_set_error(&c->x, "tls_handshake");
+        conn_close(c, CLOSE_NOW);
+        break;
     case PH_TUNNEL:
         /* No byte either way for --tunnel-idle-timeout (DESIGN §12). */
         exchange_set_error(&c->x, "tunnel_idle");
@@ -819,7 +899,12 @@ static void on_timer(struct deadline *d)
     }
 }
 
+
+static void on_client_tls_ready(struct transport *t, void *owner);
+
+/* The client transport's events; on_ready only comes from a TLS wrapper. */
 static const struct transport_ops client_ops = {
+    .on_ready = on_client_tls_ready,
     .on_read = on_client_read,
     .on_closed = on_client_closed,
 };

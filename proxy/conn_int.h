@@ -32,7 +32,13 @@
 #define PACE_TICK_MS 10
 #define PACE_QUEUE_MAX (64 * 1024)
 
-enum phase { PH_IDLE, PH_HEAD, PH_EXCHANGE, PH_TUNNEL, PH_LINGER, PH_CLOSED };
+enum phase { PH_IDLE, PH_HEAD, PH_EXCHANGE, PH_TUNNEL, PH_HANDSHAKE, PH_LINGER, PH_CLOSED };
+/* CONNECT interception on a client connection (DESIGN §9):
+ *   ICPT_NONE -> ICPT_HANDSHAKE  conn.c, a CONNECT to an intercepted host
+ *                                was answered 200 and TLS wraps the client
+ *   ICPT_HANDSHAKE -> ICPT_OPEN  the client's handshake completed; every
+ *                                request after goes to c->icpt_host */
+enum icpt_state { ICPT_NONE, ICPT_HANDSHAKE, ICPT_OPEN };
 enum close_how { CLOSE_NOW, CLOSE_RESET };
 
 /*
@@ -265,6 +271,9 @@ struct conn {
     struct chunk *up_in;         /* unparsed upstream bytes */
     size_t up_pos;
     struct tunnel *tunnel;
+    enum icpt_state icpt;        /* interception of this connection's CONNECT */
+    char icpt_host[256];         /* the CONNECT authority requests inside go to */
+    int icpt_port;
     struct exchange x;
 };
 

@@ -16,6 +16,9 @@ void exchange_begin(struct conn *c);
 /* After the request passed policy: fault headers and request rules; 1 when
  * they answer instead of the upstream. */
 int exchange_request_rules(struct conn *c);
+/* End the open exchange without recording it: an intercepted CONNECT
+ * whose handshake completed (the exchanges inside are recorded instead). */
+void exchange_drop(struct conn *c);
 /* Finish the exchange if both sides are done; go on with the next request. */
 void exchange_maybe_finish(struct conn *c);
 

@@ -16,6 +16,7 @@
 #include "report.h"
 #include "rules.h"
 #include "server.h"
+#include "intercept.h"
 #include "tls_engine.h"
 #include "util.h"
 
@@ -140,7 +141,16 @@ static int cmd_run(int argc, char **argv)
         options_free(&opts);
         return 2;
     }
+    if (intercept_setup(&opts, err, sizeof err) != 0) {
+        fprintf(stderr, "statusproxy: %s\n", err);
+        tls_engine_config_free(opts.upstream_tls);
+        options_free(&opts);
+        return 2;
+    }
+    if (intercept_enabled(&opts) && opts.upstream_insecure)
+        LOG(LOG_WARN, "--upstream-insecure: intercepted origins' certificates are not verified");
     int status = server_run(&opts);
+    intercept_teardown(&opts);
     tls_engine_config_free(opts.upstream_tls);
     options_free(&opts);
     return status;

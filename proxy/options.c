@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "glob.h"
 #include "log.h"
 #include "target.h"
 #include "units.h"
@@ -24,6 +25,9 @@ const char options_help[] =
     "  --upstream-ca FILE        CA certificates (PEM) an https upstream is verified\n"
     "                            against, instead of the system store\n"
     "  --upstream-insecure       do not verify an https upstream's certificate\n"
+    "  --ca-dir DIR              the CA interception mints with [$HOME/.statusproxy]\n"
+    "  --intercept               decrypt every CONNECT (TLS with the CA's certificates)\n"
+    "  --intercept-hosts GLOBS   decrypt CONNECT only to these hosts, e.g. api.*,*.test\n"
     "  --rules FILE              rule file [none]\n"
     "  --db FILE                 SQLite audit database [statusproxy.db]\n"
     "  --admin ADDR:PORT|off     admin API and live page [127.0.0.1:9090]\n"
@@ -81,6 +85,11 @@ void options_free(struct run_options *o)
     free(o->proxy_auth);
     free(o->admin_token);
     free(o->connect_ports);
+    for (size_t i = 0; i < o->n_intercept_hosts; i++)
+        glob_free(o->intercept_hosts[i]);
+    free(o->intercept_hosts);
+    o->intercept_hosts = NULL;
+    o->n_intercept_hosts = 0;
     route_patterns_free(o->routes);
     o->routes = NULL;
     free(o->deny_dest);
@@ -214,6 +223,8 @@ static int *bool_flag(struct run_options *o, const char *name)
         return &o->allow_trace;
     if (strcmp(name, "--upstream-insecure") == 0)
         return &o->upstream_insecure;
+    if (strcmp(name, "--intercept") == 0)
+        return &o->intercept_all;
     return NULL;
 }
 
@@ -223,6 +234,7 @@ static const char *const value_flags[] = {
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
     "--tunnel-idle-timeout", "--max-connections", "--log-level", "--deny-dest",
     "--max-request-body", "--route", "--max-routes", "--max-active-faults",
+    "--ca-dir", "--intercept-hosts",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -468,6 +480,29 @@ static int apply_core(struct run_options *o, const char *name, const char *v, ch
     return r == NOT_MINE ? 0 : r;
 }
 
+/* --intercept-hosts GLOB,...: host patterns, case-insensitive; the flag
+ * may repeat and adds to the list. */
+static int apply_intercept_hosts(struct run_options *o, const char *name, const char *v,
+                                 char *err, size_t errlen)
+{
+    const char *p = v;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (n == 0) {
+            snprintf(err, errlen, "%s: expected host patterns like api.example.com,*.test, got '%s'",
+                     name, v);
+            return -1;
+        }
+        o->intercept_hosts = xrealloc(o->intercept_hosts,
+                                      (o->n_intercept_hosts + 1) * sizeof *o->intercept_hosts);
+        o->intercept_hosts[o->n_intercept_hosts++] = glob_compile(p, n, GLOB_ICASE);
+        if (!comma)
+            return 0;
+        p = comma + 1;
+    }
+}
+
 /* Set flag NAME to V. */
 static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
 {
@@ -479,6 +514,14 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
         return positive_flag(name, v, &o->max_active_faults, err, errlen);
     if (strcmp(name, "--route") == 0 || strcmp(name, "--max-routes") == 0)
         return route_flag(o, name, v, err, errlen);
+    if (strcmp(name, "--intercept-hosts") == 0)
+        return apply_intercept_hosts(o, name, v, err, errlen);
+    if (strcmp(name, "--ca-dir") == 0) {
+        if (!*v)
+            return bad_empty(name, err, errlen);
+        o->ca_dir = v;
+        return 0;
+    }
     return apply_core(o, name, v, err, errlen);
 }
 

@@ -16,6 +16,8 @@
 
 /* An address to listen on, as given and as parsed. */
 struct tls_engine_config;
+struct tls_ca;
+struct glob;
 
 struct listen_addr {
     struct sockaddr_storage sa;
@@ -37,6 +39,16 @@ struct run_options {
     /* The TLS client config for an https upstream, built by main from the
      * three fields above (options itself opens no files); NULL otherwise. */
     struct tls_engine_config *upstream_tls;
+    const char *ca_dir;       /* --ca-dir DIR, or NULL: $HOME/.statusproxy */
+    int intercept_all;        /* --intercept: every CONNECT target is intercepted */
+    struct glob **intercept_hosts; /* --intercept-hosts GLOB,...: only these; owned */
+    size_t n_intercept_hosts;
+    /* Built by main (intercept_setup) when intercepting, NULL otherwise:
+     * the CA, the server config that mints from it, and the client config
+     * origins are verified with (same rules as --upstream https). */
+    struct tls_ca *intercept_ca;
+    struct tls_engine_config *intercept_server;
+    struct tls_engine_config *intercept_client;
     const char *rules_path;   /* NULL: no rules */
     const char *db_path;
     int has_seed;

@@ -75,6 +75,39 @@ static int self_v6(const struct listen_addr *a, const unsigned char *ip)
            memcmp(&s6->sin6_addr, &in6addr_any, 16) == 0;
 }
 
+int policy_route_intercepted(const char *tgt, size_t tlen, const char *host_hdr, size_t hlen,
+                             const char *host, int port, struct policy_route *r,
+                             const char **why)
+{
+    if (target_parse(tgt, tlen, 0, r->target, why) != 0)
+        return 400;
+    const struct target *t = r->target;
+    if (t->form == TARGET_AUTHORITY) {
+        *why = "CONNECT inside an intercepted tunnel";
+        return 400;
+    }
+    char hh[POLICY_HOST_SIZE];
+    hh[0] = '\0';
+    int hport = port;
+    if (host_hdr && hlen &&
+        target_parse_authority(host_hdr, hlen, hh, sizeof hh, &hport, port) != 0) {
+        *why = "malformed Host header";
+        return 400;
+    }
+    /* Gateway-like: the head is forwarded in origin form with its Host. */
+    r->forward_mode = 0;
+    str_copy(r->up_host, POLICY_HOST_SIZE, host);
+    r->up_port = port;
+    str_copy(r->rec_host, POLICY_HOST_SIZE, t->form == TARGET_ABSOLUTE ? t->host : hh[0] ? hh : host);
+    r->path = t->path ? t->path : "";
+    r->path_len = t->path_only_len;
+    if (r->path_len == 0) {
+        r->path = "/";
+        r->path_len = 1;
+    }
+    return 0;
+}
+
 int policy_targets_self(const char *host, int port, const struct listen_addr *listen,
                         const struct listen_addr *admin)
 {

@@ -39,6 +39,14 @@ struct policy_route {
 int policy_route(const char *tgt, size_t tlen, int is_connect, const char *host, size_t hlen,
                  const struct run_options *o, struct policy_route *r, const char **why);
 
+/* Route a request inside an intercepted CONNECT to HOST:PORT (the CONNECT
+ * authority; DESIGN §9): it goes there whatever its target or Host says,
+ * and is recorded under its Host (else HOST). An authority-form target
+ * (CONNECT inside the tunnel) is refused. Returns 0, or 400 with *why. */
+int policy_route_intercepted(const char *tgt, size_t tlen, const char *host_hdr, size_t hlen,
+                             const char *host, int port, struct policy_route *r,
+                             const char **why);
+
 /* Is HOST:PORT one of LISTEN's or ADMIN's (NULL: none) own addresses,
  * counting localhost, 127/8, ::1 and wildcard binds? */
 int policy_targets_self(const char *host, int port, const struct listen_addr *listen,

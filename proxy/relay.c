@@ -291,6 +291,8 @@ static void on_up_connect(struct upstream *u, int status, void *owner)
  * for gateway requests; forward-mode requests go as they were asked. */
 static struct tls_engine_config *up_tls(const struct conn *c)
 {
+    if (c->icpt != ICPT_NONE)
+        return c->env->opts->intercept_client; /* an intercepted CONNECT's origin */
     return c->x.forward_mode ? NULL : c->env->opts->upstream_tls;
 }
 
@@ -402,13 +404,13 @@ static void on_up_read(struct upstream *u, ssize_t nread, struct chunk *ch, void
     relay_parse_responses(c);
 }
 
-/* Forward mode: the resolved address must not be a --deny-dest block or one
+/* Forward mode (and interception): the resolved address must not be a --deny-dest block or one
  * of our own listeners (DESIGN §12). Gateway mode goes where --upstream says. */
 static int check_dest(const struct sockaddr *sa, void *owner)
 {
     struct conn *c = owner;
-    if (!c->x.forward_mode)
-        return 0;
+    if (!c->x.forward_mode && c->icpt == ICPT_NONE)
+        return 0; /* an intercepted CONNECT's origin is checked like the CONNECT */
     switch (dest_check(c->env->dest, sa)) {
     case DEST_DENIED: return RELAY_EDEST_DENIED;
     case DEST_SELF: return RELAY_EDEST_SELF;

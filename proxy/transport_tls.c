@@ -278,7 +278,8 @@ static void on_kick(uv_timer_t *timer)
     struct tls_transport *tt = timer->data;
     if (tt->base.closing)
         return;
-    if (tt->phase == TT_HANDSHAKING && tt->inner_status) {
+    if (tt->phase == TT_HANDSHAKING) {
+        /* An inner failure to report, or preloaded handshake bytes. */
         handshake_step(tt);
         return;
     }
@@ -435,6 +436,15 @@ struct transport *tls_transport_new(struct transport *inner, uv_loop_t *loop,
         kick(tt);
     }
     return &tt->base;
+}
+
+void tls_transport_preload(struct transport *t, const void *p, size_t n)
+{
+    struct tls_transport *tt = of(t);
+    if (tt->phase != TT_HANDSHAKING || n == 0)
+        return;
+    tls_engine_feed(tt->eng, p, n);
+    kick(tt); /* the handshake moves on from the loop, never inside the caller */
 }
 
 struct tls_engine *tls_transport_engine(struct transport *t)

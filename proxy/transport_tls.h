@@ -31,6 +31,12 @@ struct transport *tls_transport_new(struct transport *inner, uv_loop_t *loop,
                                     struct tls_engine_config *cfg, const char *host,
                                     unsigned port, const struct transport_ops *ops, void *owner);
 
+/* Bytes the owner read from the inner transport before wrapping it (a
+ * ClientHello that came right behind a CONNECT head): fed to the engine
+ * ahead of anything read later. Only during the handshake; the handshake
+ * advances from the loop, not from this call. */
+void tls_transport_preload(struct transport *t, const void *p, size_t n);
+
 /* The engine under T (T must come from tls_transport_new), for inspection
  * (resumed session, SNI). */
 struct tls_engine *tls_transport_engine(struct transport *t);

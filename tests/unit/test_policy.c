@@ -82,6 +82,57 @@ static void test_route_table(void)
     }
 }
 
+/* ---- inside an intercepted CONNECT to api.example:8443 ---- */
+
+struct icpt_row {
+    const char *target;
+    const char *host;       /* Host value, NULL: none */
+    int status;
+    const char *rec_host;
+    const char *path;
+};
+
+static const struct icpt_row icpt_rows[] = {
+    /* always to the CONNECT authority, in gateway style (Host kept) */
+    {"/v1/x?q", "api.example:8443", 0, "api.example", "/v1/x"},
+    {"/v1/x", "Other.example", 0, "other.example", "/v1/x"},
+    {"/v1/x", NULL, 0, "api.example", "/v1/x"},
+    {"*", "api.example", 0, "api.example", "*"},
+    /* absolute-form: recorded under its host, still sent to the authority */
+    {"http://elsewhere.example/p", NULL, 0, "elsewhere.example", "/p"},
+    {"http://elsewhere.example", NULL, 0, "elsewhere.example", "/"},
+    {"https://elsewhere.example/p", NULL, 400, NULL, NULL}, /* target_parse: http only */
+    /* refusals */
+    {"api.example:443", NULL, 400, NULL, NULL},
+    {"/a", "bad host", 400, NULL, NULL},
+};
+
+static void test_route_intercepted_table(void)
+{
+    for (size_t i = 0; i < sizeof icpt_rows / sizeof icpt_rows[0]; i++) {
+        const struct icpt_row *w = &icpt_rows[i];
+        struct target t;
+        char up_host[POLICY_HOST_SIZE] = "?", rec_host[POLICY_HOST_SIZE] = "?";
+        struct policy_route r = {.target = &t, .up_host = up_host, .rec_host = rec_host};
+        const char *why = NULL;
+        int st = policy_route_intercepted(w->target, strlen(w->target), w->host,
+                                          w->host ? strlen(w->host) : 0, "api.example", 8443,
+                                          &r, &why);
+        unit_current = w->target;
+        CHECK_INT(st, w->status);
+        if (st) {
+            CHECK(why != NULL);
+            continue;
+        }
+        CHECK_INT(r.forward_mode, 0);
+        CHECK_STR(r.up_host, "api.example");
+        CHECK_INT(r.up_port, 8443);
+        CHECK_STR(r.rec_host, w->rec_host);
+        CHECK_INT(r.path_len, strlen(w->path));
+        CHECK(memcmp(r.path, w->path, r.path_len) == 0);
+    }
+}
+
 /* ---- self-targets ---- */
 
 struct self_row {
@@ -286,6 +337,7 @@ static void test_access_table(void)
 int main(void)
 {
     RUN(test_route_table);
+    RUN(test_route_intercepted_table);
     RUN(test_targets_self_table);
     RUN(test_proxy_auth_table);
     RUN(test_max_forwards_table);
