@@ -137,6 +137,18 @@ void exchange_answer(struct conn *c, int code, const struct rule_actions *a, con
 
 /* ---------- recording ---------- */
 
+/* The exchange's scheme (DESIGN §9): a blind tunnel; https when the client
+ * spoke TLS to us (--tls-listen) or we speak TLS to the upstream; else http. */
+static enum audit_scheme exchange_scheme(const struct conn *c)
+{
+    const struct exchange *x = &c->x;
+    if (x->is_connect)
+        return AUDIT_SCHEME_TUNNEL;
+    if (c->client_tls != CTLS_NONE || (!x->forward_mode && c->env->opts->upstream_https))
+        return AUDIT_SCHEME_HTTPS;
+    return AUDIT_SCHEME_HTTP;
+}
+
 void exchange_record(struct conn *c)
 {
     struct exchange *x = &c->x;
@@ -167,7 +179,7 @@ void exchange_record(struct conn *c)
         .action = AUDIT_TEXT(action),
         .error = AUDIT_TEXT(x->error),
         .retry_after_ms = x->retry_after_ms,
-        .scheme = x->is_connect ? AUDIT_SCHEME_TUNNEL : AUDIT_SCHEME_HTTP,
+        .scheme = exchange_scheme(c),
     };
     c->env->hooks->record(c->env->owner, &e, x->has_req_v && x->has_resp_v ? rule_name(x->req_v.rule) : NULL);
 }
@@ -422,7 +434,7 @@ void exchange_rules_exchange(struct conn *c, struct rules_exchange *rx, int stat
     rx->request = &c->req;
     rx->client = (const struct sockaddr *)&c->peer;
     rx->status = status;
-    rx->scheme = x->is_connect ? AUDIT_SCHEME_TUNNEL : AUDIT_SCHEME_HTTP;
+    rx->scheme = exchange_scheme(c);
 }
 
 /* Timer callback: send the held abort answer (or the reset) of x.abort_*. */

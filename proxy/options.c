@@ -24,6 +24,11 @@ const char options_help[] =
     "  --upstream-ca FILE        CA certificates (PEM) an https upstream is verified\n"
     "                            against, instead of the system store\n"
     "  --upstream-insecure       do not verify an https upstream's certificate\n"
+    "  --tls-listen ADDR:PORT    also listen here for clients speaking TLS [off]\n"
+    "  --tls-cert FILE           the TLS listener's certificate chain (PEM), with --tls-key\n"
+    "  --tls-key FILE            its private key (PEM); without both, a certificate is\n"
+    "                            minted from the CA\n"
+    "  --tls-name NAME           a further name for the minted certificate (repeatable)\n"
     "  --rules FILE              rule file [none]\n"
     "  --db FILE                 SQLite audit database [statusproxy.db]\n"
     "  --admin ADDR:PORT|off     admin API and live page [127.0.0.1:9090]\n"
@@ -81,6 +86,11 @@ void options_free(struct run_options *o)
     free(o->proxy_auth);
     free(o->admin_token);
     free(o->connect_ports);
+    for (size_t i = 0; i < o->n_tls_names; i++)
+        free(o->tls_names[i]);
+    free(o->tls_names);
+    o->tls_names = NULL;
+    o->n_tls_names = 0;
     route_patterns_free(o->routes);
     o->routes = NULL;
     free(o->deny_dest);
@@ -223,6 +233,7 @@ static const char *const value_flags[] = {
     "--header-timeout", "--connect-timeout", "--response-timeout", "--idle-timeout",
     "--tunnel-idle-timeout", "--max-connections", "--log-level", "--deny-dest",
     "--max-request-body", "--route", "--max-routes", "--max-active-faults",
+    "--tls-listen", "--tls-cert", "--tls-key", "--tls-name",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -468,6 +479,56 @@ static int apply_core(struct run_options *o, const char *name, const char *v, ch
     return r == NOT_MINE ? 0 : r;
 }
 
+/* The TLS listener: --tls-listen, --tls-cert, --tls-key, --tls-name. The
+ * files are only named here; main reads them. */
+static int apply_tls_listen(struct run_options *o, const char *name, const char *v, char *err,
+                            size_t errlen)
+{
+    if (!*v)
+        return bad_empty(name, err, errlen);
+    if (strcmp(name, "--tls-listen") == 0) {
+        if (options_parse_listen(v, &o->tls_listen) != 0) {
+            snprintf(err, errlen, "%s: expected ADDR:PORT (e.g. 127.0.0.1:8443), got '%s'", name,
+                     v);
+            return -1;
+        }
+        o->has_tls_listen = 1;
+    } else if (strcmp(name, "--tls-cert") == 0) {
+        o->tls_cert = v;
+    } else if (strcmp(name, "--tls-key") == 0) {
+        o->tls_key = v;
+    } else {
+        o->tls_names = xrealloc(o->tls_names, (o->n_tls_names + 1) * sizeof *o->tls_names);
+        o->tls_names[o->n_tls_names++] = xstrdup(v);
+    }
+    return 0;
+}
+
+/* The TLS listener's flags go together: both files or neither, names only
+ * for a minted certificate, and none of them without --tls-listen. */
+static int check_tls_listen(const struct run_options *o, char *err, size_t errlen)
+{
+    const char *lone = o->tls_cert && !o->tls_key ? "--tls-cert"
+                       : o->tls_key && !o->tls_cert ? "--tls-key"
+                                                      : NULL;
+    if (lone) {
+        snprintf(err, errlen, "%s: needs %s too (both files, or neither for a minted certificate)",
+                 lone, strcmp(lone, "--tls-cert") == 0 ? "--tls-key" : "--tls-cert");
+        return -1;
+    }
+    if (o->n_tls_names && o->tls_cert) {
+        snprintf(err, errlen, "--tls-name: names a minted certificate; with --tls-cert the "
+                              "certificate file says which names it has");
+        return -1;
+    }
+    if (!o->has_tls_listen && (o->tls_cert || o->n_tls_names)) {
+        snprintf(err, errlen, "%s: needs --tls-listen ADDR:PORT",
+                 o->tls_cert ? "--tls-cert" : "--tls-name");
+        return -1;
+    }
+    return 0;
+}
+
 /* Set flag NAME to V. */
 static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
 {
@@ -479,6 +540,8 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
         return positive_flag(name, v, &o->max_active_faults, err, errlen);
     if (strcmp(name, "--route") == 0 || strcmp(name, "--max-routes") == 0)
         return route_flag(o, name, v, err, errlen);
+    if (strncmp(name, "--tls-", 6) == 0)
+        return apply_tls_listen(o, name, v, err, errlen);
     return apply_core(o, name, v, err, errlen);
 }
 
@@ -525,6 +588,8 @@ int options_parse(struct run_options *o, int argc, char **argv, char *err, size_
         if (apply(o, name, value, err, errlen) != 0)
             return -1;
     }
+    if (check_tls_listen(o, err, errlen) != 0)
+        return -1;
     if (o->n_allow == 0) {
         o->allow = xmalloc(2 * sizeof *o->allow);
         o->allow[0] = xstrdup("127.0.0.0/8");

@@ -39,6 +39,7 @@ struct tls_transport {
     uv_timer_t kick;
     enum tls_phase phase;
     int inner_status;             /* EOF or read error from the inner side, 0: none */
+    uint64_t bytes_in;            /* ciphertext read from the inner side */
     int end_delivered;            /* the owner got its EOF or error */
     int pending_closes;
     struct transport_write *wq_head, *wq_tail; /* the owner's queued writes */
@@ -257,6 +258,7 @@ static void on_inner_read(struct transport *t, ssize_t nread, struct chunk *c, v
         return;
     }
     if (nread > 0) {
+        tt->bytes_in += (uint64_t)nread;
         tls_engine_feed(tt->eng, c->data, (size_t)nread);
         chunk_unref(c);
     } else {
@@ -440,4 +442,9 @@ struct transport *tls_transport_new(struct transport *inner, uv_loop_t *loop,
 struct tls_engine *tls_transport_engine(struct transport *t)
 {
     return of(t)->eng;
+}
+
+uint64_t tls_transport_bytes_in(struct transport *t)
+{
+    return of(t)->bytes_in;
 }
