@@ -457,7 +457,14 @@ enum tls_engine_state tls_engine_feed_eof(struct tls_engine *t)
 {
     switch (t->state) {
     case TLS_ENGINE_HANDSHAKING:
-        fail(t, TLS_ENGINE_ERR_HANDSHAKE, "connection closed during the handshake");
+        /* A client that hangs up once it has our certificate, without an
+         * alert, is one that did not trust it: Node.js and others check
+         * the certificate after OpenSSL and just close the socket. */
+        if (t->cfg->kind != CFG_CLIENT && BIO_number_written(t->wbio) > 0)
+            fail(t, TLS_ENGINE_ERR_CLIENT,
+                 "client closed the connection after our certificate (not trusted?)");
+        else
+            fail(t, TLS_ENGINE_ERR_HANDSHAKE, "connection closed during the handshake");
         break;
     case TLS_ENGINE_OPEN:
     case TLS_ENGINE_CLOSING:

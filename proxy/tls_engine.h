@@ -109,8 +109,10 @@ struct tls_engine *tls_engine_new(struct tls_engine_config *cfg, const char *hos
 enum tls_engine_state tls_engine_feed(struct tls_engine *t, const void *p, size_t n);
 
 /* The socket reached EOF. After a received close_notify this is a clean end
- * (CLOSED); during the handshake it FAILS with tls_handshake, otherwise
- * with tls_eof (a truncation an attacker or a crash could cause). */
+ * (CLOSED); during the handshake it FAILS with tls_handshake (a server
+ * that had sent its certificate: tls_client, a client that silently
+ * refused it), otherwise with tls_eof (a truncation an attacker or a crash
+ * could cause). */
 enum tls_engine_state tls_engine_feed_eof(struct tls_engine *t);
 
 /* Copy up to CAP bytes of plaintext into BUF. Returns the byte count,

@@ -445,6 +445,24 @@ static void test_abrupt_eof(void)
     CHECK(tls_engine_pending(c) > 0); /* the ClientHello */
     CHECK_INT(tls_engine_feed_eof(c), TLS_ENGINE_FAILED);
     CHECK_STR(tls_engine_error_name(tls_engine_error(c)), "tls_handshake");
+    /* A server whose client hangs up after the ServerHello and certificate
+     * (a client that checks the certificate itself and just closes): the
+     * client refused it. Before any answer, it is a plain handshake error. */
+    struct tls_engine *s = tls_engine_new(sc, "api.example.test", 0);
+    char hello[4096];
+    tls_engine_free(c);
+    c = tls_engine_new(cc, "api.example.test", 443);
+    size_t n = tls_engine_take(c, hello, sizeof hello);
+    CHECK(n > 0);
+    CHECK_INT(tls_engine_feed(s, hello, n), TLS_ENGINE_HANDSHAKING);
+    CHECK(tls_engine_pending(s) > 0);
+    CHECK_INT(tls_engine_feed_eof(s), TLS_ENGINE_FAILED);
+    CHECK_STR(tls_engine_error_name(tls_engine_error(s)), "tls_client");
+    tls_engine_free(s);
+    s = tls_engine_new(sc, "api.example.test", 0);
+    CHECK_INT(tls_engine_feed_eof(s), TLS_ENGINE_FAILED);
+    CHECK_STR(tls_engine_error_name(tls_engine_error(s)), "tls_handshake");
+    tls_engine_free(s);
     tls_engine_free(c);
     tls_engine_config_free(cc);
     tls_engine_config_free(sc);
