@@ -297,6 +297,27 @@ struct tls_engine_config *tls_engine_server_config_files(const char *cert_file,
     return cfg;
 }
 
+struct tls_engine_config *tls_engine_server_config_cert(X509 *cert, EVP_PKEY *key, X509 *chain,
+                                                        char *err, size_t errlen)
+{
+    ERR_clear_error();
+    struct tls_engine_config *cfg = server_config(CFG_SERVER_FILES);
+    if (!cfg) {
+        ssl_reason(err, errlen, "cannot create a TLS context");
+        return NULL;
+    }
+    if (SSL_CTX_use_certificate(cfg->ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey(cfg->ctx, key) != 1 ||
+        SSL_CTX_check_private_key(cfg->ctx) != 1 ||
+        (chain && SSL_CTX_add1_chain_cert(cfg->ctx, chain) != 1)) {
+        ssl_reason(err, errlen, "the certificate and key cannot be used");
+        tls_engine_config_free(cfg);
+        ERR_clear_error();
+        return NULL;
+    }
+    return cfg;
+}
+
 struct tls_engine_config *tls_engine_server_config_ca(struct tls_ca *ca, char *err, size_t errlen)
 {
     ERR_clear_error();

@@ -82,6 +82,13 @@ struct tls_engine_config *tls_engine_server_config_files(const char *cert_file,
                                                          const char *key_file, char *err,
                                                          size_t errlen);
 
+/* A server config with a certificate and key in memory (a leaf minted at
+ * start), and CHAIN (may be NULL: the issuer) sent after it. References
+ * are taken; the caller keeps its own. Returns NULL and ERR when the key
+ * does not belong to the certificate. */
+struct tls_engine_config *tls_engine_server_config_cert(X509 *cert, EVP_PKEY *key, X509 *chain,
+                                                        char *err, size_t errlen);
+
 /* A server config that mints a certificate per SNI name from CA (borrowed:
  * it must outlive the config). */
 struct tls_engine_config *tls_engine_server_config_ca(struct tls_ca *ca, char *err, size_t errlen);
