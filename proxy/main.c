@@ -11,6 +11,7 @@
 #include "catalog.h"
 #include "db.h"
 #include "fault.h"
+#include "listen_tls.h"
 #include "log.h"
 #include "options.h"
 #include "report.h"
@@ -116,31 +117,6 @@ static int upstream_tls_setup(struct run_options *o)
     return 0;
 }
 
-/* The TLS server config of --tls-listen (DESIGN §9), built once and shared
- * by the workers: the given certificate and key, read here once (the key
- * never reaches a log: only OpenSSL's reason and the file name do). A file
- * that cannot be used is a usage error naming its flag. Returns 0 or 2. */
-static int listen_tls_setup(struct run_options *o)
-{
-    if (!o->has_tls_listen)
-        return 0;
-    if (!o->tls_cert) {
-        fprintf(stderr, "statusproxy: --tls-listen: needs --tls-cert FILE and --tls-key FILE\n");
-        return 2;
-    }
-    char err[512];
-    o->listen_tls = tls_engine_server_config_files(o->tls_cert, o->tls_key, err, sizeof err);
-    if (!o->listen_tls) {
-        /* The message names the file; say which flag gave it. */
-        int key = strcmp(o->tls_key, o->tls_cert) != 0 &&
-                  strncmp(err, o->tls_key, strlen(o->tls_key)) == 0;
-        const char *flag = key ? "--tls-key" : "--tls-cert";
-        fprintf(stderr, "statusproxy: %s: %s\n", flag, err);
-        return 2;
-    }
-    return 0;
-}
-
 static int cmd_run(int argc, char **argv)
 {
     struct run_options opts;
@@ -161,14 +137,19 @@ static int cmd_run(int argc, char **argv)
     /* The fault headers' stream: reproducible with --seed, else random. */
     fault_set_seed(opts.has_seed ? opts.seed : time_mono_us() ^ ((uint64_t)getpid() << 32));
     fault_set_max_active(opts.max_active_faults);
-    if (upstream_tls_setup(&opts) != 0 || listen_tls_setup(&opts) != 0) {
+    if (upstream_tls_setup(&opts) != 0) {
+        options_free(&opts);
+        return 2;
+    }
+    if (listen_tls_setup(&opts, err, sizeof err) != 0) {
+        fprintf(stderr, "statusproxy: %s\n", err);
         tls_engine_config_free(opts.upstream_tls);
         options_free(&opts);
         return 2;
     }
     int status = server_run(&opts);
+    listen_tls_teardown(&opts);
     tls_engine_config_free(opts.upstream_tls);
-    tls_engine_config_free(opts.listen_tls);
     options_free(&opts);
     return status;
 }
