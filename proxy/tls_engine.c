@@ -177,8 +177,12 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
+    /* The CA certificate goes after the leaf: a client that trusts the CA
+     * by its key's hash (Chromium's --ignore-certificate-errors-spki-list)
+     * can only match what the server sends. */
     int ok = SSL_use_certificate(ssl, leaf) == 1 &&
-             SSL_use_PrivateKey(ssl, tls_ca_leaf_key(cfg->ca)) == 1;
+             SSL_use_PrivateKey(ssl, tls_ca_leaf_key(cfg->ca)) == 1 &&
+             SSL_add1_chain_cert(ssl, tls_ca_cert(cfg->ca)) == 1;
     X509_free(leaf);
     if (!ok) {
         *alert = SSL_AD_INTERNAL_ERROR;

@@ -224,6 +224,11 @@ static void test_handshake_verified_sni_alpn(void)
     alpn_of(p.s.t, buf, sizeof buf);
     CHECK_STR(buf, "http/1.1");
     CHECK(SSL_version(tls_engine_ssl(p.c.t)) >= TLS1_2_VERSION);
+    /* The minted leaf comes with the CA certificate after it. */
+    STACK_OF(X509) *sent = SSL_get_peer_cert_chain(tls_engine_ssl(p.c.t));
+    CHECK_INT(sk_X509_num(sent), 2);
+    if (sk_X509_num(sent) == 2)
+        CHECK_INT(X509_cmp(sk_X509_value(sent, 1), tls_ca_cert(ca)), 0);
     /* Data both ways. */
     char msg[] = "\x00\x1f\x3e\x5d"; /* pattern_at(0..3) */
     for (size_t i = 0; i < 4; i++)
