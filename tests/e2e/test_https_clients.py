@@ -161,7 +161,7 @@ def test_node_without_the_ca_is_tls_client(proxy_factory, site, pki, tmp_path):
 # -- Chromium -------------------------------------------------------------------------
 
 
-def chromium_dom(url, spki, budget_ms=5000):
+def chromium_dom(url, spki, budget_ms=5000, extra=()):
     profile = tempfile.mkdtemp(prefix="sp-chromium-")
     try:
         r = subprocess.run(
@@ -169,7 +169,7 @@ def chromium_dom(url, spki, budget_ms=5000):
              "--no-first-run", "--disable-background-networking", "--disable-component-update",
              "--disable-sync", "--user-data-dir=" + profile,
              "--ignore-certificate-errors-spki-list=" + spki,
-             "--virtual-time-budget=%d" % budget_ms, "--dump-dom", url],
+             "--virtual-time-budget=%d" % budget_ms, *extra, "--dump-dom", url],
             capture_output=True, text=True, timeout=120, env=clean_env())
         return r.stdout
     finally:
