@@ -60,7 +60,7 @@ BENCH_TLSLOAD := $(BUILD)/bench/tlsload
 
 # Debian packages: what building and running need, and what the tests add.
 DEPS       := build-essential pkg-config libuv1-dev node-llhttp libsqlite3-dev libssl-dev
-TEST_DEPS  := curl python3 python3-pytest python3-requests sqlite3 openssl chromium
+TEST_DEPS  := curl python3 python3-pytest python3-requests sqlite3 openssl chromium nodejs
 BENCH_DEPS := wrk haproxy valgrind mitmproxy squid-openssl
 FUZZ_DEPS  := clang libclang-rt-14-dev
 

@@ -105,11 +105,35 @@ static void conn_tunnel_active(struct conn *c)
     arm_timer(c, c->env->opts->tunnel_idle_timeout_ms);
 }
 
+/* A TLS client's handshake failed. A client that rejected our certificate
+ * (tls_client) or spoke something else (plain HTTP: tls_handshake) is
+ * recorded as one exchange with no codes, under its SNI name when it sent
+ * one; a connection that closed without a byte (a port probe) is not. */
+static void client_tls_failed(struct conn *c, const char *error)
+{
+    if (tls_transport_bytes_in(c->tr) > 0) {
+        exchange_begin(c);
+        const char *sni = tls_engine_sni(tls_transport_engine(c->tr));
+        if (sni)
+            str_copy(c->x.rec_host, sizeof c->x.rec_host, sni);
+        exchange_set_error(&c->x, error);
+        exchange_record(c);
+    }
+    LOG(LOG_DEBUG, "c%llu TLS handshake failed: %s", (unsigned long long)c->id,
+        tls_engine_reason(tls_transport_engine(c->tr)));
+    conn_close(c, CLOSE_NOW);
+}
+
 /* The client went away (EOF or error) or a write to it failed. */
 static void client_gone(struct conn *c, int status)
 {
     if (c->phase == PH_CLOSED)
         return;
+    if (c->client_tls == CTLS_HANDSHAKE) {
+        const char *error = transport_error_name(c->tr);
+        client_tls_failed(c, error ? error : "tls_handshake");
+        return;
+    }
     int eof = status == UV_EOF;
     if (c->phase == PH_LINGER) {
         conn_close(c, CLOSE_NOW);
@@ -607,7 +631,8 @@ static void start_interception(struct conn *c)
     c->icpt_port = x->up_port;
     c->icpt = ICPT_HANDSHAKE;
     c->phase = PH_HANDSHAKE;
-    struct transport *t = tls_transport_new(&c->tcp.base, c->env->loop,
+    /* Over the transport the client already has: TCP, or TLS on --tls-listen. */
+    struct transport *t = tls_transport_new(c->tr, c->env->loop,
                                             c->env->opts->intercept_server, x->up_host, 0,
                                             &client_ops, c);
     c->tr = t;
@@ -871,6 +896,11 @@ static void on_timer(struct deadline *d)
     struct conn *c = d->data;
     switch (c->phase) {
     case PH_IDLE:
+        if (c->client_tls == CTLS_HANDSHAKE) {
+            /* No handshake in time: there is no channel to answer 408 on. */
+            client_tls_failed(c, "header_timeout");
+            break;
+        }
         if (c->nrequests > 0) {
             conn_close(c, CLOSE_NOW); /* idle keep-alive connection */
             break;
@@ -899,24 +929,44 @@ static void on_timer(struct deadline *d)
     }
 }
 
+/* A TLS handshake with the client is done: an intercepted CONNECT's (HTTP
+ * starts over inside it), or a --tls-listen client's, served like any other
+ * from now on (reading started at accept goes on inside the transport). */
+static void on_client_ready(struct transport *t, void *owner)
+{
+    struct conn *c = owner;
+    if (c->phase == PH_HANDSHAKE) {
+        on_client_tls_ready(t, owner);
+        return;
+    }
+    c->client_tls = CTLS_OPEN;
+    if (c->phase == PH_IDLE && c->over_limit)
+        answer_and_close(c, 503, "max_connections", "Retry-After: 1\r\n");
+}
 
-static void on_client_tls_ready(struct transport *t, void *owner);
-
-/* The client transport's events; on_ready only comes from a TLS wrapper. */
 static const struct transport_ops client_ops = {
-    .on_ready = on_client_tls_ready,
+    .on_ready = on_client_ready,
     .on_read = on_client_read,
     .on_closed = on_client_closed,
 };
 
-int conn_accept(struct conn_env *env, uv_stream_t *server)
+/* Put TLS over the accepted socket (a --tls-listen client): the client's
+ * transport and its sender use the wrapper from now on. */
+static void conn_start_tls(struct conn *c, struct tls_engine_config *tls)
+{
+    c->client_tls = CTLS_HANDSHAKE;
+    c->tr = tls_transport_new(&c->tcp.base, c->env->loop, tls, NULL, 0, &client_ops, c);
+    c->out.tr = c->tr;
+}
+
+int conn_accept(struct conn_env *env, uv_stream_t *server, struct tls_engine_config *tls)
 {
     struct conn *c = xcalloc(1, sizeof *c);
     c->env = env;
     c->id = ++env->next_conn_id;
     tcp_transport_init(&c->tcp, env->loop, &client_ops, c);
-    /* A TLS listener (issue 10) wraps this transport and points c->tr and
-     * c->out.tr at the wrapper; nothing below reads the socket directly. */
+    /* A TLS listener wraps this transport (conn_start_tls) and points c->tr
+     * and c->out.tr at the wrapper; nothing below reads the socket directly. */
     c->tr = &c->tcp.base;
     deadline_init(env->loop, &c->timer, on_timer, c);
     exchange_init(c, env->loop);
@@ -953,10 +1003,16 @@ int conn_accept(struct conn_env *env, uv_stream_t *server)
         uv_ip4_name((struct sockaddr_in *)&c->peer, c->peer_ip, sizeof c->peer_ip);
     uv_tcp_nodelay(tcp_transport_handle(&c->tcp), 1);
     c->phase = PH_IDLE;
+    /* The header timeout covers a TLS handshake too. */
     arm_timer(c, env->opts->header_timeout_ms);
+    if (tls)
+        conn_start_tls(c, tls);
     if (total > env->opts->max_connections) {
-        /* Over the limit: a short answer instead of silence. */
-        answer_and_close(c, 503, "max_connections", "Retry-After: 1\r\n");
+        /* Over the limit: a short answer instead of silence (over TLS, once
+         * the handshake is done: on_client_ready). */
+        c->over_limit = 1;
+        if (!tls)
+            answer_and_close(c, 503, "max_connections", "Retry-After: 1\r\n");
         return 0;
     }
     conn_update_reading(c);

@@ -17,6 +17,7 @@ struct conn;
 struct dest_policy;
 struct rules;
 struct run_options;
+struct tls_engine_config;
 struct upstream_pool;
 
 /* What a connection may ask of the worker that owns it (OWNER below). */
@@ -52,8 +53,9 @@ struct conn_env {
 };
 
 /* Accept a pending connection on SERVER into a new conn on ENV's loop.
- * Returns 0 or a libuv error. */
-int conn_accept(struct conn_env *env, uv_stream_t *server);
+ * With TLS (a --tls-listen listener's server config) the client speaks TLS
+ * from the first byte. Returns 0 or a libuv error. */
+int conn_accept(struct conn_env *env, uv_stream_t *server, struct tls_engine_config *tls);
 
 /* The worker is stopping: an idle connection closes now, a busy one after
  * its current exchange. */

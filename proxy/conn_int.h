@@ -40,6 +40,8 @@ enum phase { PH_IDLE, PH_HEAD, PH_EXCHANGE, PH_TUNNEL, PH_HANDSHAKE, PH_LINGER, 
  *                                request after goes to c->icpt_host */
 enum icpt_state { ICPT_NONE, ICPT_HANDSHAKE, ICPT_OPEN };
 enum close_how { CLOSE_NOW, CLOSE_RESET };
+/* The client side's TLS: none (plain), the handshake under way, done. */
+enum client_tls { CTLS_NONE, CTLS_HANDSHAKE, CTLS_OPEN };
 
 /*
  * The states of one exchange, one enum per direction (the connection's own
@@ -245,6 +247,8 @@ struct conn {
     struct sockaddr_storage peer;
     char peer_ip[48];
     enum phase phase;
+    enum client_tls client_tls;  /* a --tls-listen client: TLS from accept on */
+    int over_limit;              /* over --max-connections: answer 503 once TLS is up */
     int pending_closes;
     int reading;
     int close_after;             /* close once the current answer is written */

@@ -138,8 +138,8 @@ void exchange_answer(struct conn *c, int code, const struct rule_actions *a, con
 /* ---------- recording ---------- */
 
 /* The scheme recorded and matched (DESIGN §9): https when the client side
- * (interception) or the upstream side (--upstream https://) speaks TLS,
- * tunnel for a blind CONNECT, else http. */
+ * (interception, --tls-listen) or the upstream side (--upstream https://)
+ * speaks TLS, tunnel for a blind CONNECT, else http. */
 static enum audit_scheme exchange_scheme(const struct conn *c)
 {
     const struct exchange *x = &c->x;
@@ -147,7 +147,7 @@ static enum audit_scheme exchange_scheme(const struct conn *c)
         return AUDIT_SCHEME_HTTPS;
     if (x->is_connect)
         return AUDIT_SCHEME_TUNNEL;
-    if (!x->forward_mode && c->env->opts->upstream_tls)
+    if (c->client_tls != CTLS_NONE || (!x->forward_mode && c->env->opts->upstream_https))
         return AUDIT_SCHEME_HTTPS;
     return AUDIT_SCHEME_HTTP;
 }

@@ -11,6 +11,7 @@
 #include "catalog.h"
 #include "db.h"
 #include "fault.h"
+#include "listen_tls.h"
 #include "log.h"
 #include "options.h"
 #include "report.h"
@@ -141,8 +142,10 @@ static int cmd_run(int argc, char **argv)
         options_free(&opts);
         return 2;
     }
-    if (intercept_setup(&opts, err, sizeof err) != 0) {
+    if (intercept_setup(&opts, err, sizeof err) != 0 ||
+        listen_tls_setup(&opts, err, sizeof err) != 0) {
         fprintf(stderr, "statusproxy: %s\n", err);
+        intercept_teardown(&opts);
         tls_engine_config_free(opts.upstream_tls);
         options_free(&opts);
         return 2;
@@ -150,6 +153,7 @@ static int cmd_run(int argc, char **argv)
     if (intercept_enabled(&opts) && opts.upstream_insecure)
         LOG(LOG_WARN, "--upstream-insecure: intercepted origins' certificates are not verified");
     int status = server_run(&opts);
+    listen_tls_teardown(&opts);
     intercept_teardown(&opts);
     tls_engine_config_free(opts.upstream_tls);
     options_free(&opts);

@@ -28,6 +28,11 @@ const char options_help[] =
     "  --ca-dir DIR              the CA interception mints with [$HOME/.statusproxy]\n"
     "  --intercept               decrypt every CONNECT (TLS with the CA's certificates)\n"
     "  --intercept-hosts GLOBS   decrypt CONNECT only to these hosts, e.g. api.*,*.test\n"
+    "  --tls-listen ADDR:PORT    also listen here for clients speaking TLS [off]\n"
+    "  --tls-cert FILE           the TLS listener's certificate chain (PEM), with --tls-key\n"
+    "  --tls-key FILE            its private key (PEM); without both, a certificate is\n"
+    "                            minted from the CA\n"
+    "  --tls-name NAME           a further name for the minted certificate (repeatable)\n"
     "  --rules FILE              rule file [none]\n"
     "  --db FILE                 SQLite audit database [statusproxy.db]\n"
     "  --admin ADDR:PORT|off     admin API and live page [127.0.0.1:9090]\n"
@@ -90,6 +95,11 @@ void options_free(struct run_options *o)
     free(o->intercept_hosts);
     o->intercept_hosts = NULL;
     o->n_intercept_hosts = 0;
+    for (size_t i = 0; i < o->n_tls_names; i++)
+        free(o->tls_names[i]);
+    free(o->tls_names);
+    o->tls_names = NULL;
+    o->n_tls_names = 0;
     route_patterns_free(o->routes);
     o->routes = NULL;
     free(o->deny_dest);
@@ -235,6 +245,7 @@ static const char *const value_flags[] = {
     "--tunnel-idle-timeout", "--max-connections", "--log-level", "--deny-dest",
     "--max-request-body", "--route", "--max-routes", "--max-active-faults",
     "--ca-dir", "--intercept-hosts",
+    "--tls-listen", "--tls-cert", "--tls-key", "--tls-name",
 };
 
 static int duration_flag(const char *name, const char *value, uint64_t *out, int allow_zero,
@@ -503,6 +514,56 @@ static int apply_intercept_hosts(struct run_options *o, const char *name, const 
     }
 }
 
+/* The TLS listener: --tls-listen, --tls-cert, --tls-key, --tls-name. The
+ * files are only named here; main reads them. */
+static int apply_tls_listen(struct run_options *o, const char *name, const char *v, char *err,
+                            size_t errlen)
+{
+    if (!*v)
+        return bad_empty(name, err, errlen);
+    if (strcmp(name, "--tls-listen") == 0) {
+        if (options_parse_listen(v, &o->tls_listen) != 0) {
+            snprintf(err, errlen, "%s: expected ADDR:PORT (e.g. 127.0.0.1:8443), got '%s'", name,
+                     v);
+            return -1;
+        }
+        o->has_tls_listen = 1;
+    } else if (strcmp(name, "--tls-cert") == 0) {
+        o->tls_cert = v;
+    } else if (strcmp(name, "--tls-key") == 0) {
+        o->tls_key = v;
+    } else {
+        o->tls_names = xrealloc(o->tls_names, (o->n_tls_names + 1) * sizeof *o->tls_names);
+        o->tls_names[o->n_tls_names++] = xstrdup(v);
+    }
+    return 0;
+}
+
+/* The TLS listener's flags go together: both files or neither, names only
+ * for a minted certificate, and none of them without --tls-listen. */
+static int check_tls_listen(const struct run_options *o, char *err, size_t errlen)
+{
+    const char *lone = o->tls_cert && !o->tls_key ? "--tls-cert"
+                       : o->tls_key && !o->tls_cert ? "--tls-key"
+                                                      : NULL;
+    if (lone) {
+        snprintf(err, errlen, "%s: needs %s too (both files, or neither for a minted certificate)",
+                 lone, strcmp(lone, "--tls-cert") == 0 ? "--tls-key" : "--tls-cert");
+        return -1;
+    }
+    if (o->n_tls_names && o->tls_cert) {
+        snprintf(err, errlen, "--tls-name: names a minted certificate; with --tls-cert the "
+                              "certificate file says which names it has");
+        return -1;
+    }
+    if (!o->has_tls_listen && (o->tls_cert || o->n_tls_names)) {
+        snprintf(err, errlen, "%s: needs --tls-listen ADDR:PORT",
+                 o->tls_cert ? "--tls-cert" : "--tls-name");
+        return -1;
+    }
+    return 0;
+}
+
 /* Set flag NAME to V. */
 static int apply(struct run_options *o, const char *name, const char *v, char *err, size_t errlen)
 {
@@ -522,6 +583,8 @@ static int apply(struct run_options *o, const char *name, const char *v, char *e
         o->ca_dir = v;
         return 0;
     }
+    if (strncmp(name, "--tls-", 6) == 0)
+        return apply_tls_listen(o, name, v, err, errlen);
     return apply_core(o, name, v, err, errlen);
 }
 
@@ -568,6 +631,8 @@ int options_parse(struct run_options *o, int argc, char **argv, char *err, size_
         if (apply(o, name, value, err, errlen) != 0)
             return -1;
     }
+    if (check_tls_listen(o, err, errlen) != 0)
+        return -1;
     if (o->n_allow == 0) {
         o->allow = xmalloc(2 * sizeof *o->allow);
         o->allow[0] = xstrdup("127.0.0.0/8");

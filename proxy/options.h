@@ -49,6 +49,15 @@ struct run_options {
     struct tls_ca *intercept_ca;
     struct tls_engine_config *intercept_server;
     struct tls_engine_config *intercept_client;
+    /* --tls-listen (DESIGN §9): a second listener whose clients speak TLS. */
+    int has_tls_listen;
+    struct listen_addr tls_listen;
+    const char *tls_cert;     /* --tls-cert FILE, or NULL: a certificate minted from the CA */
+    const char *tls_key;      /* --tls-key FILE (with --tls-cert) */
+    char **tls_names;         /* --tls-name NAME (repeatable): extra names of a minted one */
+    size_t n_tls_names;
+    /* The TLS server config of the listener, built by main; NULL without it. */
+    struct tls_engine_config *listen_tls;
     const char *rules_path;   /* NULL: no rules */
     const char *db_path;
     int has_seed;

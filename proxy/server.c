@@ -43,6 +43,8 @@
 #define AUDIT_WATCH_MS 250
 #define FD_RESERVE 16               /* fds kept free for upstreams, logs, the db */
 #define ACCEPT_RETRY_MS 250         /* while out of fds, look again this often */
+#define ACCEPT_PLAIN 1              /* worker.accept_pending: on --listen */
+#define ACCEPT_TLS 2                /* ... on --tls-listen */
 
 struct server {
     struct run_options *opts;
@@ -58,7 +60,7 @@ struct server {
     struct cidr *allow;
     size_t n_allow;
     struct dest_policy dest;     /* read by the workers; fixed before they start */
-    struct sockaddr_storage own[2];
+    struct sockaddr_storage own[3];
     struct sockaddr_storage *local;
     uv_signal_t sigterm, sigint, sighup;
     uv_fs_event_t watch;
@@ -119,6 +121,8 @@ static void build_dest_policy(struct server *srv)
     d->n_deny = o->n_deny_dest;
     srv->own[0] = o->listen.sa;
     d->n_own = 1;
+    if (o->has_tls_listen)
+        srv->own[d->n_own++] = o->tls_listen.sa;
     if (o->admin_enabled)
         srv->own[d->n_own++] = o->admin.sa;
     d->own = srv->own;
@@ -227,9 +231,22 @@ static void pause_accepting(struct worker *w)
     uv_timer_start(&w->accept_timer, on_accept_retry, ACCEPT_RETRY_MS, 0);
 }
 
-static void accept_one(struct worker *w)
+/* Close the worker's listening sockets (stop accepting). */
+static void close_listeners(struct worker *w, uv_close_cb cb)
 {
-    int rc = conn_accept(&w->env, (uv_stream_t *)&w->listener);
+    if (w->listener.loop && !uv_is_closing((uv_handle_t *)&w->listener))
+        uv_close((uv_handle_t *)&w->listener, cb);
+    if (w->tls_listener.loop && !uv_is_closing((uv_handle_t *)&w->tls_listener))
+        uv_close((uv_handle_t *)&w->tls_listener, cb);
+}
+
+/* Accept one connection on the listener WHICH (ACCEPT_PLAIN or ACCEPT_TLS);
+ * a TLS listener's clients get a TLS server transport from the start. */
+static void accept_one(struct worker *w, int which)
+{
+    int tls = which == ACCEPT_TLS;
+    uv_stream_t *l = (uv_stream_t *)(tls ? &w->tls_listener : &w->listener);
+    int rc = conn_accept(&w->env, l, tls ? w->srv->opts->listen_tls : NULL);
     if (rc != 0)
         LOG(LOG_DEBUG, "accept: %s", uv_strerror(rc));
     metrics_set_connections(w->stats, w->nconns);
@@ -246,15 +263,19 @@ static void on_accept_retry(uv_timer_t *t)
     }
     w->accept_paused = 0;
     LOG(LOG_INFO, "worker %d: file descriptors free again; accepting", w->id);
-    if (w->accept_pending) {
-        w->accept_pending = 0;
-        accept_one(w); /* libuv then watches the listener again */
-    }
+    int pending = w->accept_pending;
+    w->accept_pending = 0;
+    /* libuv then watches the listener again */
+    if (pending & ACCEPT_PLAIN)
+        accept_one(w, ACCEPT_PLAIN);
+    if (pending & ACCEPT_TLS)
+        accept_one(w, ACCEPT_TLS);
 }
 
 static void on_connection(uv_stream_t *server, int status)
 {
     struct worker *w = server->data;
+    int which = server == (uv_stream_t *)&w->tls_listener ? ACCEPT_TLS : ACCEPT_PLAIN;
     if (status == UV_EMFILE || status == UV_ENFILE) {
         pause_accepting(w);
         return;
@@ -264,11 +285,11 @@ static void on_connection(uv_stream_t *server, int status)
         return;
     }
     if (w->accept_paused || fds_short(w, FD_RESERVE)) {
-        w->accept_pending = 1;
+        w->accept_pending |= which;
         pause_accepting(w);
         return;
     }
-    accept_one(w);
+    accept_one(w, which);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -306,7 +327,7 @@ static void on_wake(uv_async_t *a)
     }
     if (stop && !w->env.stopping) {
         w->env.stopping = 1;
-        uv_close((uv_handle_t *)&w->listener, on_worker_closed);
+        close_listeners(w, on_worker_closed);
         for (struct conn *c = w->env.conns, *next; c; c = next) {
             next = conn_next(c);
             conn_shutdown(c);
@@ -628,8 +649,28 @@ static void cleanup(struct server *srv)
     pthread_mutex_destroy(&srv->rules_lock);
 }
 
-/* Each worker's loop and listening socket. Listening happens here, before
- * any thread runs, so that a failure stops start-up (with a message). */
+/* Open and listen on one worker's socket for A ("" or " (TLS)" in
+ * messages). Listening happens before any thread runs, so that a failure
+ * stops start-up (with a message). */
+static int listen_one(struct worker *w, uv_tcp_t *tcp, struct listen_addr *a, const char *what)
+{
+    int rc = open_listener(&w->loop, tcp, a);
+    if (rc != 0) {
+        fprintf(stderr, "statusproxy: cannot listen on %s%s: %s\n", a->text, what,
+                uv_strerror(rc));
+        return -1;
+    }
+    tcp->data = w;
+    rc = uv_listen((uv_stream_t *)tcp, 1024, on_connection);
+    if (rc != 0) {
+        fprintf(stderr, "statusproxy: cannot listen on %s%s (worker %d): %s\n", a->text, what,
+                w->id, uv_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* Each worker's loop and listening sockets. */
 static int open_workers(struct server *srv)
 {
     struct run_options *opts = srv->opts;
@@ -644,19 +685,9 @@ static int open_workers(struct server *srv)
         w->env.owner = w;
         uv_loop_init(&w->loop);
         w->stats = metrics_local_new();
-        int rc = open_listener(&w->loop, &w->listener, &opts->listen);
-        if (rc != 0) {
-            fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", opts->listen.text,
-                    uv_strerror(rc));
-            srv->nworkers = i + 1;
-            return -1;
-        }
-        w->listener.data = w;
-        /* Listen here, before the thread runs: a failure stops start-up. */
-        rc = uv_listen((uv_stream_t *)&w->listener, 1024, on_connection);
-        if (rc != 0) {
-            fprintf(stderr, "statusproxy: cannot listen on %s (worker %d): %s\n",
-                    opts->listen.text, i, uv_strerror(rc));
+        if (listen_one(w, &w->listener, &opts->listen, "") != 0 ||
+            (opts->has_tls_listen &&
+             listen_one(w, &w->tls_listener, &opts->tls_listen, " (TLS)") != 0)) {
             srv->nworkers = i + 1;
             return -1;
         }
@@ -705,7 +736,7 @@ static int start_workers(struct server *srv)
     for (int j = i; j < srv->nworkers; j++) {
         struct worker *w = &srv->workers[j];
         w->env.stopping = 1;
-        uv_close((uv_handle_t *)&w->listener, on_worker_closed);
+        close_listeners(w, on_worker_closed);
         worker_try_finish(w);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         rules_unref(w->env.rules);
@@ -734,13 +765,19 @@ static int load_rules(struct server *srv)
 static int open_stores(struct server *srv)
 {
     struct run_options *opts = srv->opts;
-    int rc = probe_bind(&opts->listen);
-    if (rc == 0 && opts->admin_enabled)
-        rc = probe_bind(&opts->admin);
-    if (rc != 0) {
-        const struct listen_addr *a = probe_bind(&opts->listen) ? &opts->listen : &opts->admin;
-        fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", a->text, uv_strerror(rc));
-        return -1;
+    const struct listen_addr *addrs[3] = {&opts->listen};
+    size_t n = 1;
+    if (opts->has_tls_listen)
+        addrs[n++] = &opts->tls_listen;
+    if (opts->admin_enabled)
+        addrs[n++] = &opts->admin;
+    for (size_t i = 0; i < n; i++) {
+        int rc = probe_bind(addrs[i]);
+        if (rc != 0) {
+            fprintf(stderr, "statusproxy: cannot listen on %s: %s\n", addrs[i]->text,
+                    uv_strerror(rc));
+            return -1;
+        }
     }
 
     char err[512];
@@ -787,8 +824,7 @@ static void unwind_unstarted(struct server *srv)
 {
     for (int i = 0; i < srv->nworkers; i++) {
         struct worker *w = &srv->workers[i];
-        if (w->listener.loop)
-            uv_close((uv_handle_t *)&w->listener, NULL);
+        close_listeners(w, NULL);
         if (w->srv)
             uv_run(&w->loop, UV_RUN_DEFAULT);
     }
@@ -805,7 +841,9 @@ static int serve(struct server *srv)
     if (started < srv->nworkers)
         begin_stop(srv, "a worker thread could not start");
     else
-        LOG(LOG_INFO, "listening on %s (%s), %d worker%s%s%s", opts->listen.text,
+        LOG(LOG_INFO, "listening on %s%s%s (%s), %d worker%s%s%s", opts->listen.text,
+        opts->has_tls_listen ? " and TLS on " : "",
+        opts->has_tls_listen ? opts->tls_listen.text : "",
         opts->has_upstream ? opts->upstream_authority : "forward proxy", srv->nworkers,
         srv->nworkers == 1 ? "" : "s", opts->admin_enabled ? ", admin on " : "",
         opts->admin_enabled ? opts->admin.text : "");

@@ -27,13 +27,15 @@ struct worker {
     uv_loop_t loop;
     uv_thread_t thread;
     uv_tcp_t listener;
+    uv_tcp_t tls_listener;       /* --tls-listen; its loop is NULL without it */
     uv_async_t wake;             /* main -> worker: new rules, stop */
     int wake_closed;             /* under the server's lock: wake may not be sent */
     uv_timer_t tick;             /* flushes record batches, publishes counters */
     uv_timer_t stop_timer;       /* bounds the graceful stop */
     uv_timer_t accept_timer;     /* retries accepting while out of fds */
     int accept_paused;           /* out of file descriptors: not accepting */
-    int accept_pending;          /* libuv holds an accepted connection for us */
+    int accept_pending;          /* libuv holds an accepted connection for us:
+                                  * ACCEPT_PLAIN and/or ACCEPT_TLS */
     struct conn_env env;         /* what its connections need: options, rules, pool, list */
     unsigned nconns;
     struct audit_batch *batch;   /* records not yet handed to the writer */

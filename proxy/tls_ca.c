@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -398,41 +399,56 @@ static int normalise_name(const char *name, char *out, size_t outlen, int *ip_fa
     return 0;
 }
 
-/* The subjectAltName holding NAME as a dNSName or an iPAddress. */
-static int add_san(X509 *x, const char *name, int ip_family)
+/* One dNSName or iPAddress entry for NAME; NULL when it cannot be built. */
+static GENERAL_NAME *san_entry(const char *name, int ip_family)
 {
-    GENERAL_NAMES *names = GENERAL_NAMES_new();
     GENERAL_NAME *gn = GENERAL_NAME_new();
-    int ok = 0;
-    if (!names || !gn)
-        goto out;
+    if (!gn)
+        return NULL;
     if (ip_family) {
         ASN1_OCTET_STRING *ip = a2i_IPADDRESS(name);
-        if (!ip)
-            goto out;
+        if (!ip) {
+            GENERAL_NAME_free(gn);
+            return NULL;
+        }
         GENERAL_NAME_set0_value(gn, GEN_IPADD, ip);
     } else {
         ASN1_IA5STRING *dns = ASN1_IA5STRING_new();
         if (!dns || !ASN1_STRING_set(dns, name, -1)) {
             ASN1_IA5STRING_free(dns);
-            goto out;
+            GENERAL_NAME_free(gn);
+            return NULL;
         }
         GENERAL_NAME_set0_value(gn, GEN_DNS, dns);
     }
-    if (!sk_GENERAL_NAME_push(names, gn))
-        goto out;
-    gn = NULL;
-    ok = X509_add1_ext_i2d(x, NID_subject_alt_name, names, 0, 0) == 1;
-out:
-    GENERAL_NAME_free(gn);
-    GENERAL_NAMES_free(names);
+    return gn;
+}
+
+/* The subjectAltName holding the N names (each a dNSName, or an iPAddress
+ * where FAMILIES[i] says so). */
+static int add_san(X509 *x, const char *const *names, const int *families, size_t n)
+{
+    GENERAL_NAMES *sans = GENERAL_NAMES_new();
+    int ok = sans != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        GENERAL_NAME *gn = san_entry(names[i], families[i]);
+        ok = gn && sk_GENERAL_NAME_push(sans, gn);
+        if (!ok)
+            GENERAL_NAME_free(gn);
+    }
+    ok = ok && X509_add1_ext_i2d(x, NID_subject_alt_name, sans, 0, 0) == 1;
+    GENERAL_NAMES_free(sans);
     return ok ? 0 : -1;
 }
 
-static X509 *mint(struct tls_ca *ca, const char *name, int ip_family)
+/* A leaf for the N NAMES (normalised; kinds in FAMILIES), named after the
+ * first. */
+static X509 *mint_names(struct tls_ca *ca, const char *const *names, const int *families,
+                        size_t n)
 {
     /* Clients read names from the SAN only (RFC 6125); the CN is for people
      * and limited to 64 characters. */
+    const char *name = names[0];
     X509 *x = new_cert(strlen(name) <= 64 ? name : NULL, ca->leaf_key,
                        -TLS_CA_LEAF_BACKDATE_S, TLS_CA_LEAF_LIFETIME_S);
     if (!x || !X509_set_issuer_name(x, X509_get_subject_name(ca->cert)) ||
@@ -441,11 +457,16 @@ static X509 *mint(struct tls_ca *ca, const char *name, int ip_family)
         add_ext(x, ca->cert, NID_ext_key_usage, "serverAuth") != 0 ||
         add_ext(x, ca->cert, NID_subject_key_identifier, "hash") != 0 ||
         add_ext(x, ca->cert, NID_authority_key_identifier, "keyid:always") != 0 ||
-        add_san(x, name, ip_family) != 0 || X509_sign(x, ca->key, EVP_sha256()) == 0) {
+        add_san(x, names, families, n) != 0 || X509_sign(x, ca->key, EVP_sha256()) == 0) {
         X509_free(x);
         return NULL;
     }
     return x;
+}
+
+static X509 *mint(struct tls_ca *ca, const char *name, int ip_family)
+{
+    return mint_names(ca, &name, &ip_family, 1);
 }
 
 /* ---- the cache (callers hold ca->lock) ------------------------------------ */
@@ -569,6 +590,47 @@ X509 *tls_ca_leaf(struct tls_ca *ca, const char *name, char *err, size_t errlen)
     }
     pthread_mutex_unlock(&ca->lock);
     X509_free(fresh);
+    return x;
+}
+
+X509 *tls_ca_leaf_names(struct tls_ca *ca, const char *const *names, size_t n, char *err,
+                        size_t errlen)
+{
+    if (n == 0 || n > TLS_CA_NAMES_MAX) {
+        fail(err, errlen, "a certificate needs 1 to %d names", TLS_CA_NAMES_MAX);
+        return NULL;
+    }
+    char(*norm)[NAME_MAX_LEN + 1] = xcalloc(n, sizeof *norm);
+    const char **list = xcalloc(n, sizeof *list);
+    int *families = xcalloc(n, sizeof *families);
+    size_t k = 0;
+    X509 *x = NULL;
+    ERR_clear_error();
+    for (size_t i = 0; i < n; i++) {
+        if (normalise_name(names[i], norm[k], sizeof norm[k], &families[k]) != 0) {
+            fail(err, errlen, "'%.*s' is not a host name or IP address", 80, names[i]);
+            goto out;
+        }
+        int dup = 0;
+        for (size_t j = 0; j < k; j++)
+            dup |= strcmp(norm[j], norm[k]) == 0;
+        if (!dup) {
+            list[k] = norm[k];
+            k++;
+        }
+    }
+    x = mint_names(ca, list, families, k);
+    if (!x) {
+        fail(err, errlen, "minting a certificate for %s failed", list[0]);
+        goto out;
+    }
+    pthread_mutex_lock(&ca->lock);
+    ca->minted++;
+    pthread_mutex_unlock(&ca->lock);
+out:
+    free(norm);
+    free(list);
+    free(families);
     return x;
 }
 

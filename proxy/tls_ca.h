@@ -56,6 +56,15 @@ struct tls_ca *tls_ca_load(const char *dir, size_t cache_max, char *err, size_t 
  * that is not a host name or IP address). Thread-safe. */
 X509 *tls_ca_leaf(struct tls_ca *ca, const char *name, char *err, size_t errlen);
 
+/* One leaf certificate for all N NAMES at once (each as for tls_ca_leaf;
+ * duplicates dropped), named after the first: for a listener that answers
+ * to several names (DESIGN §9, --tls-listen). Not cached: minted on every
+ * call. Returns a certificate the caller frees, or NULL and ERR naming the
+ * first bad name. At most TLS_CA_NAMES_MAX names. */
+#define TLS_CA_NAMES_MAX 100
+X509 *tls_ca_leaf_names(struct tls_ca *ca, const char *const *names, size_t n, char *err,
+                        size_t errlen);
+
 /* The private key of every leaf this CA mints (one per process, never
  * written anywhere) and the CA certificate, for building a chain. Both are
  * borrowed: valid until tls_ca_free. */

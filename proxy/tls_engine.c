@@ -177,8 +177,12 @@ static int on_servername(SSL *ssl, int *alert, void *arg)
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
+    /* The CA certificate goes after the leaf: a client that trusts the CA
+     * by its key's hash (Chromium's --ignore-certificate-errors-spki-list)
+     * can only match what the server sends. */
     int ok = SSL_use_certificate(ssl, leaf) == 1 &&
-             SSL_use_PrivateKey(ssl, tls_ca_leaf_key(cfg->ca)) == 1;
+             SSL_use_PrivateKey(ssl, tls_ca_leaf_key(cfg->ca)) == 1 &&
+             SSL_add1_chain_cert(ssl, tls_ca_cert(cfg->ca)) == 1;
     X509_free(leaf);
     if (!ok) {
         *alert = SSL_AD_INTERNAL_ERROR;
@@ -290,6 +294,27 @@ struct tls_engine_config *tls_engine_server_config_files(const char *cert_file,
         char why[120];
         ssl_reason(why, sizeof why, "unusable");
         snprintf(err, errlen, "%s: %s", bad, why);
+        tls_engine_config_free(cfg);
+        ERR_clear_error();
+        return NULL;
+    }
+    return cfg;
+}
+
+struct tls_engine_config *tls_engine_server_config_cert(X509 *cert, EVP_PKEY *key, X509 *chain,
+                                                        char *err, size_t errlen)
+{
+    ERR_clear_error();
+    struct tls_engine_config *cfg = server_config(CFG_SERVER_FILES);
+    if (!cfg) {
+        ssl_reason(err, errlen, "cannot create a TLS context");
+        return NULL;
+    }
+    if (SSL_CTX_use_certificate(cfg->ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey(cfg->ctx, key) != 1 ||
+        SSL_CTX_check_private_key(cfg->ctx) != 1 ||
+        (chain && SSL_CTX_add1_chain_cert(cfg->ctx, chain) != 1)) {
+        ssl_reason(err, errlen, "the certificate and key cannot be used");
         tls_engine_config_free(cfg);
         ERR_clear_error();
         return NULL;
@@ -457,7 +482,14 @@ enum tls_engine_state tls_engine_feed_eof(struct tls_engine *t)
 {
     switch (t->state) {
     case TLS_ENGINE_HANDSHAKING:
-        fail(t, TLS_ENGINE_ERR_HANDSHAKE, "connection closed during the handshake");
+        /* A client that hangs up once it has our certificate, without an
+         * alert, is one that did not trust it: Node.js and others check
+         * the certificate after OpenSSL and just close the socket. */
+        if (t->cfg->kind != CFG_CLIENT && BIO_number_written(t->wbio) > 0)
+            fail(t, TLS_ENGINE_ERR_CLIENT,
+                 "client closed the connection after our certificate (not trusted?)");
+        else
+            fail(t, TLS_ENGINE_ERR_HANDSHAKE, "connection closed during the handshake");
         break;
     case TLS_ENGINE_OPEN:
     case TLS_ENGINE_CLOSING:

@@ -82,6 +82,13 @@ struct tls_engine_config *tls_engine_server_config_files(const char *cert_file,
                                                          const char *key_file, char *err,
                                                          size_t errlen);
 
+/* A server config with a certificate and key in memory (a leaf minted at
+ * start), and CHAIN (may be NULL: the issuer) sent after it. References
+ * are taken; the caller keeps its own. Returns NULL and ERR when the key
+ * does not belong to the certificate. */
+struct tls_engine_config *tls_engine_server_config_cert(X509 *cert, EVP_PKEY *key, X509 *chain,
+                                                        char *err, size_t errlen);
+
 /* A server config that mints a certificate per SNI name from CA (borrowed:
  * it must outlive the config). */
 struct tls_engine_config *tls_engine_server_config_ca(struct tls_ca *ca, char *err, size_t errlen);
@@ -109,8 +116,10 @@ struct tls_engine *tls_engine_new(struct tls_engine_config *cfg, const char *hos
 enum tls_engine_state tls_engine_feed(struct tls_engine *t, const void *p, size_t n);
 
 /* The socket reached EOF. After a received close_notify this is a clean end
- * (CLOSED); during the handshake it FAILS with tls_handshake, otherwise
- * with tls_eof (a truncation an attacker or a crash could cause). */
+ * (CLOSED); during the handshake it FAILS with tls_handshake (a server
+ * that had sent its certificate: tls_client, a client that silently
+ * refused it), otherwise with tls_eof (a truncation an attacker or a crash
+ * could cause). */
 enum tls_engine_state tls_engine_feed_eof(struct tls_engine *t);
 
 /* Copy up to CAP bytes of plaintext into BUF. Returns the byte count,

@@ -39,6 +39,7 @@ struct tls_transport {
     uv_timer_t kick;
     enum tls_phase phase;
     int inner_status;             /* EOF or read error from the inner side, 0: none */
+    uint64_t bytes_in;            /* ciphertext read from the inner side */
     int end_delivered;            /* the owner got its EOF or error */
     int pending_closes;
     struct transport_write *wq_head, *wq_tail; /* the owner's queued writes */
@@ -257,6 +258,7 @@ static void on_inner_read(struct transport *t, ssize_t nread, struct chunk *c, v
         return;
     }
     if (nread > 0) {
+        tt->bytes_in += (uint64_t)nread;
         tls_engine_feed(tt->eng, c->data, (size_t)nread);
         chunk_unref(c);
     } else {
@@ -450,4 +452,9 @@ void tls_transport_preload(struct transport *t, const void *p, size_t n)
 struct tls_engine *tls_transport_engine(struct transport *t)
 {
     return of(t)->eng;
+}
+
+uint64_t tls_transport_bytes_in(struct transport *t)
+{
+    return of(t)->bytes_in;
 }

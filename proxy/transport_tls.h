@@ -17,6 +17,7 @@
 #ifndef STATUSPROXY_TRANSPORT_TLS_H
 #define STATUSPROXY_TRANSPORT_TLS_H
 
+#include <stdint.h>
 #include <uv.h>
 
 #include "tls_engine.h"
@@ -40,5 +41,9 @@ void tls_transport_preload(struct transport *t, const void *p, size_t n);
 /* The engine under T (T must come from tls_transport_new), for inspection
  * (resumed session, SNI). */
 struct tls_engine *tls_transport_engine(struct transport *t);
+
+/* Ciphertext bytes the peer sent so far (0: it never spoke, e.g. a port
+ * probe that connected and closed). */
+uint64_t tls_transport_bytes_in(struct transport *t);
 
 #endif

@@ -17,7 +17,8 @@ cores are shared with wrk, the backend and other people's tests.
 With --intercept it measures HTTPS interception instead: tests/bench/tlsload
 (an HTTPS load generator that sends CONNECT, which wrk cannot) goes through
 statusproxy --intercept, mitmdump and Squid's ssl-bump to a TLS origin, and
-straight to that origin.
+straight to that origin. With --tls-listen, tlsload speaks TLS straight to
+statusproxy's TLS listener and to HAProxy's `bind ... ssl crt`.
 
 Environment: STATUSPROXY_BIN (default build/statusproxy), BENCH_BACKEND
 (default build/bench/backend), BENCH_TLSLOAD (default build/bench/tlsload);
@@ -171,6 +172,20 @@ def memory_kib(pid):
             if line.startswith(("VmRSS:", "VmHWM:")):
                 out[line.split(":")[0]] = int(line.split()[1])
     return out.get("VmRSS", 0), out.get("VmHWM", 0)
+
+
+# --tls-listen: clients speak TLS to the proxy itself (no CONNECT); each proxy
+# is a gateway to the plain backend. Measured with tlsload straight to the
+# proxy's TLS port.
+TLS_LISTEN_CONFIGS = [
+    ("statusproxy", "statusproxy"),
+    ("statusproxy-all", "statusproxy all"),
+    ("haproxy", "haproxy ssl"),
+]
+TLS_LISTEN_RATIOS = [
+    ("statusproxy", "haproxy", "   (TLS listener vs bind ... ssl crt)"),
+    ("statusproxy-all", "statusproxy", "   (recording every exchange)"),
+]
 
 
 def find_tool(name):
@@ -808,6 +823,113 @@ def main_intercept(args, sizes, sp_bin, backend_bin):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def tls_listen_haproxy_config(tmp, port, backend_port, bundle):
+    """HAProxy terminating the client's TLS (bind ... ssl crt) as a gateway
+    to the plain backend, like statusproxy --tls-listen."""
+    path = os.path.join(tmp, "haproxy-tls.cfg")
+    with open(path, "w") as f:
+        f.write("""global
+    nbthread 1
+    maxconn 8192
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+
+frontend fe
+    bind 127.0.0.1:%d ssl crt %s alpn http/1.1
+    default_backend be
+
+backend be
+    server b 127.0.0.1:%d
+""" % (port, bundle, backend_port))
+    return path
+
+
+def start_tls_listeners(args, tmp, sp_bin, backend, bundle, wanted, cpu):
+    """The servers of --tls-listen that start: key -> (Server, https URL)."""
+    out = {}
+    leaf, key = os.path.join(tmp, "leaf.pem"), os.path.join(tmp, "leaf-key.pem")
+    for name, mode in (("statusproxy", "none"), ("statusproxy-all", "all")):
+        if name not in wanted:
+            continue
+        port = free_port()
+        argv = [sp_bin, "run", "--listen", "127.0.0.1:%d" % free_port(),
+                "--tls-listen", "127.0.0.1:%d" % port, "--tls-cert", leaf, "--tls-key", key,
+                "--upstream", "http://127.0.0.1:%d" % backend.port, "--admin", "off",
+                "--db", os.path.join(tmp, "bench-%s.db" % name), "--log-exchanges", mode,
+                "--log-level", "warn"]
+        out[name] = (Server(name, argv, tmp, port=port, cpu=cpu,
+                            ignore_sigpipe=args.ignore_sigpipe).start(),
+                     "https://127.0.0.1:%d" % port)
+    haproxy = find_tool("haproxy")
+    if "haproxy" in wanted and not haproxy:
+        print("bench: skipping haproxy: not installed (make bench-deps)")
+    elif "haproxy" in wanted:
+        port = free_port()
+        cfg = tls_listen_haproxy_config(tmp, port, backend.port, bundle)
+        out["haproxy"] = (Server("haproxy", [haproxy, "-f", cfg, "-db"], tmp, port=port,
+                                 cpu=cpu).start(), "https://127.0.0.1:%d" % port)
+    return out
+
+
+def main_tls_listen(args, sizes, sp_bin, backend_bin):
+    """--tls-listen: tlsload straight to statusproxy's TLS listener and to
+    HAProxy's `bind ... ssl crt`, both gateways to the plain backend."""
+    tlsload = os.environ.get("BENCH_TLSLOAD") or os.path.join(REPO, "build", "bench", "tlsload")
+    if not os.access(tlsload, os.X_OK):
+        print("bench: tlsload not found at %s (make build/bench/tlsload)" % tlsload,
+              file=sys.stderr)
+        return 1
+    wanted = [k.strip() for k in args.only.split(",")] if args.only else \
+        [k for k, _ in TLS_LISTEN_CONFIGS]
+    proxy_cpu = 0 if args.pin else None
+    load_cpu = 1 if args.pin and os.cpu_count() > 1 else None
+    tmp = tempfile.mkdtemp(prefix="statusproxy-bench-")
+    servers = {}
+    backend = Server("backend", [backend_bin, "--listen", "127.0.0.1:0"], tmp, cpu=load_cpu)
+    try:
+        backend.start()
+        ca, bundle = make_tls_files(tmp)
+        targets = start_tls_listeners(args, tmp, sp_bin, backend, bundle, wanted, proxy_cpu)
+        servers.update({k: v[0] for k, v in targets.items()})
+        configs = [(k, label) for k, label in TLS_LISTEN_CONFIGS if k in targets]
+        if not configs:
+            print("bench: nothing to measure", file=sys.stderr)
+            return 1
+        print("statusproxy bench --tls-listen: %s; backend on :%d; load: %s"
+              % (sp_bin, backend.port, tlsload))
+
+        def one(key, size, duration=None):
+            return run_tlsload(tlsload, "%s/bytes/%d" % (targets[key][1], size), args, None, ca,
+                               load_cpu, duration)
+
+        samples = intercept_rounds(args, configs, sizes, targets, one, backend,
+                                   list(servers.values()))
+        for size in sizes:
+            summary = {k: summarize(samples[(k, size)]) for k, _ in configs}
+            print_table(size, summary, configs, args, TLS_LISTEN_RATIOS,
+                        "body %s: %d connections, tlsload, %gs x %d rounds (medians); clients "
+                        "speak TLS to the proxy, %s" % (
+                            size_name(size), args.connections, args.duration, args.rounds,
+                            "a new connection and full handshake per request (req/s = "
+                            "handshakes/s)" if args.handshakes else "keep-alive"))
+        return 0
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        print("bench: %s" % e, file=sys.stderr)
+        return 1
+    finally:
+        stop_all(list(servers.values()) + [backend])
+        if args.keep:
+            print("  kept %s" % tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run [5]")
@@ -845,13 +967,19 @@ def main():
                          "statusproxy --intercept, mitmdump and squid ssl-bump to a TLS origin, "
                          "and straight to that origin (direct); with --handshakes a new "
                          "connection and handshake per request")
+    ap.add_argument("--tls-listen", action="store_true",
+                    help="TLS from the client: tlsload to statusproxy --tls-listen and to "
+                         "HAProxy 'bind ... ssl crt', both gateways to the backend; with "
+                         "--handshakes a new connection and handshake per request")
     ap.add_argument("--json", metavar="FILE", help="also write every sample to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the tmp dir (logs, databases)")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.rounds, args.warmup = 1.0, 1, 0.0
-    if args.handshakes and not (args.tls or args.intercept):
-        ap.error("--handshakes needs --tls or --intercept")
+    if args.handshakes and not (args.tls or args.intercept or args.tls_listen):
+        ap.error("--handshakes needs --tls, --intercept or --tls-listen")
+    if args.tls_listen and (args.tls or args.intercept or args.candidate):
+        ap.error("--tls-listen goes without --tls, --intercept and --candidate")
     if args.intercept and (args.tls or args.candidate):
         ap.error("--intercept goes without --tls and --candidate")
     try:
@@ -871,6 +999,8 @@ def main():
             return 1
     if args.intercept:
         return main_intercept(args, sizes, sp_bin, backend_bin)
+    if args.tls_listen:
+        return main_tls_listen(args, sizes, sp_bin, backend_bin)
     wrk = find_tool("wrk")
     if not wrk:
         print("bench: wrk is not installed (make bench-deps)", file=sys.stderr)

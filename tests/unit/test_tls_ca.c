@@ -14,6 +14,7 @@
 #include <openssl/x509v3.h>
 
 #include "tls_ca.h"
+#include "tls_engine.h"
 #include "unit.h"
 #include "util.h"
 
@@ -261,6 +262,48 @@ static void test_bad_names(void)
     drop_ca_dir(dir, root);
 }
 
+/* One leaf for several names (the TLS listener's): each name verifies,
+ * duplicates are dropped, a bad name is refused, and the engine accepts the
+ * leaf with the process's leaf key (and refuses another key). */
+static void test_leaf_for_several_names(void)
+{
+    char *root;
+    char *dir = new_ca_dir(&root);
+    struct tls_ca *ca = load_ok(dir, 0);
+    if (ca) {
+        char err[256] = "";
+        const char *names[] = {"localhost", "127.0.0.1", "api.test", "LOCALHOST", "::1"};
+        X509 *leaf = tls_ca_leaf_names(ca, names, ARRAY_LEN(names), err, sizeof err);
+        CHECK(leaf != NULL);
+        if (leaf) {
+            CHECK_INT(verify_leaf(ca, leaf, "localhost"), X509_V_OK);
+            CHECK_INT(verify_leaf(ca, leaf, "api.test"), X509_V_OK);
+            CHECK_INT(verify_leaf(ca, leaf, "other.test"), X509_V_ERR_HOSTNAME_MISMATCH);
+            CHECK_INT(X509_check_ip_asc(leaf, "127.0.0.1", 0), 1);
+            CHECK_INT(X509_check_ip_asc(leaf, "::1", 0), 1);
+            GENERAL_NAMES *sans = X509_get_ext_d2i(leaf, NID_subject_alt_name, NULL, NULL);
+            CHECK_INT(sk_GENERAL_NAME_num(sans), 4);
+            GENERAL_NAMES_free(sans);
+            struct tls_engine_config *cfg =
+                tls_engine_server_config_cert(leaf, tls_ca_leaf_key(ca), tls_ca_cert(ca), err,
+                                              sizeof err);
+            CHECK(cfg != NULL);
+            tls_engine_config_free(cfg);
+            EVP_PKEY *other = EVP_EC_gen("P-256");
+            cfg = tls_engine_server_config_cert(leaf, other, NULL, err, sizeof err);
+            CHECK(cfg == NULL && err[0]);
+            EVP_PKEY_free(other);
+        }
+        X509_free(leaf);
+        const char *bad[] = {"localhost", "a b"};
+        err[0] = '\0';
+        CHECK(tls_ca_leaf_names(ca, bad, 2, err, sizeof err) == NULL);
+        CHECK(strstr(err, "'a b' is not a host name") != NULL);
+    }
+    tls_ca_free(ca);
+    drop_ca_dir(dir, root);
+}
+
 static void test_cache_hit_and_eviction(void)
 {
     char *root;
@@ -464,6 +507,7 @@ int main(void)
     RUN(test_leaf_verifies_with_sans);
     RUN(test_leaf_rejected_by_other_ca);
     RUN(test_bad_names);
+    RUN(test_leaf_for_several_names);
     RUN(test_cache_hit_and_eviction);
     RUN(test_key_permissions);
     RUN(test_missing_files);

@@ -224,6 +224,11 @@ static void test_handshake_verified_sni_alpn(void)
     alpn_of(p.s.t, buf, sizeof buf);
     CHECK_STR(buf, "http/1.1");
     CHECK(SSL_version(tls_engine_ssl(p.c.t)) >= TLS1_2_VERSION);
+    /* The minted leaf comes with the CA certificate after it. */
+    STACK_OF(X509) *sent = SSL_get_peer_cert_chain(tls_engine_ssl(p.c.t));
+    CHECK_INT(sk_X509_num(sent), 2);
+    if (sk_X509_num(sent) == 2)
+        CHECK_INT(X509_cmp(sk_X509_value(sent, 1), tls_ca_cert(ca)), 0);
     /* Data both ways. */
     char msg[] = "\x00\x1f\x3e\x5d"; /* pattern_at(0..3) */
     for (size_t i = 0; i < 4; i++)
@@ -445,6 +450,24 @@ static void test_abrupt_eof(void)
     CHECK(tls_engine_pending(c) > 0); /* the ClientHello */
     CHECK_INT(tls_engine_feed_eof(c), TLS_ENGINE_FAILED);
     CHECK_STR(tls_engine_error_name(tls_engine_error(c)), "tls_handshake");
+    /* A server whose client hangs up after the ServerHello and certificate
+     * (a client that checks the certificate itself and just closes): the
+     * client refused it. Before any answer, it is a plain handshake error. */
+    struct tls_engine *s = tls_engine_new(sc, "api.example.test", 0);
+    char hello[4096];
+    tls_engine_free(c);
+    c = tls_engine_new(cc, "api.example.test", 443);
+    size_t n = tls_engine_take(c, hello, sizeof hello);
+    CHECK(n > 0);
+    CHECK_INT(tls_engine_feed(s, hello, n), TLS_ENGINE_HANDSHAKING);
+    CHECK(tls_engine_pending(s) > 0);
+    CHECK_INT(tls_engine_feed_eof(s), TLS_ENGINE_FAILED);
+    CHECK_STR(tls_engine_error_name(tls_engine_error(s)), "tls_client");
+    tls_engine_free(s);
+    s = tls_engine_new(sc, "api.example.test", 0);
+    CHECK_INT(tls_engine_feed_eof(s), TLS_ENGINE_FAILED);
+    CHECK_STR(tls_engine_error_name(tls_engine_error(s)), "tls_handshake");
+    tls_engine_free(s);
     tls_engine_free(c);
     tls_engine_config_free(cc);
     tls_engine_config_free(sc);
