@@ -588,3 +588,31 @@ def test_bad_intercept_hosts_flag():
     assert r.stderr.strip().splitlines() == [
         "statusproxy: --intercept-hosts: expected host patterns like api.example.com,*.test, "
         "got 'a,,b'"], r.stderr
+
+
+def test_interception_inside_the_tls_listener(proxy_factory, proxy_ca, origin_ca, origin,
+                                              tmp_path):
+    """A client using the TLS listener as an https proxy CONNECTs and is
+    intercepted: the minted handshake runs inside the listener's TLS (TLS in
+    TLS), not on the raw socket under it."""
+    cert, key = mint(origin_ca, tmp_path, "localhost")
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(cert.read_bytes() + (origin_ca / "ca.pem").read_bytes())
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    tls_port = s.getsockname()[1]
+    s.close()
+    p = start_proxy(proxy_factory, proxy_ca, origin_ca, [origin.port],
+                    args=["--tls-listen", "127.0.0.1:%d" % tls_port, "--tls-cert", str(chain),
+                          "--tls-key", str(key)])
+    r = subprocess.run(["curl", "-sS", "--max-time", "30",
+                        "--proxy", "https://localhost:%d" % tls_port,
+                        "--proxy-cacert", str(origin_ca / "ca.pem"),
+                        "--cacert", str(proxy_ca / "ca.pem"),
+                        "https://localhost:%d/status/201?body=nested" % origin.port],
+                       capture_output=True, timeout=40, env=clean_env())
+    assert r.returncode == 0 and r.stdout == b"nested", r.stderr
+    rows = rows_of(p.db, 1)
+    got = [(r["method"], r["path"], r["upstream_code"], r["final_code"], r["scheme"])
+           for r in rows if r["method"] == "GET"]
+    assert got == [("GET", "/status/201", 201, 201, "https")], rows
