@@ -58,6 +58,7 @@ struct run_options {
     size_t n_tls_names;
     /* The TLS server config of the listener, built by main; NULL without it. */
     struct tls_engine_config *listen_tls;
+    struct tls_ca *listen_ca;   /* the CA it was minted from, when --intercept did not load one */
     const char *rules_path;   /* NULL: no rules */
     const char *db_path;
     int has_seed;

@@ -367,3 +367,52 @@ def test_key_never_reaches_logs(proxy_factory, backend, pki):
     log = p.stderr().replace("\n", "")
     assert key_body[:40] not in log
     assert "PRIVATE KEY" not in p.stderr()
+
+
+# -- a certificate minted from the CA ------------------------------------------------
+
+
+def statusproxy_ca(tmp_path):
+    d = tmp_path / "spca"
+    r = subprocess.run([str(BIN), "ca", "init", "--dir", str(d)], capture_output=True,
+                       text=True, timeout=30, env=clean_env())
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def test_minted_certificate_names(proxy_factory, backend, tmp_path):
+    ca = statusproxy_ca(tmp_path)
+    p = start_tls_listener(proxy_factory, backend.url, None,
+                           args=["--ca-dir", str(ca), "--tls-name", "api.test",
+                                 "--tls-name", "Other.Example"])
+    cafile = ca / "ca.pem"
+    for name in ("localhost", "api.test", "other.example"):
+        with tls_conn(p, cafile, server_hostname=name) as c:
+            sans = set(c.sock.getpeercert()["subjectAltName"])
+            assert c.exchange("GET", "/status/200?body=" + name).body == name.encode()
+    assert sans == {("DNS", "localhost"), ("IP Address", "127.0.0.1"), ("DNS", "api.test"),
+                    ("DNS", "other.example")}, sans
+    # By address (no SNI), verified against the IP SAN.
+    with tls_conn(p, cafile, server_hostname="127.0.0.1") as c:
+        assert c.exchange("GET", "/status/204").status == 204
+    # A name that is not on it is refused by the client: tls_client.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        tls_conn(p, cafile, server_hostname="nope.test")
+    rows = rows_where(p.db, lambda r: r["error"] == "tls_client")
+    assert rows[0]["host"] == "nope.test"
+    ok = rows_where(p.db, lambda r: r["scheme"] == "https" and r["final_code"] in (200, 204), n=4)
+    assert len(ok) == 4
+
+
+def test_minted_without_a_ca_exits_2(tmp_path):
+    r = run_flags("--tls-listen", "127.0.0.1:0", "--ca-dir", str(tmp_path / "none"))
+    assert r.returncode == 2, r.stderr
+    line = one_line(r)
+    assert "--ca-dir" in line and str(tmp_path / "none") in line, line
+
+
+def test_minted_bad_tls_name_exits_2(tmp_path):
+    ca = statusproxy_ca(tmp_path)
+    r = run_flags("--tls-listen", "127.0.0.1:0", "--ca-dir", str(ca), "--tls-name", "a b")
+    assert r.returncode == 2, r.stderr
+    assert one_line(r).startswith("statusproxy: --tls-name: "), r.stderr
