@@ -618,6 +618,8 @@ def start_statusproxy(args, tmp, sp_bin, origin_ca, cpu, key, mode):
     port = free_port()
     s = Server(key, [sp_bin, "run", "--listen", "127.0.0.1:%d" % port, "--admin", "off",
                      "--intercept", "--ca-dir", ca_dir, "--upstream-ca", origin_ca,
+                     # CONNECT is only allowed to listed ports (443 by default).
+                     "--connect-ports", str(args.origin_port),
                      "--log-exchanges", mode, "--db", os.path.join(tmp, "bench-%s.db" % key),
                      "--workers", "1"],
                tmp, port=port, cpu=cpu, ignore_sigpipe=args.ignore_sigpipe)
@@ -744,6 +746,7 @@ def main_intercept(args, sizes, sp_bin, backend_bin):
                                                                         bundle), "-db"],
                         tmp, port=port, cpu=load_cpu)
         servers["tls-origin"] = origin.start()
+        args.origin_port = servers["tls-origin"].port
         proxies = start_intercept(args, tmp, sp_bin, origin_ca, wanted, proxy_cpu)
         servers.update({k: v[0] for k, v in proxies.items()})
         # key -> (process doing the work, --proxy, --cafile)
