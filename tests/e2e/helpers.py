@@ -614,3 +614,35 @@ def wait_exchanges(db, pred, timeout=5.0):
         return pred(last)
     wait_until(poll, timeout)
     return last
+
+
+# -- throwaway CAs and leaves for the TLS tests ---------------------------------
+
+_TLS_ENV_DROP = ("ssl_cert_file", "ssl_cert_dir", "http_proxy", "https_proxy", "all_proxy",
+                 "no_proxy", "requests_ca_bundle", "curl_ca_bundle")
+
+
+def tls_clean_env(**extra):
+    """The environment without proxies or CA overrides a TLS test did not ask for."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in _TLS_ENV_DROP}
+    env.update(extra)
+    return env
+
+
+def ca_init(binary, d):
+    """`statusproxy ca init --dir D` with BINARY; returns D."""
+    r = subprocess.run([str(binary), "ca", "init", "--dir", str(d)], capture_output=True,
+                       text=True, timeout=30, env=tls_clean_env())
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def mint_leaf(binary, ca_dir, out_dir, name):
+    """A leaf for NAME signed by the CA in CA_DIR (tests/tools/mint_leaf, built
+    next to BINARY): (cert path, key path) in OUT_DIR."""
+    tool = os.path.join(os.path.dirname(str(binary)), "tests", "mint_leaf")
+    cert, key = out_dir / ("leaf-%s.pem" % name), out_dir / ("leaf-%s-key.pem" % name)
+    r = subprocess.run([tool, "--dir", str(ca_dir), "--cert", str(cert), "--key", str(key),
+                        name], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and not [m for m in SANITIZER_MARKS if m in r.stderr], r.stderr
+    return cert, key

@@ -26,31 +26,24 @@ import urllib.request
 import pytest
 
 from backend import Backend, det_chunks, det_sha256
-from helpers import SANITIZER_MARKS, is_sanitized, wait_exchanges, wait_until
+import helpers
+from helpers import (is_sanitized, mint_leaf, tls_clean_env, wait_exchanges,
+                     wait_until)
 from rules_support import get, metric_samples, parse_prometheus, write_rules
 
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("STATUSPROXY_BIN", REPO / "build" / "statusproxy")).resolve()
-MINT = BIN.parent / "tests" / "mint_leaf"
 SANITIZED = is_sanitized(str(BIN))
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k.lower() not in ("ssl_cert_file", "ssl_cert_dir", "http_proxy", "https_proxy",
-                                "all_proxy", "no_proxy", "requests_ca_bundle",
-                                "curl_ca_bundle")}
-    env.update(extra)
-    return env
+    return tls_clean_env(**extra)
 
 
 def ca_init(d):
-    r = subprocess.run([str(BIN), "ca", "init", "--dir", str(d)], capture_output=True,
-                       text=True, timeout=30, env=clean_env())
-    assert r.returncode == 0, r.stderr
-    return d
+    return helpers.ca_init(BIN, d)
 
 
 @pytest.fixture
@@ -66,11 +59,7 @@ def origin_ca(tmp_path):
 
 
 def mint(ca_dir, out_dir, name):
-    cert, key = out_dir / ("leaf-%s.pem" % name), out_dir / ("leaf-%s-key.pem" % name)
-    r = subprocess.run([str(MINT), "--dir", str(ca_dir), "--cert", str(cert), "--key", str(key),
-                        name], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0 and not [m for m in SANITIZER_MARKS if m in r.stderr], r.stderr
-    return cert, key
+    return mint_leaf(BIN, ca_dir, out_dir, name)
 
 
 @pytest.fixture

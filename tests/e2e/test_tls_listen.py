@@ -18,7 +18,8 @@ import time
 import pytest
 
 from backend import det_sha256
-from helpers import SANITIZER_MARKS, check_synthesized, db_exchanges, wait_exchanges, wait_until
+from helpers import (SANITIZER_MARKS, ca_init, check_synthesized, db_exchanges, wait_exchanges,
+                     wait_until)
 from rules_support import write_rules
 from tls_listen_support import (BIN, TlsConn, clean_env, client_context, make_pki,
                                 raw_connect, start_tls_listener, tls_conn)
@@ -373,11 +374,7 @@ def test_key_never_reaches_logs(proxy_factory, backend, pki):
 
 
 def statusproxy_ca(tmp_path):
-    d = tmp_path / "spca"
-    r = subprocess.run([str(BIN), "ca", "init", "--dir", str(d)], capture_output=True,
-                       text=True, timeout=30, env=clean_env())
-    assert r.returncode == 0, r.stderr
-    return d
+    return ca_init(BIN, tmp_path / "spca")
 
 
 def test_minted_certificate_names(proxy_factory, backend, tmp_path):

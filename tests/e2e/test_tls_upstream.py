@@ -20,34 +20,25 @@ from pathlib import Path
 import pytest
 
 from backend import Backend, det_bytes, det_sha256
-from helpers import SANITIZER_MARKS, check_synthesized, wait_exchanges
+from helpers import (ca_init, check_synthesized, mint_leaf, tls_clean_env,
+                     wait_exchanges)
 from rules_support import get, metric_samples, parse_prometheus, write_rules
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("STATUSPROXY_BIN", REPO / "build" / "statusproxy")).resolve()
-MINT = BIN.parent / "tests" / "mint_leaf"
 
 
 def _clean_env():
-    return {k: v for k, v in os.environ.items()
-            if k.lower() not in ("ssl_cert_file", "ssl_cert_dir", "http_proxy", "https_proxy")}
+    return tls_clean_env()
 
 
 @pytest.fixture
 def ca(tmp_path):
-    d = tmp_path / "ca"
-    r = subprocess.run([str(BIN), "ca", "init", "--dir", str(d)], capture_output=True,
-                       text=True, timeout=30, env=_clean_env())
-    assert r.returncode == 0, r.stderr
-    return d
+    return ca_init(BIN, tmp_path / "ca")
 
 
 def mint(ca_dir, out_dir, name):
-    cert, key = out_dir / ("leaf-%s.pem" % name), out_dir / ("leaf-%s-key.pem" % name)
-    r = subprocess.run([str(MINT), "--dir", str(ca_dir), "--cert", str(cert), "--key", str(key),
-                        name], capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0 and not [m for m in SANITIZER_MARKS if m in r.stderr], r.stderr
-    return cert, key
+    return mint_leaf(BIN, ca_dir, out_dir, name)
 
 
 def server_context(cert, key):
@@ -149,9 +140,7 @@ def test_hostname_mismatch_is_tls_verify(proxy_factory, ca, tmp_path, origins):
 
 def test_wrong_ca_is_tls_verify(proxy_factory, tls_origin, tmp_path):
     other = tmp_path / "other-ca"
-    r = subprocess.run([str(BIN), "ca", "init", "--dir", str(other)], capture_output=True,
-                       text=True, timeout=30, env=_clean_env())
-    assert r.returncode == 0
+    ca_init(BIN, other)
     p = start_tls_proxy(proxy_factory, tls_origin, other)
     with p.conn() as c:
         assert c.exchange("GET", "/status/200").status == 502
